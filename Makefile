@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-unit test-integration tools benchmark clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned to the CPU wheel on local disk (constraints.txt): an unpinned torch pulls a CUDA build.
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's prometheus (server + promtool), unpacked into .tools/ for the PromQL tests; no system service.
+tools: .tools/prometheus/usr/bin/prometheus
+.tools/prometheus/usr/bin/prometheus:
+	bash scripts/fetch_prometheus.sh
+
+demo: install
+	$(PY) -m examples.demo
+
+test: install tools
+	$(PY) -m pytest -q tests
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+benchmark: install
+	$(PY) -m benchmarks.interference --quick
+
+clean:
+	rm -rf $(VENV) .tools .headroom demo-out bench-out mlflow.db mlartifacts

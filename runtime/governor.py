@@ -1,0 +1,226 @@
+"""The governor: a detached, named Ray actor that turns serving telemetry into directives.
+
+A thin shell around pure parts: every ``poll_interval_s`` it takes one :class:`Sample` per telemetry
+source (in a thread, so a hanging endpoint never blocks heartbeats), runs :func:`runtime.law.decide`
+for every registered job, records the decision, and applies it to the job's :class:`Lease`. Workers
+ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which slots of
+the lease are ready (:meth:`Governor.lease`). Nothing in the loop may stop it: a failed tick is
+counted and logged, and the next one runs.
+
+>>> gov = get_or_create_governor()  # doctest: +SKIP
+>>> ray.get(gov.status.remote())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+
+import ray
+
+from .law import Directive, LawConfig, LawState, Level, Reason, decide, manual_pause
+from .lease import Lease
+from .sample import Sample
+from .telemetry import build_source
+
+NAME = "headroom-governor"
+NAMESPACE = "headroom"
+log = logging.getLogger("headroom.governor")
+
+
+@dataclass
+class JobEntry:
+    job: str
+    law: LawConfig
+    source_key: tuple
+    lease: Lease
+    state: LawState = field(default_factory=LawState)
+    directive: Directive = field(default_factory=lambda: Directive(Level.PAUSE, 0, 0.0, Reason.TELEMETRY_MISSING))
+    decisions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200_000))
+    decisions_base: int = 0  # index of decisions[0] in the job's whole decision history
+    reactions_s: list = field(default_factory=list)
+    pause_started_s: float | None = None
+    pauses: int = 0
+    resumes: int = 0
+    started: bool = False
+    manual: bool = False
+    sample: Sample | None = None
+    progress: dict = field(default_factory=dict)  # slot -> latest heartbeat payload
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class Governor:
+    def __init__(self, poll_interval_s: float = 0.25):
+        self.poll_interval_s = poll_interval_s
+        self.jobs: dict[str, JobEntry] = {}
+        self.sources: dict[tuple, object] = {}
+        self.ticks = 0
+        self.tick_errors = 0
+        self.last_tick_ms = 0.0
+        self._loop_task: asyncio.Task | None = None
+
+    # ---- registration -------------------------------------------------------------------------
+    async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
+                       poll_interval_s: float | None = None) -> dict:
+        """Add a job (idempotent: a driver that restarts re-registers and keeps its entry)."""
+        self._ensure_loop()
+        if poll_interval_s:
+            self.poll_interval_s = min(self.poll_interval_s, poll_interval_s) if self.jobs else poll_interval_s
+        if job not in self.jobs:
+            key = tuple(sorted(serving.items()))
+            if key not in self.sources:
+                self.sources[key] = build_source(**serving)
+            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s))
+        return {"job": job, "poll_interval_s": self.poll_interval_s}
+
+    async def unregister(self, job: str) -> dict:
+        """Release the job's lease and hand back its record (decisions, reaction times, counters)."""
+        entry = self.jobs.pop(job, None)
+        if entry is None:
+            return {}
+        entry.lease.release_all()
+        if not any(e.source_key == entry.source_key for e in self.jobs.values()):
+            self.sources.pop(entry.source_key, None)
+        return self._record(entry)
+
+    # ---- calls from workers and drivers ---------------------------------------------------------
+    async def heartbeat(self, job: str, slot: int, progress: dict | None = None) -> dict:
+        entry = self.jobs.get(job)
+        if entry is None:
+            return {"action": "stop", "rows_per_s": 0.0, "why": "unknown job"}
+        if progress is not None:
+            entry.progress[slot] = dict(progress, t=time.time())
+        d = entry.directive
+        if d.level is Level.PAUSE or not entry.lease.should_run(slot):
+            return {"action": "stop", "rows_per_s": 0.0, "why": d.reason.value}
+        running = max(1, len(entry.lease.ready_groups()))
+        return {"action": "run", "rows_per_s": d.rows_per_s / running, "level": d.level.value}
+
+    async def lease(self, job: str) -> dict:
+        """Ready, non-draining slots of the job's lease: ``{slot: PlacementGroup}``; None if unknown."""
+        entry = self.jobs.get(job)
+        return None if entry is None else entry.lease.ready_groups()
+
+    async def released(self, job: str, slot: int) -> None:
+        """A worker stopped (yielded, finished or died): remove its group if the slot was draining."""
+        entry = self.jobs.get(job)
+        if entry is not None:
+            entry.lease.release(slot)
+            entry.progress.pop(slot, None)
+            self._note_release(entry, time.time())
+
+    async def pause(self, job: str) -> bool:
+        entry = self.jobs.get(job)
+        if entry is None:
+            return False
+        entry.manual = True
+        return True
+
+    async def resume(self, job: str) -> bool:
+        entry = self.jobs.get(job)
+        if entry is None:
+            return False
+        entry.manual = False
+        return True
+
+    async def snapshot(self, job: str, since: int = 0) -> dict | None:
+        """The job's state, plus its decisions from index ``since`` on (for the driver's MLflow log)."""
+        entry = self.jobs.get(job)
+        if entry is None:
+            return None
+        start = max(0, since - entry.decisions_base)
+        return dict(self._summary(entry), decisions=list(entry.decisions)[start:],
+                    next_since=entry.decisions_base + len(entry.decisions))
+
+    async def status(self) -> dict:
+        return {"poll_interval_s": self.poll_interval_s, "ticks": self.ticks, "tick_errors": self.tick_errors,
+                "last_tick_ms": self.last_tick_ms, "jobs": [self._summary(e) for e in self.jobs.values()]}
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._tick()
+            except Exception:  # the loop must outlive any bug in one tick
+                self.tick_errors += 1
+                log.exception("governor tick failed")
+            self.ticks += 1
+            self.last_tick_ms = (time.perf_counter() - started) * 1000
+            await asyncio.sleep(max(0.0, self.poll_interval_s - (time.perf_counter() - started)))
+
+    async def _tick(self) -> None:
+        keys = list(self.sources)
+        samples = await asyncio.gather(*(asyncio.to_thread(_safe_sample, self.sources[k]) for k in keys))
+        by_key = dict(zip(keys, samples))
+        for entry in list(self.jobs.values()):
+            sample = by_key.get(entry.source_key) or Sample.failed(time.time(), "no source")
+            self._decide_and_apply(entry, sample)
+
+    def _decide_and_apply(self, entry: JobEntry, sample: Sample) -> None:
+        before = entry.directive.level
+        if entry.manual:
+            entry.state, d = manual_pause(entry.state, sample.time_s)
+        else:
+            entry.state, d = decide(entry.state, sample, entry.law)
+        entry.directive, entry.sample = d, sample
+        now = time.time()
+        if d.level is Level.PAUSE and before is not Level.PAUSE and entry.started:
+            entry.pauses += 1
+            entry.pause_started_s = sample.time_s if len(entry.lease) else None
+        if d.reason is Reason.RESUME:
+            entry.resumes += int(entry.started)
+            entry.started = True
+        entry.lease.resize(min(d.workers, entry.law.max_workers), now)
+        entry.lease.poll_ready()
+        entry.lease.expire_drains(now)
+        self._note_release(entry, now)
+        entry.decisions.append(dict(d.as_dict(), t=sample.time_s, job=entry.job, p99_ms=sample.p99_ms, rps=sample.rps,
+                                    utilization=sample.utilization, error=sample.error, lease=len(entry.lease)))
+        if len(entry.decisions) == entry.decisions.maxlen:
+            entry.decisions_base += 1
+
+    def _note_release(self, entry: JobEntry, now: float) -> None:
+        """Headroom lost -> every worker released: that interval is the reaction time."""
+        if entry.pause_started_s is not None and len(entry.lease) == 0:
+            entry.reactions_s.append(now - entry.pause_started_s)
+            entry.pause_started_s = None
+
+    def _summary(self, entry: JobEntry) -> dict:
+        d, s = entry.directive, entry.sample
+        return {"job": entry.job, "level": d.level.value, "reason": d.reason.value, "workers": d.workers,
+                "rows_per_s": d.rows_per_s, "slack": d.slack, "lease": len(entry.lease),
+                "ready": sorted(entry.lease.ready_groups()), "p99_ms": s.p99_ms if s else None,
+                "rps": s.rps if s else None, "error": s.error if s else None, "manual": entry.manual,
+                "pauses": entry.pauses, "resumes": entry.resumes, "reactions_s": list(entry.reactions_s),
+                "progress": dict(entry.progress)}
+
+    def _record(self, entry: JobEntry) -> dict:
+        return dict(self._summary(entry), decisions=list(entry.decisions))
+
+
+def _safe_sample(source) -> Sample:
+    try:
+        return source.sample()
+    except Exception as exc:  # a source must never raise; if one does, it means no headroom
+        return Sample.failed(time.time(), f"source raised {type(exc).__name__}: {exc}")
+
+
+def get_or_create_governor(poll_interval_s: float = 0.25):
+    """The cluster's one governor (detached, named); created on first use."""
+    return Governor.options(name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(poll_interval_s)
+
+
+def find_governor():
+    """The running governor, or ``None``."""
+    try:
+        return ray.get_actor(NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None

@@ -1,0 +1,305 @@
+"""One governed retraining job, start to finish: the driver behind ``jobs.retrain`` and ``headroom run``.
+
+The driver owns the job's truth — the model state, the ledger of consumed rows, the counters — and
+writes it to the checkpoint store after every round. A round hands each ready slot of the lease a
+shard of unconsumed rows; workers return what they consumed and their updated models, which are
+averaged (weighted by rows) and merged into the ledger. The governor decides how many slots exist and
+how fast each worker reads; the driver only follows the lease.
+
+>>> summary = run_job(load_spec("jobs/demo.yaml"))  # doctest: +SKIP
+>>> summary["rows_duplicated"]
+0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from .checkpoint import Checkpoint, CheckpointStore
+from .errors import DataError, SpecError
+from .governor import get_or_create_governor
+from .ingest import Dataset, RangeSet, read_table_file, to_xy
+from .lease import POOL_RESOURCE
+from .spec import JobSpec
+from .summary import build_summary, law_config
+from .tracking import Tracker, load_champion, register_model
+from .trainers.sklearn import average_models, can_average, score
+from .trainers.state import dumps, loads
+from .worker import TrainerWorker
+
+log = logging.getLogger("headroom.job")
+StatusFn = Callable[[dict], None]
+
+
+def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, else start a private loopback-only one."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots},
+                 include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+def preflight(spec: JobSpec) -> None:
+    if spec.budget.max_workers > 1 and not can_average(spec.model.estimator):
+        raise SpecError(f"budget.max_workers: {spec.model.estimator} cannot be averaged across workers",
+                        where=spec.name, fix="set budget.max_workers: 1, or use an SGD/MLP estimator")
+
+
+class _Truth:
+    """What the checkpoint holds: model state, ledger, counters, RNG."""
+
+    def __init__(self, state, ledger: RangeSet, counters: dict, rng: np.random.Generator, origin: str):
+        self.state, self.ledger, self.counters, self.rng, self.origin = state, ledger, counters, rng, origin
+
+    def to_checkpoint(self, slices: list) -> Checkpoint:
+        return Checkpoint(step=self.counters["steps"], ledger=self.ledger.to_list(), counters=dict(self.counters),
+                          rng=self.rng.bit_generator.state, payload=self.state or b"",
+                          meta={"origin": self.origin, "slices": slices, "framework": "sklearn"})
+
+
+def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset) -> _Truth:
+    slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
+    ckpt = store.latest() if spec.model.warm_start in ("auto", "checkpoint") else None
+    if ckpt is not None:
+        old = ckpt.meta.get("slices", [])
+        if slices[:len(old)] != old:
+            raise DataError("the data slices changed under the job's checkpoint (a slice was edited, removed or "
+                            "inserted before the newest one)", where=spec.data.path,
+                            fix="add new data only as new slices that sort after the old ones, or clear the job's checkpoints")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = ckpt.rng
+        return _Truth(ckpt.payload or None, RangeSet.from_list(ckpt.ledger), dict(ckpt.counters), rng,
+                      f"checkpoint:step-{ckpt.step}")
+    counters = {"steps": 0, "rounds": 0, "rows_duplicated": 0, "id_sum": 0, "id_sq": 0}
+    rng = np.random.default_rng(0)
+    if spec.model.warm_start in ("auto", "champion"):
+        champ = load_champion(spec.tracking.uri, spec.name)
+        if champ is not None:
+            return _Truth(dumps(champ[0]), RangeSet(), counters, rng, f"champion:v{champ[1]}")
+    return _Truth(None, RangeSet(), counters, rng, "fresh")
+
+
+def _shards(pending: list, slots: list[int], rows_per_shard: int) -> dict[int, list]:
+    """Disjoint shards of the pending ranges, up to ``rows_per_shard`` rows each, one per slot."""
+    out, queue = {}, list(pending)
+    for slot in slots:
+        shard, want = [], rows_per_shard
+        while queue and want > 0:
+            s, e = queue[0]
+            take = min(want, e - s)
+            shard.append((s, s + take))
+            want -= take
+            queue[0] = (s + take, e)
+            if queue[0][0] >= e:
+                queue.pop(0)
+        if shard:
+            out[slot] = shard
+    return out
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | None = None) -> dict:
+    """Run ``spec`` under the governor to completion; returns the summary (also logged to MLflow)."""
+    preflight(spec)
+    connect(address, pool_slots=spec.budget.max_workers)
+    started = time.time()
+    dataset = Dataset(spec.data.path, spec.data.format)
+    store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
+    truth = _warm_start(spec, store, dataset)
+    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    tracker.log_params(spec.model_dump())
+    tracker.set_tags({"headroom.job": spec.name, "headroom.warm_start": truth.origin})
+    gov = get_or_create_governor(spec.budget.poll_interval_s)
+    register = _registrar(gov, spec)
+    register()
+    loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
+    status = "FINISHED"
+    try:
+        loop.run()
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        record = ray.get(gov.unregister.remote(spec.name)) or {}
+        loop.stop_actors()
+        loop.flush(record.get("decisions", []))
+        if status == "FAILED":
+            tracker.end(status)
+    result = _validate_and_register(spec, truth, tracker)
+    summary = build_summary(spec, truth, loop, record, result, dataset, started, tracker.run_id)
+    tracker.log_json(summary, "summary.json")
+    tracker.log_json(loop.decisions, "governor/decisions.json")
+    tracker.end(status)
+    return summary
+
+
+def _registrar(gov, spec: JobSpec):
+    serving = {"kind": spec.serving.telemetry, "url": spec.serving.url, "histogram": spec.serving.histogram,
+               "query": spec.serving.query, "timeout_s": spec.serving.timeout_s,
+               "stale_after_s": spec.serving.stale_after_s, "capacity_rps": spec.serving.capacity_rps}
+    bundle = {"CPU": spec.budget.cpus_per_worker, POOL_RESOURCE: 1}
+    drain_s = spec.budget.governor_silence_s + 5.0
+
+    def register():
+        ray.get(gov.register.remote(spec.name, law_config(spec), serving, bundle, drain_s, spec.budget.poll_interval_s))
+
+    return register
+
+
+class _RoundLoop:
+    """Rounds until every row is consumed; keeps the time series the summary and plots need."""
+
+    def __init__(self, spec, gov, register, truth: _Truth, store, dataset, tracker, on_status):
+        self.spec, self.gov, self.register, self.truth = spec, gov, register, truth
+        self.store, self.dataset, self.tracker, self.on_status = store, dataset, tracker, on_status
+        self.actors: dict[int, object] = {}
+        self.decisions: list[dict] = []
+        self.progress: list[dict] = []
+        self.checkpoints = 0
+        self.crashes = 0
+        self.rows_at_start = len(truth.ledger)
+        self._since = 0
+        self._last_poll = 0.0
+        self._slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
+        self._spec_dict = spec.model_dump()
+
+    def run(self) -> None:
+        total = self.dataset.total_rows
+        rows_per_shard = self.spec.checkpoint.every_steps * self.spec.data.batch_rows
+        while True:
+            pending = self.truth.ledger.complement(total)
+            if not pending:
+                return
+            self._reconcile()
+            if not self.actors:
+                self._poll(force=False)
+                time.sleep(0.05)
+                continue
+            shards = _shards(pending, sorted(self.actors), rows_per_shard)
+            state_ref = ray.put(self.truth.state)
+            seed = int(self.truth.rng.integers(2**31))
+            refs = {self.actors[s].train.remote(state_ref, shard, seed + s): s for s, shard in shards.items()}
+            self._merge(self._collect(refs))
+
+    def _reconcile(self) -> None:
+        groups = ray.get(self.gov.lease.remote(self.spec.name))
+        if groups is None:  # the governor restarted and forgot us: register again
+            self.register()
+            groups = {}
+        for slot in [s for s in self.actors if s not in groups]:
+            self._drop(slot)
+        for slot, pg in groups.items():
+            if slot not in self.actors:
+                strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+                self.actors[slot] = TrainerWorker.options(
+                    scheduling_strategy=strategy, num_cpus=self.spec.budget.cpus_per_worker,
+                    resources={POOL_RESOURCE: 1}).remote(self.spec.name, slot, self._spec_dict, self.gov,
+                                                         self.spec.budget.governor_silence_s)
+
+    def _drop(self, slot: int) -> None:
+        actor = self.actors.pop(slot, None)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+        self.gov.released.remote(self.spec.name, slot)
+
+    def _collect(self, refs: dict) -> list[dict]:
+        results = []
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
+            for ref in done:
+                slot = refs.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except (RayActorError, RayTaskError) as exc:
+                    self.crashes += 1
+                    log.warning("worker in slot %s died (%s); its shard goes back to pending", slot, type(exc).__name__)
+                    self._drop(slot)
+                    continue
+                results.append(result)
+                if result["stopped"]:  # yielded: release the slot now, the round's merge keeps its rows
+                    self._drop(slot)
+            self._poll(force=False)
+        return results
+
+    def _merge(self, results: list[dict]) -> None:
+        useful = [r for r in results if r["rows"] > 0]
+        if not useful:
+            return
+        t = self.truth
+        for r in useful:
+            for s, e in r["consumed"]:
+                t.counters["rows_duplicated"] += t.ledger.add(s, e)
+            t.counters["id_sum"] += r["id_sum"]
+            t.counters["id_sq"] += r["id_sq"]
+            t.counters["steps"] += r["steps"]
+        models = [loads(r["state"]) for r in useful]
+        t.state = dumps(average_models(models, [r["rows"] for r in useful])) if len(useful) > 1 else useful[0]["state"]
+        t.counters["rounds"] += 1
+        self.store.save(t.to_checkpoint(self._slices))
+        self.checkpoints += 1
+        losses = [r["loss"] for r in useful if r["loss"] is not None]
+        self._loss = float(np.mean(losses)) if losses else None
+        self._poll(force=True)
+
+    def _poll(self, force: bool) -> None:
+        now = time.time()
+        if not force and now - self._last_poll < 1.0:
+            return
+        self._last_poll = now
+        snap = ray.get(self.gov.snapshot.remote(self.spec.name, self._since))
+        if snap is None:
+            return
+        new = snap.pop("decisions")
+        self._since = snap.pop("next_since")
+        self.decisions.extend(new)
+        in_flight = sum(p.get("rows", 0) for p in snap["progress"].values())
+        consumed = len(self.truth.ledger) + in_flight
+        prev = self.progress[-1] if self.progress else None
+        rate = (consumed - prev["rows_consumed"]) / max(1e-6, now - prev["t"]) if prev else 0.0
+        point = {"t": now, "rows_consumed": consumed, "rows_per_s": max(0.0, rate), "loss": getattr(self, "_loss", None)}
+        self.progress.append(point)
+        level_num = {"PAUSE": 0, "THROTTLE": 1, "RUN": 2}[snap["level"]]
+        self.tracker.log_metrics({"rows_consumed": consumed, "rows_per_s": point["rows_per_s"], "loss": point["loss"],
+                                  "directive_level": level_num, "serving_p99_ms": snap["p99_ms"],
+                                  "lease_workers": snap["lease"], "slack": snap["slack"]}, step=len(self.progress))
+        if self.on_status:
+            self.on_status(dict(snap, rows_consumed=consumed, rows_total=self.dataset.total_rows, rows_per_s_observed=point["rows_per_s"]))
+
+    def flush(self, final_decisions: list[dict]) -> None:
+        """Keep the governor's full record (it also holds decisions taken after the last poll)."""
+        if final_decisions:
+            self.decisions = final_decisions
+
+    def stop_actors(self) -> None:
+        for slot in list(self.actors):
+            self._drop(slot)
+
+
+def _validate_and_register(spec: JobSpec, truth: _Truth, tracker: Tracker) -> dict:
+    """Holdout score of the candidate and the champion; register the candidate; set the allowed alias."""
+    if truth.state is None:
+        return {"skipped": "no model state (nothing trained and no warm start)"}
+    table = read_table_file(spec.validation.holdout)
+    x, y, _ = to_xy(table, spec.data.target, spec.data.features, spec.data.id_column)
+    candidate = loads(truth.state)
+    cand_score = score(spec.validation.metric, candidate, x, y)
+    champ = load_champion(spec.tracking.uri, spec.name)
+    champ_score = score(spec.validation.metric, champ[0], x, y) if champ else None
+    beats = champ_score is None or cand_score >= champ_score + spec.validation.min_improvement
+    tracker.log_metrics({f"holdout_{spec.validation.metric}": cand_score,
+                         f"champion_holdout_{spec.validation.metric}": champ_score}, step=0)
+    reg = register_model(tracker, candidate, spec.name, beats_champion=beats and champ is not None,
+                         has_champion=champ is not None)
+    return {"metric": spec.validation.metric, "candidate": cand_score, "champion": champ_score,
+            "champion_version": champ[1] if champ else None, "beats_champion": beats, **reg}

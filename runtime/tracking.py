@@ -1,0 +1,130 @@
+"""MLflow, behind a few verbs: one run per job, step metrics, artifacts, registration with aliases.
+
+Registration follows the rule "no silent promotion": the first version of a model becomes
+``champion``; later versions become ``challenger`` only when they beat the champion on the holdout,
+and only the release gates (or ``headroom promote``) move ``champion``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from .errors import TrackingError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+# Explicit requirements: letting MLflow infer them costs ~10 s per logged model.
+PIP_REQUIREMENTS = ["scikit-learn", "skops", "numpy"]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """One MLflow run.
+
+    >>> t = Tracker("sqlite:///mlflow.db", "headroom", "my-job")  # doctest: +SKIP
+    >>> t.log_metrics({"rows_per_s": 120.0}, step=3)
+    """
+
+    def __init__(self, uri: str, experiment: str, run_name: str):
+        mlflow.set_tracking_uri(uri)
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        except MlflowException as exc:
+            raise TrackingError(f"cannot start an MLflow run ({exc.message})", where=uri,
+                                fix="check tracking.uri (e.g. sqlite:///mlflow.db or http://127.0.0.1:5000)") from None
+
+    def log_params(self, params: dict) -> None:
+        flat = {k: str(v)[:500] for k, v in flatten(params).items()}
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 100]])
+
+    def log_metrics(self, metrics: dict[str, float | None], step: int, timestamp_ms: int | None = None) -> None:
+        import time
+
+        ts = timestamp_ms or int(time.time() * 1000)
+        clean = [mlflow.entities.Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
+        if clean:
+            self.client.log_batch(self.run_id, metrics=clean)
+
+    def log_metric_rows(self, rows: list[dict], keys: list[str]) -> None:
+        """Many timestamped records at once (e.g. the governor's decision log)."""
+        batch = []
+        for i, r in enumerate(rows):
+            for k in keys:
+                if r.get(k) is not None:
+                    batch.append(mlflow.entities.Metric(k, float(r[k]), int(r["t"] * 1000), i))
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+
+    def log_json(self, obj: Any, artifact_path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / Path(artifact_path).name
+            p.write_text(json.dumps(obj, indent=2, default=str))
+            self.client.log_artifact(self.run_id, str(p), str(Path(artifact_path).parent) if "/" in artifact_path else None)
+
+    def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    def set_tags(self, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def load_champion(uri: str, name: str):
+    """``(model, version)`` of the model under alias ``champion``, or ``None`` if there is none."""
+    client = MlflowClient(uri)
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
+    return model, int(mv.version)
+
+
+def register_model(tracker: Tracker, model, name: str, *, beats_champion: bool, has_champion: bool) -> dict:
+    """Log ``model`` to the run, register a version, and set the alias the rule allows."""
+    import skops.io as sio
+
+    trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]
+    try:
+        mlflow.set_tracking_uri(tracker.uri)
+        with mlflow.start_run(run_id=tracker.run_id):
+            info = mlflow.sklearn.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
+                                            serialization_format="skops", skops_trusted_types=trusted or None)
+        mv = mlflow.register_model(info.model_uri, name)
+        alias = None
+        if not has_champion:
+            alias = CHAMPION
+        elif beats_champion:
+            alias = CHALLENGER
+        if alias:
+            tracker.client.set_registered_model_alias(name, alias, mv.version)
+    except MlflowException as exc:
+        raise TrackingError(f"cannot register model {name!r} ({exc.message})", where="tracking",
+                            fix="check the tracking store is reachable and supports the model registry (sqlite:// or a server)") from None
+    return {"version": int(mv.version), "alias": alias}

@@ -1,0 +1,90 @@
+"""Fixtures shared by the integration and end-to-end tiers (unit tests never use them).
+
+One real Ray head per test session (``ray start --head --block``, loopback, its own temp dir and
+ports), started on first use and stopped at the end; in-process tests connect to it with
+``ray_session``, ``ray job submit`` tests use its dashboard address.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Token authentication with a token of this test session's own, so that neither another cluster on
+# the machine nor ~/.ray/auth_token interferes; the head, the drivers and `ray job submit` inherit it.
+# Set before anything imports Ray: its token loader reads the environment once.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+RAY = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    address: str  # GCS address for ray.init
+    dashboard_url: str  # for ray job submit
+    temp_dir: str
+    process: subprocess.Popen
+
+
+def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited early:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"port {port} not open after {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    temp_dir = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    gcs_port, dash_port = free_port(), free_port()
+    log = Path(temp_dir) / "ray-start.log"
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--num-cpus", "4",
+           "--resources", '{"training_pool": 2}', "--temp-dir", temp_dir, "--disable-usage-stats"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        _wait_port(gcs_port, 60, proc, log)
+        _wait_port(dash_port, 60, proc, log)
+        yield RayHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir, proc)
+    finally:
+        proc.terminate()  # --block: SIGTERM stops every process this head started, and only those
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_head):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_head.address, log_to_driver=False)
+    yield ray_head
+    ray.shutdown()

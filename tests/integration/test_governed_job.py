@@ -1,0 +1,131 @@
+"""A governed job on a real Ray cluster beside a real HTTP server whose latency the test moves.
+
+Figures (detection and release times) are printed, not asserted: this machine is shared and noisy.
+What is asserted is what must hold on any machine: the job pauses after latency rises and before it
+falls, resumes after it falls, consumes every row exactly once, and registers a model version.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from runtime.datagen import write_regression_slices
+from runtime.job import run_job
+from runtime.spec import spec_from_dict
+from tests.support import LatencyServer, LoadThread
+
+pytestmark = pytest.mark.integration
+
+
+def make_spec(tmp_path, name: str, metrics_url: str, *, rows_per_s: float, slices: int = 6, rows: int = 2000,
+              every_steps: int = 5) -> object:
+    data, holdout = write_regression_slices(tmp_path / "data", slices=slices, rows_per_slice=rows)
+    return spec_from_dict({
+        "name": name,
+        "model": {"estimator": "sklearn.linear_model.SGDRegressor", "params": {"random_state": 0}},
+        "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": 100},
+        "validation": {"holdout": str(holdout), "metric": "r2"},
+        "serving": {"url": metrics_url, "slo_p99_ms": 50, "stale_after_s": 3},
+        "budget": {"max_rows_per_s": rows_per_s, "cooldown_s": 1.0, "holddown_s": 0.5, "poll_interval_s": 0.25},
+        "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": every_steps},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "it"},
+    })
+
+
+class JobThread(threading.Thread):
+    """Runs ``run_job`` in the background and keeps every status snapshot it reported."""
+
+    def __init__(self, spec):
+        super().__init__(daemon=True)
+        self.spec, self.snaps, self.summary, self.error = spec, [], None, None
+
+    def run(self):
+        try:
+            self.summary = run_job(self.spec, on_status=lambda s: self.snaps.append(dict(s, seen=time.time())))
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+    def wait_for(self, check, timeout_s: float = 60.0) -> dict:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.error:
+                raise self.error
+            hit = next((s for s in reversed(self.snaps) if check(s)), None)
+            if hit:
+                return hit
+            time.sleep(0.05)
+        raise AssertionError(f"condition not reached in {timeout_s}s; last snapshot: {self.snaps[-1:]}")
+
+    def finish(self, timeout_s: float = 180.0) -> dict:
+        self.join(timeout_s)
+        if self.error:
+            raise self.error
+        assert self.summary is not None, "job did not finish in time"
+        return self.summary
+
+
+def assert_exactly_once(summary: dict) -> None:
+    assert summary["status"] == "completed"
+    assert summary["rows_consumed"] == summary["rows_total"]
+    assert summary["rows_duplicated"] == 0
+    assert summary["row_ids_verified"] is True  # the ids read add up to exactly the ids in the data
+
+
+def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_session, tmp_path, capsys):
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=60):
+        job = JobThread(make_spec(tmp_path, "it-pause-resume", server.metrics_url, rows_per_s=800))
+        job.start()
+        job.wait_for(lambda s: s["rows_consumed"] > 0 and s["lease"] > 0)
+        raised_at = time.time()
+        server.set_delay(0.15)
+        paused = job.wait_for(lambda s: s["seen"] > raised_at and s["level"] == "PAUSE" and s["lease"] == 0)
+        rows_at_pause = paused["rows_consumed"]
+        time.sleep(2.0)
+        lowered_at = time.time()
+        server.set_delay(0.002)
+        job.wait_for(lambda s: s["seen"] > lowered_at and s["level"] != "PAUSE" and s["rows_consumed"] > rows_at_pause)
+        summary = job.finish()
+
+    decisions = logged_decisions(summary, tmp_path)
+    first_pause = next(d for d in decisions if d["t"] >= raised_at and d["level"] == "PAUSE")
+    assert first_pause["reason"] == "SLO_VIOLATED"
+    assert summary["pauses"] >= 1 and summary["resumes"] >= 1
+    assert summary["reaction"]["count"] >= 1
+    assert_exactly_once(summary)
+    assert summary["registered_version"] >= 1
+    detect_s = first_pause["t"] - raised_at
+    with capsys.disabled():
+        print(f"\n[figures] latency raised -> PAUSE decided: {detect_s:.3f} s; PAUSE -> lease released: "
+              f"median {summary['reaction']['median_s']:.3f} s, max {summary['reaction']['max_s']:.3f} s; "
+              f"raised -> released: {detect_s + summary['reaction']['all_s'][0]:.3f} s")
+
+
+def logged_decisions(summary: dict, tmp_path) -> list[dict]:
+    """The governor's decision log, read back from the job's MLflow run (where users find it)."""
+    import json
+
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(run_id=summary["mlflow_run_id"], artifact_path="governor/decisions.json",
+                                                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", dst_path=str(tmp_path / "dl"))
+    return json.loads(open(local).read())
+
+
+def test_sigkill_of_a_worker_mid_run_loses_and_repeats_no_row(ray_session, tmp_path):
+    from ray.util.state import list_actors
+
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=40):
+        job = JobThread(make_spec(tmp_path, "it-sigkill", server.metrics_url, rows_per_s=1000, every_steps=8))
+        job.start()
+        job.wait_for(lambda s: s["rows_consumed"] > 1500)
+        alive = list_actors(filters=[("class_name", "=", "TrainerWorker"), ("state", "=", "ALIVE")])
+        assert alive, "no live trainer worker to kill"
+        os.kill(alive[0].pid, signal.SIGKILL)
+        summary = job.finish()
+    assert summary["worker_crashes"] >= 1
+    assert_exactly_once(summary)
