@@ -64,7 +64,7 @@ class Governor:
 
     # ---- registration -------------------------------------------------------------------------
     async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
-                       poll_interval_s: float | None = None) -> dict:
+                       poll_interval_s: float | None = None, park_s: float = 30.0) -> dict:
         """Add a job (idempotent: a driver that restarts re-registers and keeps its entry)."""
         self._ensure_loop()
         if poll_interval_s:
@@ -73,7 +73,7 @@ class Governor:
             key = tuple(sorted(serving.items()))
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
-            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s))
+            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s))
         return {"job": job, "poll_interval_s": self.poll_interval_s}
 
     async def unregister(self, job: str) -> dict:
@@ -96,21 +96,23 @@ class Governor:
         d = entry.directive
         if d.level is Level.PAUSE or not entry.lease.should_run(slot):
             return {"action": "stop", "rows_per_s": 0.0, "why": d.reason.value}
-        running = max(1, len(entry.lease.ready_groups()))
+        running = max(1, len(entry.lease.view()["ready"]))
         return {"action": "run", "rows_per_s": d.rows_per_s / running, "level": d.level.value}
 
-    async def lease(self, job: str) -> dict:
-        """Ready, non-draining slots of the job's lease: ``{slot: PlacementGroup}``; None if unknown."""
+    async def lease(self, job: str) -> dict | None:
+        """The job's lease as ``{"ready": {slot: PlacementGroup}, "draining": [...], "parked": [...]}``."""
         entry = self.jobs.get(job)
-        return None if entry is None else entry.lease.ready_groups()
+        return None if entry is None else entry.lease.view()
 
-    async def released(self, job: str, slot: int) -> None:
-        """A worker stopped (yielded, finished or died): remove its group if the slot was draining."""
+    async def released(self, job: str, slot: int) -> str:
+        """A worker stopped (yielded, finished or died). Returns kept/parked/removed/running/unknown."""
         entry = self.jobs.get(job)
-        if entry is not None:
-            entry.lease.release(slot)
-            entry.progress.pop(slot, None)
-            self._note_release(entry, time.time())
+        if entry is None:
+            return "unknown"
+        outcome = entry.lease.release(slot, time.time(), park=entry.directive.level is Level.PAUSE)
+        entry.progress.pop(slot, None)
+        self._note_release(entry, time.time())
+        return outcome
 
     async def pause(self, job: str) -> bool:
         entry = self.jobs.get(job)
@@ -174,22 +176,23 @@ class Governor:
         now = time.time()
         if d.level is Level.PAUSE and before is not Level.PAUSE and entry.started:
             entry.pauses += 1
-            entry.pause_started_s = sample.time_s if len(entry.lease) else None
+            entry.pause_started_s = sample.time_s if entry.lease.active_count() else None
         if d.reason is Reason.RESUME:
             entry.resumes += int(entry.started)
             entry.started = True
         entry.lease.resize(min(d.workers, entry.law.max_workers), now)
         entry.lease.poll_ready()
-        entry.lease.expire_drains(now)
+        entry.lease.expire(now)
         self._note_release(entry, now)
         entry.decisions.append(dict(d.as_dict(), t=sample.time_s, job=entry.job, p99_ms=sample.p99_ms, rps=sample.rps,
-                                    utilization=sample.utilization, error=sample.error, lease=len(entry.lease)))
+                                    utilization=sample.utilization, error=sample.error, lease=len(entry.lease),
+                                    active=entry.lease.active_count()))
         if len(entry.decisions) == entry.decisions.maxlen:
             entry.decisions_base += 1
 
     def _note_release(self, entry: JobEntry, now: float) -> None:
-        """Headroom lost -> every worker released: that interval is the reaction time."""
-        if entry.pause_started_s is not None and len(entry.lease) == 0:
+        """Headroom lost -> every worker stopped and checkpointed: that interval is the reaction time."""
+        if entry.pause_started_s is not None and entry.lease.active_count() == 0:
             entry.reactions_s.append(now - entry.pause_started_s)
             entry.pause_started_s = None
 
@@ -197,7 +200,7 @@ class Governor:
         d, s = entry.directive, entry.sample
         return {"job": entry.job, "level": d.level.value, "reason": d.reason.value, "workers": d.workers,
                 "rows_per_s": d.rows_per_s, "slack": d.slack, "lease": len(entry.lease),
-                "ready": sorted(entry.lease.ready_groups()), "p99_ms": s.p99_ms if s else None,
+                "active": entry.lease.active_count(), "p99_ms": s.p99_ms if s else None,
                 "rps": s.rps if s else None, "error": s.error if s else None, "manual": entry.manual,
                 "pauses": entry.pauses, "resumes": entry.resumes, "reactions_s": list(entry.reactions_s),
                 "progress": dict(entry.progress)}

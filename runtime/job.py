@@ -109,8 +109,13 @@ def _shards(pending: list, slots: list[int], rows_per_shard: int) -> dict[int, l
     return out
 
 
-def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | None = None) -> dict:
-    """Run ``spec`` under the governor to completion; returns the summary (also logged to MLflow)."""
+def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | None = None,
+            artifacts_dir: str | None = None) -> dict:
+    """Run ``spec`` under the governor to completion; returns the summary.
+
+    The summary, the governor's decision log, the progress series and a timeline plot are written to
+    ``artifacts_dir`` (a temporary folder if not given) and logged to the job's MLflow run.
+    """
     preflight(spec)
     connect(address, pool_slots=spec.budget.max_workers)
     started = time.time()
@@ -124,24 +129,46 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     register = _registrar(gov, spec)
     register()
     loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
-    status = "FINISHED"
     try:
         loop.run()
     except BaseException:
-        status = "FAILED"
+        _release(gov, spec, loop)
+        tracker.end("FAILED")
         raise
-    finally:
-        record = ray.get(gov.unregister.remote(spec.name)) or {}
-        loop.stop_actors()
-        loop.flush(record.get("decisions", []))
-        if status == "FAILED":
-            tracker.end(status)
+    record = _release(gov, spec, loop)
     result = _validate_and_register(spec, truth, tracker)
     summary = build_summary(spec, truth, loop, record, result, dataset, started, tracker.run_id)
-    tracker.log_json(summary, "summary.json")
-    tracker.log_json(loop.decisions, "governor/decisions.json")
-    tracker.end(status)
+    _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
+    tracker.end("FINISHED")
     return summary
+
+
+def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
+    """Give the lease back and keep the governor's full record of the job."""
+    record = ray.get(gov.unregister.remote(spec.name)) or {}
+    loop.stop_actors()
+    if record.get("decisions"):
+        loop.decisions = record["decisions"]  # the governor's copy also holds the ticks after the last poll
+    return record
+
+
+def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: Tracker, artifacts_dir: str | None) -> None:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from .plots import plot_timeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(artifacts_dir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"summary.json": summary, "decisions.json": loop.decisions, "progress.json": loop.progress}
+        for name, obj in files.items():
+            (out / name).write_text(json.dumps(obj, indent=1, default=str))
+        plot_timeline(loop.decisions, loop.progress, out / "timeline.png", slo_p99_ms=spec.serving.slo_p99_ms,
+                      title=f"{spec.name}: governed retraining")
+        for name in (*files, "timeline.png"):
+            tracker.log_file(out / name, "governor" if name != "summary.json" else None)
 
 
 def _registrar(gov, spec: JobSpec):
@@ -152,7 +179,8 @@ def _registrar(gov, spec: JobSpec):
     drain_s = spec.budget.governor_silence_s + 5.0
 
     def register():
-        ray.get(gov.register.remote(spec.name, law_config(spec), serving, bundle, drain_s, spec.budget.poll_interval_s))
+        ray.get(gov.register.remote(spec.name, law_config(spec), serving, bundle, drain_s, spec.budget.poll_interval_s,
+                                    spec.budget.park_s))
 
     return register
 
@@ -164,6 +192,7 @@ class _RoundLoop:
         self.spec, self.gov, self.register, self.truth = spec, gov, register, truth
         self.store, self.dataset, self.tracker, self.on_status = store, dataset, tracker, on_status
         self.actors: dict[int, object] = {}
+        self._running: list[int] = []
         self.decisions: list[dict] = []
         self.progress: list[dict] = []
         self.checkpoints = 0
@@ -182,30 +211,42 @@ class _RoundLoop:
             if not pending:
                 return
             self._reconcile()
-            if not self.actors:
+            if not self._running:
                 self._poll(force=False)
                 time.sleep(0.05)
                 continue
-            shards = _shards(pending, sorted(self.actors), rows_per_shard)
+            shards = _shards(pending, self._running, rows_per_shard)
             state_ref = ray.put(self.truth.state)
             seed = int(self.truth.rng.integers(2**31))
             refs = {self.actors[s].train.remote(state_ref, shard, seed + s): s for s, shard in shards.items()}
             self._merge(self._collect(refs))
 
     def _reconcile(self) -> None:
-        groups = ray.get(self.gov.lease.remote(self.spec.name))
-        if groups is None:  # the governor restarted and forgot us: register again
+        """Follow the lease: start workers in new slots, hand back drained ones, drop the rest."""
+        view = ray.get(self.gov.lease.remote(self.spec.name))
+        if view is None:  # the governor restarted and forgot us: register again
             self.register()
-            groups = {}
-        for slot in [s for s in self.actors if s not in groups]:
+            view = {"ready": {}, "draining": [], "parked": []}
+        for slot in view["draining"]:
+            if slot in self.actors:  # idle between rounds: nothing to stop, just hand the slot back
+                self._yielded(slot)
+        keep = set(view["ready"]) | set(view["parked"])
+        for slot in [s for s in self.actors if s not in keep]:
             self._drop(slot)
-        for slot, pg in groups.items():
+        for slot, pg in view["ready"].items():
             if slot not in self.actors:
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
                 self.actors[slot] = TrainerWorker.options(
                     scheduling_strategy=strategy, num_cpus=self.spec.budget.cpus_per_worker,
                     resources={POOL_RESOURCE: 1}).remote(self.spec.name, slot, self._spec_dict, self.gov,
                                                          self.spec.budget.governor_silence_s)
+        self._running = sorted(view["ready"])
+
+    def _yielded(self, slot: int) -> None:
+        """The worker in ``slot`` stopped on the governor's word: keep it if the slot is parked or kept."""
+        outcome = ray.get(self.gov.released.remote(self.spec.name, slot))
+        if outcome not in ("parked", "kept", "running"):
+            self._drop(slot)
 
     def _drop(self, slot: int) -> None:
         actor = self.actors.pop(slot, None)
@@ -227,8 +268,8 @@ class _RoundLoop:
                     self._drop(slot)
                     continue
                 results.append(result)
-                if result["stopped"]:  # yielded: release the slot now, the round's merge keeps its rows
-                    self._drop(slot)
+                if result["stopped"]:  # yielded: hand the slot back now; the round's merge keeps its rows
+                    self._yielded(slot)
             self._poll(force=False)
         return results
 
@@ -272,14 +313,9 @@ class _RoundLoop:
         level_num = {"PAUSE": 0, "THROTTLE": 1, "RUN": 2}[snap["level"]]
         self.tracker.log_metrics({"rows_consumed": consumed, "rows_per_s": point["rows_per_s"], "loss": point["loss"],
                                   "directive_level": level_num, "serving_p99_ms": snap["p99_ms"],
-                                  "lease_workers": snap["lease"], "slack": snap["slack"]}, step=len(self.progress))
+                                  "workers_active": snap["active"], "slack": snap["slack"]}, step=len(self.progress))
         if self.on_status:
             self.on_status(dict(snap, rows_consumed=consumed, rows_total=self.dataset.total_rows, rows_per_s_observed=point["rows_per_s"]))
-
-    def flush(self, final_decisions: list[dict]) -> None:
-        """Keep the governor's full record (it also holds decisions taken after the last poll)."""
-        if final_decisions:
-            self.decisions = final_decisions
 
     def stop_actors(self) -> None:
         for slot in list(self.actors):

@@ -39,7 +39,7 @@ class StatusLine:
     def __call__(self, snap: dict) -> None:
         p99 = f"{snap['p99_ms']:.1f}ms" if snap.get("p99_ms") is not None else "n/a"
         line = (f"[headroom] {snap['job']}: {snap['level']:<8} ({snap['reason']}) p99={p99} "
-                f"lease={snap['lease']} rows={snap['rows_consumed']}/{snap['rows_total']} "
+                f"workers={snap['active']} rows={snap['rows_consumed']}/{snap['rows_total']} "
                 f"rows/s={snap['rows_per_s_observed']:.0f} pauses={snap['pauses']}")
         if self.tty:
             self.stream.write("\r" + line[:160].ljust(160))

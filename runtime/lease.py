@@ -1,15 +1,16 @@
 """A job's lease on the training pool: one placement group per worker slot.
 
 Ray cannot resize a placement group in place, so a lease grows by creating groups and shrinks by
-removing them. Shrinking is two-phase so that no worker is killed with unsaved work: a slot first
-*drains* (its worker is told to stop, returns its progress, and the job reports it released), then
-its group is removed; a slot whose worker never reports back is removed after ``drain_timeout_s``.
+removing them. Giving a slot back is two-phase so that no worker is killed with unsaved work: the slot
+first *drains* (its worker is told to stop, returns its progress and the job checkpoints it), then
+it is removed — or, when the whole job is paused, *parked*: the worker is stopped and holds no CPU,
+but its group and its warm process stay for ``park_s``, so a resume soon after skips a cold start
+(process launch and imports cost seconds of CPU, which would land on the serving side exactly when
+headroom has just come back). A parked slot is removed when the pause outlasts ``park_s``; a
+draining slot whose worker never reports back is removed after ``drain_timeout_s``.
 
 Every group asks for ``{"CPU": cpus_per_worker, "training_pool": 1}``, so training only ever lands on
 nodes that carry the ``training_pool`` resource.
-
->>> lease = Lease("job-a", {"CPU": 1, "training_pool": 1})  # doctest: +SKIP
->>> lease.resize(2, now_s=0.0)
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class Slot:
     created_s: float
     ready: bool = False
     draining_since_s: float | None = None
+    parked_since_s: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """A worker may be computing in it (running, or told to stop but not yet stopped)."""
+        return self.ready and self.parked_since_s is None
 
 
 @dataclass
@@ -35,24 +42,27 @@ class Lease:
     job: str
     bundle: dict[str, float]
     drain_timeout_s: float = 10.0
+    park_s: float = 30.0
     slots: dict[int, Slot] = field(default_factory=dict)
+    target: int = 0
 
-    def resize(self, workers: int, now_s: float) -> list[int]:
-        """Move toward ``workers`` slots; returns the slots released outright (never-ready ones)."""
-        released = []
+    def resize(self, workers: int, now_s: float) -> None:
+        """Move toward ``workers`` running slots."""
+        self.target = workers
         for idx in range(workers):
-            if idx not in self.slots:  # a draining slot finishes its drain first, then comes back
+            slot = self.slots.get(idx)
+            if slot is None:
                 pg = placement_group([dict(self.bundle)], strategy="PACK", name=f"headroom-{self.job}-{idx}")
                 self.slots[idx] = Slot(pg, now_s)
+            elif slot.parked_since_s is not None:
+                slot.parked_since_s = None  # warm resume: the worker process is still there
         for idx, slot in list(self.slots.items()):
-            if idx < workers:
+            if idx < workers or slot.parked_since_s is not None:
                 continue
             if not slot.ready:  # nothing runs in it yet: remove at once
                 self._remove(idx)
-                released.append(idx)
             elif slot.draining_since_s is None:
                 slot.draining_since_s = now_s
-        return released
 
     def poll_ready(self) -> None:
         """Mark groups whose resources have been reserved (non-blocking)."""
@@ -64,25 +74,41 @@ class Lease:
 
     def should_run(self, idx: int) -> bool:
         slot = self.slots.get(idx)
-        return slot is not None and slot.ready and slot.draining_since_s is None
+        return slot is not None and slot.active and slot.draining_since_s is None
 
-    def release(self, idx: int) -> bool:
-        """The worker in ``idx`` has stopped: remove its group if the slot is draining."""
+    def release(self, idx: int, now_s: float, *, park: bool) -> str:
+        """The worker in ``idx`` stopped. Returns what became of the slot: kept, parked, removed, running, unknown."""
         slot = self.slots.get(idx)
-        if slot is None or slot.draining_since_s is None:
-            return False
+        if slot is None:
+            return "unknown"
+        if slot.draining_since_s is None:
+            return "running" if slot.parked_since_s is None else "parked"
+        slot.draining_since_s = None
+        if idx < self.target:
+            return "kept"  # wanted again since the drain began
+        if park:
+            slot.parked_since_s = now_s
+            return "parked"
         self._remove(idx)
-        return True
+        return "removed"
 
-    def expire_drains(self, now_s: float) -> list[int]:
-        """Remove draining slots whose worker did not report back in time."""
-        late = [i for i, s in self.slots.items() if s.draining_since_s is not None and now_s - s.draining_since_s > self.drain_timeout_s]
+    def expire(self, now_s: float) -> list[int]:
+        """Remove slots parked longer than ``park_s`` and drains that never reported back."""
+        late = [i for i, s in self.slots.items()
+                if (s.draining_since_s is not None and now_s - s.draining_since_s > self.drain_timeout_s)
+                or (s.parked_since_s is not None and now_s - s.parked_since_s > self.park_s)]
         for idx in late:
             self._remove(idx)
         return late
 
-    def ready_groups(self) -> dict[int, PlacementGroup]:
-        return {i: s.pg for i, s in self.slots.items() if s.ready and s.draining_since_s is None}
+    def view(self) -> dict:
+        """What the job driver needs: ready groups to run in, and the slots draining or parked."""
+        return {"ready": {i: s.pg for i, s in self.slots.items() if self.should_run(i)},
+                "draining": sorted(i for i, s in self.slots.items() if s.draining_since_s is not None),
+                "parked": sorted(i for i, s in self.slots.items() if s.parked_since_s is not None)}
+
+    def active_count(self) -> int:
+        return sum(1 for s in self.slots.values() if s.active)
 
     def release_all(self) -> None:
         for idx in list(self.slots):

@@ -82,7 +82,9 @@ class BudgetSpec(_Section):
     max_rows_per_s: float = Field(default=1000.0, gt=0)
     poll_interval_s: float = Field(default=0.25, gt=0, le=60)
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    worker_nice: int = Field(default=10, ge=0, le=19, description="workers lower their CPU priority by this much (second line of defence)")
     governor_silence_s: float = Field(default=3.0, gt=0, description="a worker that cannot hear the governor this long pauses itself")
+    park_s: float = Field(default=30.0, ge=0, description="a paused worker keeps its slot and warm process this long")
     cooldown_s: float = Field(default=3.0, ge=0)
     holddown_s: float = Field(default=2.0, ge=0)
 

@@ -6,6 +6,10 @@ cannot hear the governor for ``silence_s``), and otherwise takes one batch at th
 updates the model and records the batch's positions. It returns the new state and exactly which rows
 it consumed; the driver merges that into the job's checkpoint. A worker that dies loses only its
 un-returned shard, whose rows the driver hands out again.
+
+A worker lowers its own CPU priority (``budget.worker_nice``) *before* importing its heavy libraries:
+process start-up is seconds of CPU, and it lands right when headroom has just come back. That is a
+second line of defence only; the governor's pause is the mechanism.
 """
 
 from __future__ import annotations
@@ -13,11 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import ray
-
-from .ingest import Dataset, RangeSet, TokenBucket, to_xy
-from .trainers import make_trainer
 
 _SLEEP_SLICE_S = 0.05  # how long a throttled worker sleeps between heartbeats
 
@@ -25,28 +25,34 @@ _SLEEP_SLICE_S = 0.05  # how long a throttled worker sleeps between heartbeats
 @ray.remote(max_restarts=0)
 class TrainerWorker:
     def __init__(self, job: str, slot: int, spec_dict: dict, governor, silence_s: float):
+        nice = int(spec_dict.get("budget", {}).get("worker_nice", 0))
+        if nice > 0 and hasattr(os, "nice"):
+            os.nice(nice)
+        from .ingest import Dataset
         from .spec import JobSpec
 
         self.spec = JobSpec.model_validate(spec_dict)
         self.job, self.slot, self.governor, self.silence_s = job, slot, governor, silence_s
         self.dataset = Dataset(self.spec.data.path, self.spec.data.format)
-        self._apply_cpu_limits()
+        self._limit_threads(max(1, int(self.spec.budget.cpus_per_worker)))
 
-    def _apply_cpu_limits(self) -> None:
-        # Threads follow the lease: a worker never runs more threads than its bundle holds CPUs.
-        cpus = max(1, int(self.spec.budget.cpus_per_worker))
-        try:
-            from threadpoolctl import threadpool_limits
+    @staticmethod
+    def _limit_threads(cpus: int) -> None:
+        # Threads follow the lease: a worker never runs more BLAS/OpenMP threads than its bundle has CPUs.
+        from threadpoolctl import threadpool_limits
 
-            threadpool_limits(cpus)
-        except ImportError:
-            pass
+        threadpool_limits(cpus)
 
     def pid(self) -> int:
         return os.getpid()
 
     def train(self, state: bytes | None, shard: list, seed: int) -> dict:
         """Train on ``shard`` from ``state`` until it is used up or the governor says stop."""
+        import numpy as np
+
+        from .ingest import RangeSet, TokenBucket, to_xy
+        from .trainers import make_trainer
+
         np.random.seed(seed % (2**32))
         trainer = make_trainer(self.spec.model, state)
         consumed, bucket = RangeSet(), TokenBucket()

@@ -80,10 +80,10 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=60):
         job = JobThread(make_spec(tmp_path, "it-pause-resume", server.metrics_url, rows_per_s=800))
         job.start()
-        job.wait_for(lambda s: s["rows_consumed"] > 0 and s["lease"] > 0)
+        job.wait_for(lambda s: s["rows_consumed"] > 0 and s["active"] > 0)
         raised_at = time.time()
         server.set_delay(0.15)
-        paused = job.wait_for(lambda s: s["seen"] > raised_at and s["level"] == "PAUSE" and s["lease"] == 0)
+        paused = job.wait_for(lambda s: s["seen"] > raised_at and s["level"] == "PAUSE" and s["active"] == 0)
         rows_at_pause = paused["rows_consumed"]
         time.sleep(2.0)
         lowered_at = time.time()

@@ -1,0 +1,312 @@
+"""The control law: one table row per Reason, scripted tick-by-tick scenarios, and invariants under hypothesis."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.law import Directive, LawConfig, LawState, Level, Reason, decide, manual_pause, slack_of
+from runtime.sample import Sample
+
+SLO_MS = 100.0
+CFG = LawConfig(slo_p99_ms=SLO_MS, max_workers=3, max_rows_per_s=1000.0, holddown_s=2.0, cooldown_s=3.0)
+LAW_PAUSES = {Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE, Reason.LOAD_CEILING, Reason.SLO_VIOLATED}
+
+
+# --- builders -----------------------------------------------------------------------------------
+
+def at(t: float, slack: float | None = None, *, util: float | None = None, cfg: LawConfig = CFG, **kw) -> Sample:
+    """A sample at time ``t`` whose p99 gives exactly ``slack`` against ``cfg``'s SLO."""
+    p99 = None if slack is None else cfg.slo_p99_ms * (1.0 - slack)
+    return Sample(time_s=t, p99_ms=p99, rps=10.0, utilization=util, **kw)
+
+
+def running(rows: float = 1000.0, workers: int = 1, **kw) -> LawState:
+    level = Level.RUN if rows >= CFG.max_rows_per_s else Level.THROTTLE
+    return LawState(level=level, workers=workers, rows_per_s=rows, **kw)
+
+
+def paused(at_s: float | None) -> LawState:
+    return LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=at_s)
+
+
+def run_script(state: LawState, samples: list[Sample], cfg: LawConfig = CFG) -> tuple[LawState, list[Directive]]:
+    out = []
+    for s in samples:
+        state, d = decide(state, s, cfg)
+        out.append(d)
+    return state, out
+
+
+# --- one tick per reason ------------------------------------------------------------------------
+
+P = Level.PAUSE
+CASES = [
+    # id, state, sample, reason, level, workers, rows
+    ("missing-error", running(), Sample.failed(10.0, "down"), Reason.TELEMETRY_MISSING, P, 0, 0.0),
+    ("missing-error-despite-good-p99", running(), at(10, 0.9, error="garbage"), Reason.TELEMETRY_MISSING, P, 0, 0.0),
+    ("missing-no-p99-no-util", running(), Sample(time_s=10.0, rps=5.0), Reason.TELEMETRY_MISSING, P, 0, 0.0),
+    ("missing-nan-p99-no-util", running(), Sample(time_s=10.0, p99_ms=math.nan), Reason.TELEMETRY_MISSING, P, 0, 0.0),
+    ("missing-while-paused", paused(None), Sample(time_s=10.0), Reason.TELEMETRY_MISSING, P, 0, 0.0),
+    ("stale", running(), at(10, 0.9, staleness_s=5.01), Reason.TELEMETRY_STALE, P, 0, 0.0),
+    ("load-ceiling", running(), at(10, 0.9, util=0.86), Reason.LOAD_CEILING, P, 0, 0.0),
+    ("load-ceiling-util-only", running(), at(10, None, util=0.99), Reason.LOAD_CEILING, P, 0, 0.0),
+    ("slo-violated", running(), at(10, -0.01), Reason.SLO_VIOLATED, P, 0, 0.0),
+    ("slo-violated-wins-over-cooldown", paused(9.0), at(10, -0.5), Reason.SLO_VIOLATED, P, 0, 0.0),
+    ("cooldown", paused(8.0), at(10, 0.9), Reason.COOLDOWN, P, 0, 0.0),
+    ("hysteresis-latency", paused(0.0), at(10, 0.29), Reason.HYSTERESIS, P, 0, 0.0),
+    ("hysteresis-util-tighter", paused(0.0), at(10, 0.9, util=0.7), Reason.HYSTERESIS, P, 0, 0.0),
+    ("resume", paused(0.0), at(10, 0.5), Reason.RESUME, Level.THROTTLE, 1, 250.0),
+    ("resume-first-tick", LawState(), at(0, 0.3), Reason.RESUME, Level.THROTTLE, 1, 250.0),
+    ("resume-util-only", paused(0.0), at(10, None, util=0.1), Reason.RESUME, Level.THROTTLE, 1, 250.0),
+    ("slack-low", running(1000.0, 3), at(10, 0.05), Reason.SLACK_LOW, Level.THROTTLE, 1, 500.0),
+    ("slack-low-4-workers", running(1000.0, 4), at(10, 0.05), Reason.SLACK_LOW, Level.THROTTLE, 2, 500.0),
+    ("slack-low-zero-slack", running(1000.0, 2), at(10, 0.0), Reason.SLACK_LOW, Level.THROTTLE, 1, 500.0),
+    ("slack-low-at-floor", running(50.0, 1), at(10, 0.05), Reason.SLACK_LOW, Level.THROTTLE, 1, 50.0),
+    ("slack-low-util", running(1000.0, 2), at(10, 0.9, util=0.80), Reason.SLACK_LOW, Level.THROTTLE, 1, 500.0),
+    ("hold-moderate", running(500.0, 1), at(10, 0.2), Reason.HOLD, Level.THROTTLE, 1, 500.0),
+    ("hold-moderate-at-shrink-edge", running(500.0, 1), at(10, 0.10), Reason.HOLD, Level.THROTTLE, 1, 500.0),
+    ("hold-ample-too-short", running(500.0, 1, ample_since_s=9.0, last_grow_s=0.0), at(10, 0.5),
+     Reason.HOLD, Level.THROTTLE, 1, 500.0),
+    ("hold-since-last-grow", running(500.0, 1, ample_since_s=0.0, last_grow_s=9.0), at(10, 0.5),
+     Reason.HOLD, Level.THROTTLE, 1, 500.0),
+    ("grow-rows", running(250.0, 1, ample_since_s=0.0, last_grow_s=0.0), at(2, 0.5), Reason.GROW, Level.THROTTLE, 1, 500.0),
+    ("grow-rows-clamped", running(900.0, 1, ample_since_s=0.0), at(5, 0.5), Reason.GROW, Level.RUN, 1, 1000.0),
+    ("grow-worker", running(1000.0, 1, ample_since_s=0.0), at(5, 0.5), Reason.GROW, Level.RUN, 2, 1000.0),
+    ("at-max", running(1000.0, 3, ample_since_s=0.0), at(5, 0.5), Reason.AT_MAX, Level.RUN, 3, 1000.0),
+]
+
+
+@pytest.mark.parametrize("state, sample, reason, level, workers, rows", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_one_tick(state, sample, reason, level, workers, rows):
+    new, d = decide(state, sample, CFG)
+    assert (d.reason, d.level, d.workers, d.rows_per_s) == (reason, level, workers, pytest.approx(rows))
+    assert (new.level, new.workers, new.rows_per_s) == (level, workers, pytest.approx(rows))
+
+
+def test_every_reason_but_manual_is_in_the_table():
+    assert {c[3] for c in CASES} == set(Reason) - {Reason.MANUAL_PAUSE}
+
+
+@pytest.mark.parametrize("staleness_s, util, p99_ms, paused_", [
+    (5.0, None, 10.0, False),  # exactly at the bound is still fresh
+    (5.0001, None, 10.0, True),
+    (0.0, 0.85, None, False),  # exactly at the ceiling is allowed
+    (0.0, 0.8501, None, True),
+    (0.0, None, SLO_MS, False),  # zero slack is not a violation
+    (0.0, None, SLO_MS + 1e-9, True),
+], ids=["stale-at-bound", "stale-past-bound", "util-at-ceiling", "util-past-ceiling", "p99-at-slo", "p99-past-slo"])
+def test_pause_boundaries(staleness_s, util, p99_ms, paused_):
+    _, d = decide(running(), Sample(time_s=1.0, p99_ms=p99_ms, utilization=util, staleness_s=staleness_s), CFG)
+    assert (d.level is Level.PAUSE) == paused_
+
+
+def test_pause_records_time_and_clears_memory():
+    state = running(1000.0, 3, ample_since_s=1.0, last_grow_s=2.0)
+    new, d = decide(state, at(7.5, -0.2), CFG)
+    assert new == LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=7.5)
+    assert d.slack == pytest.approx(-0.2)
+
+
+def test_slack_of():
+    assert slack_of(at(0, 0.25), CFG) == pytest.approx(0.25)
+    assert slack_of(Sample(time_s=0, p99_ms=200.0), CFG) == pytest.approx(-1.0)
+    assert slack_of(Sample(time_s=0), CFG) is None
+    assert slack_of(Sample(time_s=0, p99_ms=math.nan), CFG) is None
+
+
+def test_floor_default_and_explicit():
+    assert LawConfig(slo_p99_ms=1, max_rows_per_s=400).floor_rows_per_s == pytest.approx(20.0)
+    assert LawConfig(slo_p99_ms=1, max_rows_per_s=400, min_rows_per_s=7).floor_rows_per_s == 7
+
+
+def test_resume_never_below_floor():
+    cfg = replace(CFG, resume_fraction=0.01, min_rows_per_s=100.0)
+    _, d = decide(paused(0.0), at(10, 0.9, cfg=cfg), cfg)
+    assert (d.reason, d.rows_per_s, d.workers) == (Reason.RESUME, 100.0, 1)
+
+
+def test_resume_at_full_rate_is_run():
+    cfg = replace(CFG, resume_fraction=1.0)
+    _, d = decide(paused(0.0), at(10, 0.9, cfg=cfg), cfg)
+    assert (d.reason, d.level, d.rows_per_s) == (Reason.RESUME, Level.RUN, 1000.0)
+
+
+def test_directive_as_dict():
+    _, d = decide(paused(0.0), at(10, 0.5), CFG)
+    assert d.as_dict() == {"level": "THROTTLE", "workers": 1, "rows_per_s": 250.0, "reason": "RESUME",
+                           "slack": pytest.approx(0.5)}
+
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+def test_start_paused_resume_then_additive_growth_to_the_budget():
+    """Ample slack every second: resume at 25 %, +25 % of max per hold-down, then +1 worker, then AT_MAX."""
+    state, ds = run_script(LawState(), [at(t, 0.6) for t in range(0, 20)])
+    got = [(t, d.reason, d.workers, d.rows_per_s) for t, d in enumerate(ds)]
+    assert got[0] == (0, Reason.RESUME, 1, 250.0)
+    grows = [(t, w, r) for t, reason, w, r in got if reason is Reason.GROW]
+    assert grows == [(3, 1, 500.0), (5, 1, 750.0), (7, 1, 1000.0), (9, 2, 1000.0), (11, 3, 1000.0)]
+    assert all(reason is Reason.HOLD for t, reason, _, _ in got if t in (1, 2, 4, 6, 8, 10, 12))
+    assert all(reason is Reason.AT_MAX for t, reason, _, _ in got if t >= 13)  # budget reached, after a hold-down
+    assert state.level is Level.RUN and (state.workers, state.rows_per_s) == (3, 1000.0)
+    # THROTTLE until full rate; RUN from then on.
+    assert [d.level for d in ds[:7]] == [Level.THROTTLE] * 7 and all(d.level is Level.RUN for d in ds[7:])
+
+
+def test_growth_steps_are_never_closer_than_holddown():
+    _, ds = run_script(LawState(), [at(t * 0.25, 0.6) for t in range(0, 80)])
+    grow_times = [i * 0.25 for i, d in enumerate(ds) if d.reason is Reason.GROW]
+    assert len(grow_times) == 5
+    assert all(b - a >= CFG.holddown_s for a, b in zip(grow_times, grow_times[1:]))
+
+
+def test_moderate_slack_interrupts_the_holddown():
+    state = running(250.0, 1, last_grow_s=0.0)
+    script = [at(1, 0.6), at(2, 0.6), at(2.5, 0.2), at(3, 0.6), at(4, 0.6), at(5, 0.6)]
+    _, ds = run_script(state, script)
+    assert [d.reason for d in ds] == [Reason.HOLD, Reason.HOLD, Reason.HOLD, Reason.HOLD, Reason.HOLD, Reason.GROW]
+
+
+def test_spike_pauses_at_once_then_cooldown_then_hysteresis_then_resume():
+    state = running(1000.0, 3, ample_since_s=0.0, last_grow_s=0.0)
+    script = [
+        at(10.0, -0.5),  # spike
+        at(10.5, 0.9), at(12.9, 0.9),  # cool-down, however good it looks
+        at(13.0, 0.05), at(14.0, 0.29), at(15.0, 0.0),  # cool-down over, slack positive but not ample
+        at(16.0, 0.31),  # ample: resume
+    ]
+    state, ds = run_script(state, script)
+    assert [d.reason for d in ds] == [Reason.SLO_VIOLATED, Reason.COOLDOWN, Reason.COOLDOWN,
+                                      Reason.HYSTERESIS, Reason.HYSTERESIS, Reason.HYSTERESIS, Reason.RESUME]
+    assert all(d.level is Level.PAUSE and d.workers == 0 and d.rows_per_s == 0 for d in ds[:-1])
+    assert (ds[-1].workers, ds[-1].rows_per_s) == (1, 250.0)
+
+
+def test_each_violation_restarts_the_cooldown():
+    script = [at(0.0, -0.1), at(2.0, 0.9), at(2.5, -0.1), at(4.0, 0.9), at(5.4, 0.9), at(5.5, 0.9)]
+    _, ds = run_script(running(), script)
+    assert [d.reason for d in ds] == [Reason.SLO_VIOLATED, Reason.COOLDOWN, Reason.SLO_VIOLATED,
+                                      Reason.COOLDOWN, Reason.COOLDOWN, Reason.RESUME]
+
+
+def test_small_slack_shrinks_multiplicatively_to_the_floor_and_never_below():
+    _, ds = run_script(running(1000.0, 3), [at(t, 0.05) for t in range(10)])
+    assert [d.rows_per_s for d in ds] == [500.0, 250.0, 125.0, 62.5, 50.0, 50.0, 50.0, 50.0, 50.0, 50.0]
+    assert all(d.reason is Reason.SLACK_LOW and d.level is Level.THROTTLE for d in ds)
+    assert all(d.workers == 1 for d in ds)
+
+
+def test_workers_shrink_but_never_below_one_while_running():
+    cfg = replace(CFG, max_workers=16)
+    state = LawState(level=Level.RUN, workers=16, rows_per_s=1000.0)
+    _, ds = run_script(state, [at(t, 0.01, cfg=cfg) for t in range(8)], cfg)
+    assert [d.workers for d in ds] == [8, 4, 2, 1, 1, 1, 1, 1]
+
+
+def test_shrink_resets_ample_and_growth_waits_a_full_holddown():
+    state = running(1000.0, 2, ample_since_s=0.0, last_grow_s=0.0)
+    _, ds = run_script(state, [at(10, 0.05), at(11, 0.6), at(12, 0.6), at(13, 0.6)])
+    assert [d.reason for d in ds] == [Reason.SLACK_LOW, Reason.HOLD, Reason.HOLD, Reason.GROW]
+    assert (ds[-1].rows_per_s, ds[-1].workers) == (750.0, 1)
+
+
+def test_manual_pause():
+    state = running(1000.0, 3, ample_since_s=1.0)
+    new, d = manual_pause(state, 42.0)
+    assert (d.level, d.reason, d.workers, d.rows_per_s, d.slack) == (Level.PAUSE, Reason.MANUAL_PAUSE, 0, 0.0, None)
+    assert new == paused(42.0)
+    # It is a pause like any other: the cool-down applies before the law resumes.
+    _, ds = run_script(new, [at(43.0, 0.9), at(44.9, 0.9), at(45.0, 0.9)])
+    assert [d.reason for d in ds] == [Reason.COOLDOWN, Reason.COOLDOWN, Reason.RESUME]
+
+
+def test_never_flaps_on_small_oscillating_slack():
+    """Slack alternating 0.05 / 0.2 each tick is never a reason to pause, and never to grow."""
+    state, _ = run_script(LawState(), [at(t, 0.6) for t in range(12)])
+    assert state.level is Level.RUN
+    _, ds = run_script(state, [at(12 + 0.25 * i, 0.05 if i % 2 == 0 else 0.2) for i in range(400)])
+    assert not any(d.level is Level.PAUSE for d in ds)
+    assert {d.reason for d in ds} == {Reason.SLACK_LOW, Reason.HOLD}
+    assert all(d.workers >= 1 and d.rows_per_s >= CFG.floor_rows_per_s for d in ds)
+    assert ds[-1].rows_per_s == CFG.floor_rows_per_s and ds[-1].workers == 1
+
+
+@pytest.mark.parametrize("low, high", [(-0.05, 0.5), (-0.05, 0.2), (-1.0, 0.99)], ids=["violate-ample", "violate-moderate", "extreme"])
+def test_never_flaps_across_the_slo(low, high):
+    """Slack crossing zero every tick: every violation restarts the cool-down, so the job stays paused."""
+    state, _ = run_script(LawState(), [at(t, 0.6) for t in range(12)])
+    _, ds = run_script(state, [at(12 + 0.5 * i, low if i % 2 == 0 else high) for i in range(200)])
+    assert all(d.level is Level.PAUSE for d in ds)
+    assert not any(d.reason is Reason.RESUME for d in ds)
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+maybe_p99 = st.one_of(st.none(), st.floats(0.0, 400.0))
+maybe_util = st.one_of(st.none(), st.floats(0.0, 1.2))
+samples_st = st.lists(
+    st.tuples(st.floats(0.0, 3.0), maybe_p99, maybe_util, st.floats(0.0, 10.0),
+              st.sampled_from([None, None, None, None, "down"])),
+    min_size=1, max_size=60)
+cfg_st = st.builds(
+    LawConfig, slo_p99_ms=st.floats(1.0, 200.0), max_workers=st.integers(1, 8),
+    max_rows_per_s=st.floats(1.0, 1e5), shrink_factor=st.floats(0.1, 0.9),
+    grow_step_fraction=st.floats(0.01, 1.0), resume_fraction=st.floats(0.0, 1.0),
+    holddown_s=st.floats(0.0, 5.0), cooldown_s=st.floats(0.0, 5.0))
+
+
+def _as_samples(raw) -> list[Sample]:
+    t, out = 0.0, []
+    for dt, p99, util, stale, err in raw:
+        t += dt
+        out.append(Sample(time_s=t, p99_ms=p99, utilization=util, staleness_s=stale, error=err))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=cfg_st, raw=samples_st)
+def test_invariants_hold_for_any_sample_sequence(cfg, raw):
+    state = LawState()
+    last_law_pause_s = None
+    for s in _as_samples(raw):
+        state, d = decide(state, s, cfg)
+        assert 0.0 <= d.rows_per_s <= cfg.max_rows_per_s
+        assert 0 <= d.workers <= cfg.max_workers
+        assert (d.level is Level.PAUSE) == (d.workers == 0 and d.rows_per_s == 0.0)
+        assert (state.level, state.workers, state.rows_per_s) == (d.level, d.workers, d.rows_per_s)
+        if d.level is not Level.PAUSE:
+            assert d.workers >= 1 and d.rows_per_s >= min(cfg.floor_rows_per_s, cfg.max_rows_per_s)
+        if s.error is not None:
+            assert (d.level, d.reason) == (Level.PAUSE, Reason.TELEMETRY_MISSING)
+        if d.reason in LAW_PAUSES:
+            last_law_pause_s = s.time_s
+        if d.reason is Reason.RESUME and last_law_pause_s is not None:
+            assert s.time_s - last_law_pause_s >= cfg.cooldown_s
+
+
+# --- bugs ---------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="BUG: law.py _must_pause/_effective_slack: a NaN utilization is treated as "
+                                       "headroom (NaN compares False), so a sample with no p99 and NaN utilization resumes")
+def test_nan_utilization_without_latency_is_no_telemetry():
+    _, d = decide(LawState(), Sample(time_s=0.0, utilization=math.nan), CFG)
+    assert d.level is Level.PAUSE
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: law.py slack_of maps p99=+inf to None ('no latency'), so infinite "
+                                       "latency with a low utilization resumes/grows instead of SLO_VIOLATED")
+def test_infinite_p99_is_an_slo_violation():
+    _, d = decide(running(), Sample(time_s=0.0, p99_ms=math.inf, utilization=0.1), CFG)
+    assert (d.level, d.reason) == (Level.PAUSE, Reason.SLO_VIOLATED)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: law.py _must_pause: staleness_s=NaN is not > stale_after_s, so a "
+                                       "sample of unknown age is treated as fresh")
+def test_nan_staleness_is_stale():
+    _, d = decide(running(), at(0.0, 0.9, staleness_s=math.nan), CFG)
+    assert d.level is Level.PAUSE
