@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .checkpoint import Checkpoint, CheckpointStore
@@ -36,6 +36,9 @@ from .trainers.state import dumps, loads
 from .worker import TrainerWorker
 
 log = logging.getLogger("headroom.job")
+# The governor restarting (or briefly unreachable) is survivable: the driver keeps its truth, the
+# workers pause themselves, and calls are retried on the next loop turn.
+GOVERNOR_DOWN = (RayActorError, ActorUnavailableError, GetTimeoutError)
 StatusFn = Callable[[dict], None]
 
 
@@ -145,7 +148,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
 
 def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
     """Give the lease back and keep the governor's full record of the job."""
-    record = ray.get(gov.unregister.remote(spec.name)) or {}
+    try:
+        record = ray.get(gov.unregister.remote(spec.name), timeout=30) or {}
+    except GOVERNOR_DOWN:
+        record = {}
     loop.stop_actors()
     if record.get("decisions"):
         loop.decisions = record["decisions"]  # the governor's copy also holds the ticks after the last poll
@@ -223,10 +229,16 @@ class _RoundLoop:
 
     def _reconcile(self) -> None:
         """Follow the lease: start workers in new slots, hand back drained ones, drop the rest."""
-        view = ray.get(self.gov.lease.remote(self.spec.name))
-        if view is None:  # the governor restarted and forgot us: register again
-            self.register()
-            view = {"ready": {}, "draining": [], "parked": []}
+        try:
+            view = ray.get(self.gov.lease.remote(self.spec.name), timeout=10)
+            if view is None:  # the governor restarted and forgot us: register again
+                self.register()
+                view = {"ready": {}, "draining": [], "parked": []}
+        except GOVERNOR_DOWN as exc:
+            log.warning("governor unavailable (%s); training stays paused until it is back", type(exc).__name__)
+            self._running = []
+            time.sleep(0.5)
+            return
         for slot in view["draining"]:
             if slot in self.actors:  # idle between rounds: nothing to stop, just hand the slot back
                 self._yielded(slot)
@@ -244,7 +256,10 @@ class _RoundLoop:
 
     def _yielded(self, slot: int) -> None:
         """The worker in ``slot`` stopped on the governor's word: keep it if the slot is parked or kept."""
-        outcome = ray.get(self.gov.released.remote(self.spec.name, slot))
+        try:
+            outcome = ray.get(self.gov.released.remote(self.spec.name, slot), timeout=10)
+        except GOVERNOR_DOWN:
+            outcome = "unknown"
         if outcome not in ("parked", "kept", "running"):
             self._drop(slot)
 
@@ -298,7 +313,10 @@ class _RoundLoop:
         if not force and now - self._last_poll < 1.0:
             return
         self._last_poll = now
-        snap = ray.get(self.gov.snapshot.remote(self.spec.name, self._since))
+        try:
+            snap = ray.get(self.gov.snapshot.remote(self.spec.name, self._since), timeout=10)
+        except GOVERNOR_DOWN:
+            snap = None
         if snap is None:
             return
         new = snap.pop("decisions")

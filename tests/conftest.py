@@ -63,6 +63,7 @@ def ray_head():
     log = Path(temp_dir) / "ray-start.log"
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv: job entrypoints find its python
     cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--num-cpus", "4",
            "--resources", '{"training_pool": 2}', "--temp-dir", temp_dir, "--disable-usage-stats"]
