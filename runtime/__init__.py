@@ -1,0 +1,29 @@
+"""Headroom: retrain models in the latency headroom of a live serving cluster.
+
+>>> from runtime import load_spec, run_job  # doctest: +SKIP
+>>> summary = run_job(load_spec("jobs/demo.yaml"))
+"""
+
+from .errors import CheckpointError, DataError, GovernorError, HeadroomError, SpecError, TelemetryError, TrackingError
+from .law import Directive, LawConfig, LawState, Level, Reason, decide
+from .sample import Sample
+from .spec import JobSpec, load_spec, spec_from_dict
+
+__all__ = [
+    "CheckpointError", "DataError", "Directive", "GovernorError", "HeadroomError", "JobSpec", "LawConfig", "LawState",
+    "Level", "Reason", "Sample", "SpecError", "TelemetryError", "TrackingError", "decide", "load_spec", "make_plan",
+    "run_job", "spec_from_dict",
+]
+
+
+def __getattr__(name: str):
+    # Ray, MLflow and the planner's solver are imported only when asked for, so `import runtime` stays light.
+    if name == "run_job":
+        from .job import run_job
+
+        return run_job
+    if name == "make_plan":
+        from .plan_spec import make_plan
+
+        return make_plan
+    raise AttributeError(name)
