@@ -32,7 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--peak-rps", type=float, default=None, help="load at the trace's peak (default: 75%% of measured capacity)")
     p.add_argument("--port", type=int, default=8000, help="Serve's HTTP port on 127.0.0.1")
     p.add_argument("--out", default="demo-out", help="folder for the summary, decision log and timeline plot")
-    p.add_argument("--rows", type=int, default=240_000, help="rows of new training data")
+    p.add_argument("--rows", type=int, default=96_000, help="rows of new training data")
+    p.add_argument("--day-start", default="1995-07-03T03:00", help="trace local time the replay starts at (a Monday night)")
     return p.parse_args(argv)
 
 
@@ -73,8 +74,9 @@ def main(argv=None) -> int:
         base["tracking"].update(uri=f"sqlite:///{ROOT / 'mlflow.db'}")
         spec = spec_from_dict(base, source=str(SPEC))
 
-        rate = trace_rate_fn(read_history_csv(TRACE), seconds_per_day=args.seconds_per_day, peak_rps=peak)
-        load = OpenLoopLoad(endpoints.predict_url, rate, duration_s=10 * args.seconds_per_day).start()
+        rate = trace_rate_fn(read_history_csv(TRACE), day_start_local=args.day_start, days=3,
+                             seconds_per_day=args.seconds_per_day, peak_rps=peak)
+        load = OpenLoopLoad(endpoints.predict_url, rate, duration_s=rate.duration_s).start()
         print(f"[demo] replaying one day of the NASA trace in {args.seconds_per_day:.0f} s; training {args.rows} rows "
               f"under the governor (SLO p99 {spec.serving.slo_p99_ms:.0f} ms)", flush=True)
         line = StatusLine(sys.stdout, every_s=2.0)

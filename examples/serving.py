@@ -10,13 +10,16 @@ One deployment, ``Predictor``, answers two paths of the same HTTP app:
   included) and the counter ``serving_requests_total{outcome=...}``.
 
 The model is a GradientBoostingRegressor (200 trees, depth 4) fitted on synthetic data at construction
-(~3 s). One predict on 512 rows costs ~2.5 ms of pure CPU, so a CPU-hungry training job next to the
+(~3 s). One predict on 512 rows costs ~2.5-3.5 ms of pure CPU, so a CPU-hungry training job next to the
 replica shows up in its tail latency -- which is the point of the demo.
 
-Measured on the 2-core dev box (Ray local, proxy + replica + client on the same host; closed loop, 4
-concurrent clients, httpx keep-alive): capacity of one replica ~ 200 requests/s (p50 ~17 ms at
-saturation). The demo drives ~75 % of that, i.e. ``DEMO_PEAK_RPS = 150``. These numbers are for a
-shared and noisy box; re-measure with ``python -m examples.serving`` elsewhere.
+Measured on the 2-core dev box (Ray local with ``num_cpus=2``; proxy, replica and client on one host;
+closed loop, 4 concurrent clients, httpx keep-alive): one replica serves ~80 requests/s (72-87 over six
+runs, p50 ~45 ms, p99 ~70-100 ms at saturation); with other jobs busy on the box it falls to 52-62.
+Ray Serve's own per-request work (proxy, router, replica; ~10 ms of CPU) costs more than the model's
+~3 ms, so the capacity is Serve-bound here. The demo drives ~75 % of it: ``DEMO_PEAK_RPS = 60``.
+Ray runs its workers at nice 15 -- the replica and proxy included -- so any normal-priority process on
+the host takes CPU from serving first. Re-measure elsewhere with ``python -m examples.serving``.
 
 Usage (the caller owns ``ray.init``)::
 
@@ -46,8 +49,8 @@ from starlette.responses import JSONResponse, Response
 
 APP_NAME = "headroom-serving"
 N_FEATURES = 16
-MEASURED_CAPACITY_RPS = 200.0  # closed-loop, one replica, the 2-core dev box (see module docstring)
-DEMO_PEAK_RPS = 150.0  # ~75 % of MEASURED_CAPACITY_RPS
+MEASURED_CAPACITY_RPS = 80.0  # closed-loop, one replica, the 2-core dev box (see module docstring)
+DEMO_PEAK_RPS = 60.0  # ~75 % of MEASURED_CAPACITY_RPS
 
 # Fine buckets from 0.5 ms to 2.5 s (~x1.6 per step): p99 estimates from bucket interpolation stay
 # within one bucket's width, and both the idle (~3 ms) and the overloaded (~1 s) regimes resolve.

@@ -179,6 +179,7 @@ def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: 
 
 def _registrar(gov, spec: JobSpec):
     serving = {"kind": spec.serving.telemetry, "url": spec.serving.url, "histogram": spec.serving.histogram,
+               "window_s": spec.serving.window_s,
                "query": spec.serving.query, "timeout_s": spec.serving.timeout_s,
                "stale_after_s": spec.serving.stale_after_s, "capacity_rps": spec.serving.capacity_rps}
     bundle = {"CPU": spec.budget.cpus_per_worker, POOL_RESOURCE: 1}
@@ -199,6 +200,7 @@ class _RoundLoop:
         self.store, self.dataset, self.tracker, self.on_status = store, dataset, tracker, on_status
         self.actors: dict[int, object] = {}
         self._running: list[int] = []
+        self._round_started = 0.0
         self.decisions: list[dict] = []
         self.progress: list[dict] = []
         self.checkpoints = 0
@@ -223,6 +225,7 @@ class _RoundLoop:
                 continue
             shards = _shards(pending, self._running, rows_per_shard)
             state_ref = ray.put(self.truth.state)
+            self._round_started = time.time()
             seed = int(self.truth.rng.integers(2**31))
             refs = {self.actors[s].train.remote(state_ref, shard, seed + s): s for s, shard in shards.items()}
             self._merge(self._collect(refs))
@@ -322,7 +325,8 @@ class _RoundLoop:
         new = snap.pop("decisions")
         self._since = snap.pop("next_since")
         self.decisions.extend(new)
-        in_flight = sum(p.get("rows", 0) for p in snap["progress"].values())
+        # Rows reported by workers in the current round only: earlier rounds are in the ledger already.
+        in_flight = sum(p.get("rows", 0) for p in snap["progress"].values() if p.get("t", 0) >= self._round_started)
         consumed = len(self.truth.ledger) + in_flight
         prev = self.progress[-1] if self.progress else None
         rate = (consumed - prev["rows_consumed"]) / max(1e-6, now - prev["t"]) if prev else 0.0

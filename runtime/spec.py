@@ -61,6 +61,7 @@ class ServingSpec(_Section):
     telemetry: Literal["prometheus", "promql", "host"] = "prometheus"
     url: str | None = None  # /metrics endpoint (prometheus) or the Prometheus server (promql)
     histogram: str = "serving_latency_seconds"
+    window_s: float = Field(default=2.0, ge=0, le=60, description="traffic behind each scraped p99 (prometheus kind)")
     query: str | None = None
     slo_p99_ms: float = Field(gt=0)
     capacity_rps: float | None = Field(default=None, gt=0)

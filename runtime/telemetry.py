@@ -12,6 +12,7 @@ control law treats as "no headroom".
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from typing import Callable, Protocol
@@ -126,8 +127,10 @@ class PrometheusScrapeSource(_HTTPSource):
     """Windowed p99 from a Prometheus histogram, scraped from any exposition endpoint (``/metrics``).
 
     Each poll sums the ``<histogram>_bucket`` series (those matching ``labels``) by ``le`` and takes
-    the p99 of the bucket *deltas* since the previous poll, so the number reflects the last poll
-    interval rather than the whole lifetime of the process. ``unit_ms`` converts the histogram's
+    the p99 of the bucket *deltas* over the last ``window_s`` (at least one poll interval), so the
+    number reflects recent traffic rather than the whole lifetime of the process. A window of a second
+    or two keeps a low-traffic p99 from being "the max of a dozen requests" without slowing the
+    reaction to a real spike: a tail quantile moves as soon as 1 % of the window is slow. ``unit_ms`` converts the histogram's
     unit to milliseconds (1000 for seconds, 1 for a histogram already in ms, e.g. Ray Serve's).
 
     >>> src = PrometheusScrapeSource("http://127.0.0.1:8000/metrics", capacity_rps=200.0)  # doctest: +SKIP
@@ -136,11 +139,16 @@ class PrometheusScrapeSource(_HTTPSource):
 
     def __init__(self, url: str, histogram: str = "serving_latency_seconds", *,
                  labels: dict[str, str] | None = None, timeout_s: float = 1.0, stale_after_s: float = 5.0,
-                 capacity_rps: float | None = None, unit_ms: float = 1000.0, clock: Clock = time.time,
-                 transport: httpx.BaseTransport | None = None):
+                 capacity_rps: float | None = None, unit_ms: float = 1000.0, window_s: float = 0.0,
+                 clock: Clock = time.time, transport: httpx.BaseTransport | None = None):
         for field, value in (("timeout_s", timeout_s), ("stale_after_s", stale_after_s), ("unit_ms", unit_ms)):
             _positive(value, field)
         _positive(capacity_rps, "capacity_rps", optional=True)
+        if not (isinstance(window_s, (int, float)) and 0 <= window_s < math.inf):
+            raise TelemetryError(f"window_s must be a number >= 0, got {window_s!r}", where="telemetry.window_s",
+                                 fix="use e.g. 2.0 (seconds of traffic behind each p99)")
+        self.window_s = float(window_s)
+        self._history: collections.deque[tuple[Buckets, float]] = collections.deque()
         self.url, self.histogram, self.labels = url, histogram, dict(labels or {})
         self.timeout_s, self.stale_after_s = timeout_s, stale_after_s
         self.capacity_rps, self.unit_ms, self.clock = capacity_rps, unit_ms, clock
@@ -162,20 +170,28 @@ class PrometheusScrapeSource(_HTTPSource):
             return self._failed(now, current)
         if self._baseline is None:
             self._baseline = (current, now)
+            self._history.append((current, now))
             return self._failed(now, f"{self.url}: no baseline yet (first scrape); p99 comes from the next poll")
         previous, previous_s = self._baseline
-        delta = subtract_buckets(current, previous)
-        if delta is None:
+        if subtract_buckets(current, previous) is None:
             self._baseline, self._last_p99_ms = (current, now), None
+            self._history.clear()
+            self._history.append((current, now))
             return self._failed(now, f"{self.url}: counter reset (counts went down); rebaselined")
-        elapsed_s = now - previous_s
-        if elapsed_s <= 0:
+        if now - previous_s <= 0:
             return self._failed(now, f"{self.url}: poll at {now} is not after the previous one at {previous_s}")
+        fresh = current[-1][1] > previous[-1][1]  # anything new since the last poll (freeze detection)
+        window_start, window_start_s = self._history[0]
+        delta = subtract_buckets(current, window_start) or subtract_buckets(current, previous)
+        elapsed_s = now - (window_start_s if delta is not None else previous_s)
         self._baseline = (current, now)
+        self._history.append((current, now))
+        while len(self._history) > 1 and self._history[1][1] <= now - self.window_s:
+            self._history.popleft()
         new_observations = delta[-1][1]
         rps = new_observations / elapsed_s
         utilization = rps / self.capacity_rps if self.capacity_rps else None
-        if new_observations > 0:
+        if fresh and new_observations > 0:
             p99 = quantile_from_buckets(delta, 0.99)
             self._last_p99_ms = None if p99 is None else p99 * self.unit_ms
             self._last_fresh_s = now
@@ -334,7 +350,7 @@ class HostCPUSource:
 SOURCE_KINDS = ("prometheus", "promql", "host")
 
 
-def build_source(kind: str, *, url: str | None = None, histogram: str = "serving_latency_seconds",
+def build_source(kind: str, *, url: str | None = None, histogram: str = "serving_latency_seconds", window_s: float = 0.0,
                  query: str | None = None, timeout_s: float = 1.0, stale_after_s: float | None = None,
                  capacity_rps: float | None = None) -> TelemetrySource:
     """A telemetry source from config values; raises ``TelemetryError`` naming the field to fix.
@@ -358,7 +374,8 @@ def build_source(kind: str, *, url: str | None = None, histogram: str = "serving
         if not histogram:
             raise TelemetryError("telemetry kind 'prometheus' needs a histogram name", where="telemetry.histogram",
                                  fix="set histogram to the metric's base name, e.g. serving_latency_seconds")
-        return PrometheusScrapeSource(url, histogram, timeout_s=timeout_s, capacity_rps=capacity_rps, **stale)
+        return PrometheusScrapeSource(url, histogram, timeout_s=timeout_s, capacity_rps=capacity_rps,
+                                      window_s=window_s, **stale)
     if not query:
         raise TelemetryError("telemetry kind 'promql' needs a query", where="telemetry.query",
                              fix="set query, e.g. histogram_quantile(0.99, sum(rate("

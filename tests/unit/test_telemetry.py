@@ -462,3 +462,32 @@ def test_build_source_errors_name_the_field_and_the_fix(kind, kwargs, field):
     assert info.value.fix
     assert field in str(info.value) and "fix:" in str(info.value)
 
+
+
+def _exposition(counts: dict[float, int]) -> str:
+    """A cumulative histogram in exposition format from {upper bound: observations in that bucket}."""
+    lines, total = ["# TYPE serving_latency_seconds histogram"], 0
+    for le in sorted(counts):
+        total += counts[le]
+        label = "+Inf" if le == float("inf") else repr(le)
+        lines.append(f'serving_latency_seconds_bucket{{le="{label}"}} {total}')
+    lines.append(f"serving_latency_seconds_count {total}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("window_s, expect_slow_p99", [(0.0, False), (1.0, True)], ids=["no-window", "1s-window"])
+def test_window_keeps_a_recent_slow_tail_in_the_p99(window_s, expect_slow_p99):
+    # Poll 1: baseline. Poll 2 (+0.25 s): 5 slow requests. Poll 3 (+0.5 s): 200 fast ones.
+    # Without a window poll 3 sees only the fast ones; a 1 s window still holds the slow tail.
+    bodies = iter([
+        _exposition({0.005: 0, 0.5: 0, float("inf"): 0}),
+        _exposition({0.005: 0, 0.5: 5, float("inf"): 0}),
+        _exposition({0.005: 200, 0.5: 5, float("inf"): 0}),
+    ])
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, text=next(bodies)))
+    src = PrometheusScrapeSource("http://serving/metrics", window_s=window_s, transport=transport)
+    src.sample(0.0)
+    assert src.sample(0.25).p99_ms > 100
+    third = src.sample(0.5)
+    assert (third.p99_ms > 100) is expect_slow_p99
+    assert third.rps == pytest.approx(205 / 0.5 if window_s else 200 / 0.25)
