@@ -29,7 +29,7 @@ TRACE = ROOT / "data" / "nasa-http-1995-07.csv"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__.splitlines()[0])
     p.add_argument("--seconds-per-day", type=float, default=100.0, help="replay one trace day in this many seconds")
-    p.add_argument("--peak-rps", type=float, default=None, help="load at the trace's peak (default: 75%% of measured capacity)")
+    p.add_argument("--peak-rps", type=float, default=None, help="load at the trace's peak (default: 60%% of measured capacity)")
     p.add_argument("--port", type=int, default=8000, help="Serve's HTTP port on 127.0.0.1")
     p.add_argument("--out", default="demo-out", help="folder for the summary, decision log and timeline plot")
     p.add_argument("--rows", type=int, default=96_000, help="rows of new training data")
@@ -65,11 +65,11 @@ def main(argv=None) -> int:
         peak = args.peak_rps
         if peak is None:
             capacity = measure_capacity_rps(endpoints.predict_url, clients=4, duration_s=4.0)["rps"]
-            peak = 0.75 * capacity
-            print(f"[demo] measured capacity {capacity:.0f} req/s -> trace peak at {peak:.0f} req/s (75 %)", flush=True)
+            peak = 0.6 * capacity
+            print(f"[demo] measured capacity {capacity:.0f} req/s -> trace peak at {peak:.0f} req/s (60 %)", flush=True)
         base["data"].update(path=str(data))
         base["validation"].update(holdout=str(holdout))
-        base["serving"].update(url=endpoints.metrics_url, capacity_rps=peak / 0.75)
+        base["serving"].update(url=endpoints.metrics_url, capacity_rps=peak / 0.6)
         base["checkpoint"].update(storage=str(work / "checkpoints"))
         base["tracking"].update(uri=f"sqlite:///{ROOT / 'mlflow.db'}")
         spec = spec_from_dict(base, source=str(SPEC))

@@ -7,7 +7,7 @@ is charged for the whole stall, not just for the requests that happened to be in
 (no coordinated omission).
 
 >>> from runtime.history import read_history_csv
->>> rate = trace_rate_fn(read_history_csv("data/nasa-http-1995-07.csv"), seconds_per_day=240, peak_rps=60)
+>>> rate = trace_rate_fn(read_history_csv("data/nasa-http-1995-07.csv"), seconds_per_day=240, peak_rps=60)  # doctest: +SKIP
 >>> load = OpenLoopLoad("http://127.0.0.1:8000/", rate, duration_s=240)  # doctest: +SKIP
 >>> load.start(); load.join(); load.window_stats(100, 140)  # doctest: +SKIP
 {'p50_ms': ..., 'p99_ms': ..., 'p999_ms': ..., 'rps': ..., 'errors': 0, ...}

@@ -26,6 +26,7 @@ from .lease import Lease
 from .sample import Sample
 from .telemetry import build_source
 
+LEVEL_VALUE = {Level.PAUSE: 0, Level.THROTTLE: 1, Level.RUN: 2}
 NAME = "headroom-governor"
 NAMESPACE = "headroom"
 log = logging.getLogger("headroom.governor")
@@ -61,6 +62,7 @@ class Governor:
         self.tick_errors = 0
         self.last_tick_ms = 0.0
         self._loop_task: asyncio.Task | None = None
+        self._metrics = _Metrics()
 
     # ---- registration -------------------------------------------------------------------------
     async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
@@ -156,6 +158,7 @@ class Governor:
                 log.exception("governor tick failed")
             self.ticks += 1
             self.last_tick_ms = (time.perf_counter() - started) * 1000
+            self._metrics.tick(self.last_tick_ms, self.jobs.values())
             await asyncio.sleep(max(0.0, self.poll_interval_s - (time.perf_counter() - started)))
 
     async def _tick(self) -> None:
@@ -194,6 +197,7 @@ class Governor:
         """Headroom lost -> every worker stopped and checkpointed: that interval is the reaction time."""
         if entry.pause_started_s is not None and entry.lease.active_count() == 0:
             entry.reactions_s.append(now - entry.pause_started_s)
+            self._metrics.reaction(entry.job, entry.reactions_s[-1])
             entry.pause_started_s = None
 
     def _summary(self, entry: JobEntry) -> dict:
@@ -207,6 +211,42 @@ class Governor:
 
     def _record(self, entry: JobEntry) -> dict:
         return dict(self._summary(entry), decisions=list(entry.decisions))
+
+
+class _Metrics:
+    """The governor's own metrics, exported by Ray's metrics agent (``ray start --metrics-export-port``)
+    so Prometheus and Grafana can show them; see examples/grafana-dashboard.json."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Gauge, Histogram
+
+        tags = ("job",)
+        self.level = Gauge("headroom_directive_level", "Directive level: 0 PAUSE, 1 THROTTLE, 2 RUN", tag_keys=tags)
+        self.slack = Gauge("headroom_slack", "Latency slack (SLO - p99) / SLO seen by the governor", tag_keys=tags)
+        self.workers = Gauge("headroom_workers_active", "Workers computing in the job's lease", tag_keys=tags)
+        self.rows = Gauge("headroom_rows_per_s_allowed", "Ingestion rate the governor allows", tag_keys=tags)
+        self.p99 = Gauge("headroom_serving_p99_ms", "Serving p99 latency behind the last decision", tag_keys=tags)
+        self.stale = Gauge("headroom_telemetry_ok", "1 if the last sample was usable, else 0", tag_keys=tags)
+        self.tick_ms = Gauge("headroom_governor_tick_ms", "Duration of the last governor tick")
+        self.reaction_s = Histogram("headroom_reaction_seconds", "Headroom lost -> workers stopped",
+                                    boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10], tag_keys=tags)
+
+    def tick(self, tick_ms: float, entries) -> None:
+        self.tick_ms.set(tick_ms)
+        for e in entries:
+            tags = {"job": e.job}
+            d = e.directive
+            self.level.set(LEVEL_VALUE[d.level], tags)
+            self.workers.set(e.lease.active_count(), tags)
+            self.rows.set(d.rows_per_s, tags)
+            self.stale.set(1.0 if e.sample is not None and e.sample.ok else 0.0, tags)
+            if d.slack is not None:
+                self.slack.set(d.slack, tags)
+            if e.sample is not None and e.sample.p99_ms is not None:
+                self.p99.set(e.sample.p99_ms, tags)
+
+    def reaction(self, job: str, seconds: float) -> None:
+        self.reaction_s.observe(seconds, {"job": job})
 
 
 def _safe_sample(source) -> Sample:

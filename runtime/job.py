@@ -309,6 +309,7 @@ class _RoundLoop:
         self.checkpoints += 1
         losses = [r["loss"] for r in useful if r["loss"] is not None]
         self._loss = float(np.mean(losses)) if losses else None
+        self._round_started = time.time()  # the round's rows are in the ledger now, not in flight
         self._poll(force=True)
 
     def _poll(self, force: bool) -> None:

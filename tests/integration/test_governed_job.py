@@ -123,7 +123,8 @@ def test_sigkill_of_a_worker_mid_run_loses_and_repeats_no_row(ray_session, tmp_p
         job = JobThread(make_spec(tmp_path, "it-sigkill", server.metrics_url, rows_per_s=1000, every_steps=8))
         job.start()
         job.wait_for(lambda s: s["rows_consumed"] > 1500)
-        alive = list_actors(filters=[("class_name", "=", "TrainerWorker"), ("state", "=", "ALIVE")])
+        alive = list_actors(address=ray_session.dashboard_url,
+                            filters=[("class_name", "=", "TrainerWorker"), ("state", "=", "ALIVE")])
         assert alive, "no live trainer worker to kill"
         os.kill(alive[0].pid, signal.SIGKILL)
         summary = job.finish()

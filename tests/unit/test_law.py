@@ -201,11 +201,19 @@ def test_small_slack_shrinks_multiplicatively_to_the_floor_and_never_below():
     assert all(d.workers == 1 for d in ds)
 
 
-def test_workers_shrink_but_never_below_one_while_running():
-    cfg = replace(CFG, max_workers=16)
-    state = LawState(level=Level.RUN, workers=16, rows_per_s=1000.0)
-    _, ds = run_script(state, [at(t, 0.01, cfg=cfg) for t in range(8)], cfg)
-    assert [d.workers for d in ds] == [8, 4, 2, 1, 1, 1, 1, 1]
+@pytest.mark.parametrize("shrink_factor, workers, expected", [
+    (0.5, 16, [8, 4, 2, 1, 1, 1]),
+    (0.5, 3, [1, 1, 1, 1, 1, 1]),
+    (0.3, 16, [4, 1, 1, 1, 1, 1]),
+    (0.3, 2, [1, 1, 1, 1, 1, 1]),  # floor(0.6) would be 0
+    (0.1, 5, [1, 1, 1, 1, 1, 1]),
+], ids=["halve-16", "halve-3", "third-16", "third-2", "tenth-5"])
+def test_workers_shrink_but_never_below_one_while_running(shrink_factor, workers, expected):
+    cfg = replace(CFG, max_workers=16, shrink_factor=shrink_factor)
+    state = LawState(level=Level.RUN, workers=workers, rows_per_s=1000.0)
+    _, ds = run_script(state, [at(t, 0.01, cfg=cfg) for t in range(6)], cfg)
+    assert [d.workers for d in ds] == expected
+    assert all(d.level is Level.THROTTLE and d.rows_per_s >= cfg.floor_rows_per_s for d in ds)
 
 
 def test_shrink_resets_ample_and_growth_waits_a_full_holddown():
