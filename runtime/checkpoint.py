@@ -102,7 +102,8 @@ class CheckpointStore:
             _remove_quietly(self.fs, tmp)
             raise CheckpointError(f"cannot write checkpoint ({exc})", where=self.dir,
                                   fix="free space or fix permissions on checkpoint.storage; the previous checkpoint is intact") from None
-        for old in self._names()[self.keep:]:
+        # Never prune the file just written, whatever names sort above it (e.g. corrupt higher steps).
+        for old in [n for n in self._names() if n != final][self.keep - 1:]:
             _remove_quietly(self.fs, old)
         return final
 
@@ -113,7 +114,8 @@ class CheckpointStore:
                 with self.fs.open_input_file(name) as fh:
                     return decode(fh.read(), where=name)
             except (CheckpointError, OSError, ValueError, KeyError):
-                self.skipped.append(name)
+                if name not in self.skipped:
+                    self.skipped.append(name)
         return None
 
     def clear(self) -> None:

@@ -117,6 +117,7 @@ class Dataset:
             infos = self.fs.get_file_info(pafs.FileSelector(root, recursive=False))
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"cannot list data directory ({exc})", where=path, fix="point data.path at a directory of slices") from None
+        self._cache: tuple[str, pa.Table] | None = None
         suffix = ".parquet" if fmt == "parquet" else ".csv"
         files = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
         if not files:
@@ -128,12 +129,14 @@ class Dataset:
             base += rows
         self.slices = slices
         self.total_rows = base
-        self._cache: tuple[str, pa.Table] | None = None
 
     def _count_rows(self, f: str) -> int:
         if self.format == "parquet":
-            with self.fs.open_input_file(f) as fh:
-                return pq.ParquetFile(fh).metadata.num_rows
+            try:
+                with self.fs.open_input_file(f) as fh:
+                    return pq.ParquetFile(fh).metadata.num_rows
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DataError(f"cannot read slice ({exc})", where=f, fix="check the file is valid parquet") from None
         return self._read(f).num_rows
 
     def _read(self, f: str) -> pa.Table:
@@ -160,6 +163,8 @@ class Dataset:
                 parts.append(self._read(sl.path).slice(lo, hi - lo))
             pos = sl.base + sl.rows
             i += 1
+        if not parts:  # an empty or out-of-range request: no rows, same columns
+            return self._read(self.slices[0].path).slice(0, 0)
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 

@@ -91,18 +91,106 @@ def _governor(address):
 
 
 def cmd_status(args) -> int:
+    """One table of the jobs under the governor; with ``--watch``, refreshed every second until Ctrl-C
+    (``rich.live`` when rich is installed, else a plain reprint). ``--json``: the raw status (under
+    ``--watch``, one compact JSON object per line)."""
     ray, gov = _governor(args.address)
+    if getattr(args, "watch", False):
+        return _watch_status(lambda: ray.get(gov.status.remote(), timeout=10), as_json=args.json)
     status = ray.get(gov.status.remote())
-    if args.json:
-        print(json.dumps(status, indent=2, default=str))
-        return 0
-    print(f"governor: poll {status['poll_interval_s']}s, ticks {status['ticks']}, "
-          f"errors {status['tick_errors']}, last tick {status['last_tick_ms']:.1f} ms")
-    print(f"{'job':<24}{'level':<10}{'reason':<20}{'lease':>6}{'rows/s':>10}{'p99 ms':>9}{'pauses':>8}")
-    for j in status["jobs"]:
-        p99 = f"{j['p99_ms']:.1f}" if j["p99_ms"] is not None else "-"
-        print(f"{j['job']:<24}{j['level']:<10}{j['reason']:<20}{j['lease']:>6}{j['rows_per_s']:>10.0f}{p99:>9}{j['pauses']:>8}")
+    print(json.dumps(status, indent=2, default=str) if args.json else _status_table(status))
     return 0
+
+
+# (heading, alignment, width) of the status table; share = workers computing / slots leased
+STATUS_COLUMNS = (("job", "<", 24), ("level", "<", 9), ("share", ">", 5), ("rows/s", ">", 8), ("p99 ms", ">", 8),
+                  ("slack", ">", 6), ("pauses", ">", 7), ("last reason", "<", 0))
+
+
+def _status_rows(status: dict) -> list[tuple[str, ...]]:
+    """Each job as display strings. The last reason is the last directive's, plus "(manual)" when
+    paused by hand and the telemetry error behind it, if any."""
+    rows = []
+    for j in status.get("jobs", []):
+        p99, slack = j.get("p99_ms"), j.get("slack")
+        reason = str(j.get("reason", "-")) + (" (manual)" if j.get("manual") else "")
+        if j.get("error"):
+            reason += f": {j['error']}"
+        rows.append((str(j["job"]), str(j.get("level", "-")), f"{j.get('active', 0)}/{j.get('lease', 0)}",
+                     f"{j.get('rows_per_s') or 0:.0f}", "-" if p99 is None else f"{p99:.1f}",
+                     "-" if slack is None else f"{slack:+.2f}", str(j.get("pauses", 0)), reason[:100]))
+    return rows
+
+
+def _status_header(status: dict) -> str:
+    return (f"governor: poll {status['poll_interval_s']}s, ticks {status['ticks']}, "
+            f"errors {status['tick_errors']}, last tick {status['last_tick_ms']:.1f} ms")
+
+
+def _status_table(status: dict) -> str:
+    def line(cells) -> str:
+        return " ".join(f"{c:{align}{width}}" for c, (_, align, width) in zip(cells, STATUS_COLUMNS)).rstrip()
+
+    rows = [line(row) for row in _status_rows(status)] or ["(no jobs under the governor)"]
+    return "\n".join([_status_header(status), line(name for name, _, _ in STATUS_COLUMNS), *rows])
+
+
+def _watch_status(fetch, *, as_json: bool = False, interval_s: float = 1.0, stream=None) -> int:
+    """``headroom status --watch``: refresh every ``interval_s`` until Ctrl-C. A failed fetch (the
+    governor restarting, a busy cluster) is shown and retried, not fatal."""
+    stream = stream or sys.stdout
+
+    def snapshot() -> tuple[dict | None, str | None]:
+        try:
+            return fetch(), None
+        except Exception as exc:  # keep watching: the governor actor restarts itself
+            return None, f"governor unreachable ({type(exc).__name__}: {exc}); retrying"
+
+    try:
+        if as_json:  # one compact object per refresh: pipeable into jq
+            while True:
+                status, error = snapshot()
+                print(json.dumps(status if error is None else {"error": error}, default=str), file=stream, flush=True)
+                time.sleep(interval_s)
+        try:
+            from rich.console import Console
+            from rich.live import Live
+        except ImportError:
+            Live = None
+        if Live is not None:
+            with Live(_rich_status(*snapshot()), console=Console(file=stream), refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval_s)
+                    live.update(_rich_status(*snapshot()))
+        tty = stream.isatty()
+        while True:
+            status, error = snapshot()
+            body = f"[{time.strftime('%H:%M:%S')}] " + (error or _status_table(status))
+            # a terminal: home the cursor and clear, then redraw; a pipe or log: one table per refresh
+            stream.write(("\x1b[H\x1b[2J" + body + "\n") if tty else (body + "\n\n"))
+            stream.flush()
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        stream.write("\n")
+        stream.flush()
+        return 0
+
+
+def _rich_status(status: dict | None, error: str | None):
+    """The status as a rich renderable for ``--watch``: the same columns, levels in colour."""
+    from rich.table import Table
+    from rich.text import Text
+
+    stamp = time.strftime("%H:%M:%S")
+    if error:
+        return Text(f"[{stamp}] {error}", style="bold red")
+    table = Table(title=f"[{stamp}] {_status_header(status)}", title_justify="left")
+    for name, align, _ in STATUS_COLUMNS:
+        table.add_column(name, justify="right" if align == ">" else "left", no_wrap=name != "last reason")
+    colour = {"RUN": "green", "THROTTLE": "yellow", "PAUSE": "red"}
+    for row in _status_rows(status):
+        table.add_row(row[0], Text(row[1], style=colour.get(row[1], "")), *row[2:])
+    return table
 
 
 def cmd_pause(args) -> int:

@@ -97,8 +97,10 @@ class Directive:
 
 def slack_of(sample: Sample, cfg: LawConfig) -> float | None:
     """Latency slack in [-inf, 1]; ``None`` when the sample carries no latency."""
-    if sample.p99_ms is None or not math.isfinite(sample.p99_ms):
+    if sample.p99_ms is None or math.isnan(sample.p99_ms):
         return None
+    if math.isinf(sample.p99_ms):  # an unbounded tail is the worst latency there is, not "unknown"
+        return -math.inf if sample.p99_ms > 0 else 1.0
     return (cfg.slo_p99_ms - sample.p99_ms) / cfg.slo_p99_ms
 
 
@@ -125,9 +127,11 @@ def _pause(state: LawState, now: float, reason: Reason, slack: float | None):
 
 
 def _must_pause(state, sample: Sample, slack, cfg: LawConfig, now):
-    if sample.error is not None or (slack is None and sample.utilization is None):
+    util = sample.utilization
+    util_missing = util is None or math.isnan(util)
+    if sample.error is not None or (slack is None and util_missing) or (util is not None and util_missing):
         return _pause(state, now, Reason.TELEMETRY_MISSING, slack)
-    if sample.staleness_s > cfg.stale_after_s:
+    if not sample.staleness_s <= cfg.stale_after_s:  # NaN (unknown age) counts as stale
         return _pause(state, now, Reason.TELEMETRY_STALE, slack)
     if sample.utilization is not None and sample.utilization > cfg.max_utilization:
         return _pause(state, now, Reason.LOAD_CEILING, slack)

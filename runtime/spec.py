@@ -126,8 +126,8 @@ def estimator_class(path: str) -> type:
         raise ValueError(f"{path!r} is not an import path like sklearn.linear_model.SGDRegressor")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"cannot import estimator {path!r}") from None
+    except (ImportError, AttributeError, TypeError, ValueError):
+        raise ValueError(f"cannot import estimator {path!r}: check the spelling of the module and class") from None
     if not callable(getattr(cls, "partial_fit", None)):
         raise ValueError(f"{path!r} has no partial_fit, so it cannot be updated incrementally "
                          "(use e.g. SGDRegressor, SGDClassifier, MLPRegressor, MultinomialNB)")

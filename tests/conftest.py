@@ -40,6 +40,7 @@ def free_port() -> int:
 class RayHead:
     address: str  # GCS address for ray.init
     dashboard_url: str  # for ray job submit
+    metrics_url: str  # Ray's metrics agent (Prometheus exposition), where the governor's metrics appear
     temp_dir: str
     process: subprocess.Popen
 
@@ -59,20 +60,21 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen, log: Path) -
 @pytest.fixture(scope="session")
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs_port, dash_port = free_port(), free_port()
+    gcs_port, dash_port, metrics_port = free_port(), free_port(), free_port()
     log = Path(temp_dir) / "ray-start.log"
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv: job entrypoints find its python
     cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--num-cpus", "4",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--metrics-export-port", str(metrics_port), "--num-cpus", "4",
            "--resources", '{"training_pool": 2}', "--temp-dir", temp_dir, "--disable-usage-stats"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         _wait_port(gcs_port, 60, proc, log)
         _wait_port(dash_port, 60, proc, log)
-        yield RayHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir, proc)
+        yield RayHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", f"http://127.0.0.1:{metrics_port}/metrics",
+                      temp_dir, proc)
     finally:
         proc.terminate()  # --block: SIGTERM stops every process this head started, and only those
         try:

@@ -29,7 +29,8 @@ from torch import nn
 from ..errors import CheckpointError, TrackingError
 
 STATE_FORMAT = "headroom.torch/1"
-LOSSES = ("mse", "cross_entropy", "bce")
+_LOSS_FNS = {"mse": nn.MSELoss, "cross_entropy": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
+LOSSES = tuple(_LOSS_FNS)
 # Explicit requirements: letting MLflow infer them costs ~10 s per logged model.
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]
 
@@ -156,12 +157,12 @@ class TorchTrainer:
         self.config = parse_model_spec(model_spec)
         self.module = resolve_factory(self.config.estimator)(**self.config.factory_params)
         if not isinstance(self.module, nn.Module):
-            raise ValueError(f"model.estimator: {self.config.estimator!r} returned {type(self.module).__name__}, not a torch.nn.Module")
+            raise ValueError(f"model.estimator: {self.config.estimator!r} returned {type(self.module).__name__}, not an nn.Module")
         self.optimizer = getattr(torch.optim, self.config.optimizer)(self.module.parameters(), lr=self.config.lr)
         self.n_features_in: int | None = None
         if state is not None:
             self._restore(load_state(state))
-        self._loss_fn = {"mse": nn.MSELoss(), "cross_entropy": nn.CrossEntropyLoss(), "bce": nn.BCEWithLogitsLoss()}[self.config.loss]
+        self._loss_fn = _LOSS_FNS[self.config.loss]()
 
     def _restore(self, state: dict) -> None:
         if state.get("estimator") != self.config.estimator:
@@ -171,7 +172,7 @@ class TorchTrainer:
             self.module.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(f"state does not fit the model {self.config.estimator} builds ({str(exc)[:200]})",
-                                  where="checkpoint", fix="model.params changed since the checkpoint: restore them, or clear the job's checkpoints") from None
+                                  where="checkpoint", fix="restore model.params as they were, or clear the job's checkpoints") from None
         if state.get("optimizer") is not None and state.get("optimizer_name") == self.config.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
             for group in self.optimizer.param_groups:

@@ -36,16 +36,11 @@ def _latency_count(metrics_url: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def endpoints() -> Iterator[ServingEndpoints]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+def endpoints(ray_session) -> Iterator[ServingEndpoints]:
     try:
         yield start_serving(http_port=_free_port())
     finally:
-        try:
-            stop_serving()
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+        stop_serving()  # also shuts Serve down; the session's Ray cluster stays for the other tests
 
 
 def test_predict_answers_and_rejects_bad_bodies(endpoints: ServingEndpoints) -> None:

@@ -209,9 +209,6 @@ def test_save_failing_mid_write_leaves_no_temp_file(tmp_path):
 
 # --- bugs ---------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: checkpoint.py CheckpointStore.save prunes by name order "
-                                       "(self._names()[self.keep:]) without checking validity: a corrupt checkpoint "
-                                       "with a higher step keeps its slot and the checkpoint just written is deleted")
 def test_save_never_prunes_the_checkpoint_it_just_wrote(tmp_path):
     store = CheckpointStore(str(tmp_path), "job", keep=1)
     Path(store.save(ckpt(20))).write_bytes(b"torn")  # the newest is corrupt: a restart begins fresh

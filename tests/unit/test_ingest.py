@@ -95,13 +95,7 @@ def test_take_batch(pending, batch_rows, expected):
 
 # --- Dataset ------------------------------------------------------------------------------------
 
-CSV_INIT_BUG = pytest.mark.xfail(
-    strict=True, raises=AttributeError,
-    reason="BUG: ingest.py Dataset.__init__ counts CSV rows with self._read() (via _count_rows), which reads "
-           "self._cache before __init__ assigns it (after the loop): every CSV Dataset raises AttributeError")
-
-
-@pytest.fixture(scope="module", params=["parquet", pytest.param("csv", marks=CSV_INIT_BUG)])
+@pytest.fixture(scope="module", params=["parquet", "csv"])
 def sliced(request, tmp_path_factory):
     fmt = request.param
     data_dir, holdout = write_regression_slices(tmp_path_factory.mktemp(fmt) / "data", slices=3, rows_per_slice=10,
@@ -176,11 +170,8 @@ def test_dataset_without_slices_is_a_data_error(tmp_path, make):
 
 
 @pytest.mark.parametrize("fmt, text", [
-    pytest.param("parquet", "not parquet at all", id="parquet", marks=pytest.mark.xfail(
-        strict=True, raises=pa.ArrowInvalid,
-        reason="BUG: ingest.py Dataset._count_rows opens parquet footers outside any try/except, so a corrupt "
-               "slice raises a bare pyarrow ArrowInvalid from Dataset() instead of DataError")),
-    pytest.param("csv", "a,b\n1,2,3\n", id="csv", marks=CSV_INIT_BUG),
+    pytest.param("parquet", "not parquet at all", id="parquet"),
+    pytest.param("csv", "a,b\n1,2,3\n", id="csv"),
 ])
 def test_corrupt_slice_is_a_data_error(tmp_path, fmt, text):
     (tmp_path / f"slice-0000.{fmt}").write_text(text)
@@ -201,8 +192,6 @@ def test_read_table_file_missing_is_a_data_error(tmp_path):
         read_table_file(str(tmp_path / "nope.parquet"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ingest.py Dataset.read: an empty range (start == end) or one past "
-                                       "total_rows leaves parts empty and parts[0] raises IndexError")
 @pytest.mark.parametrize("start, end", [(5, 5), (30, 40)], ids=["empty-range", "past-the-end"])
 def test_dataset_read_empty_range(sliced, start, end):
     fmt, data_dir, _ = sliced

@@ -223,9 +223,6 @@ def test_several_errors_are_counted_in_one_line():
     assert "[+1 more]" in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: spec.py estimator_class: importlib.import_module raises TypeError for a "
-                                       "relative module path (estimator '.pkg.Cls'); only ImportError/AttributeError "
-                                       "are caught, so the TypeError escapes spec_from_dict instead of a SpecError")
 @pytest.mark.parametrize("estimator", ["..X", ".sklearn.SGDRegressor"], ids=["dots", "leading-dot"])
 def test_relative_estimator_path_is_a_spec_error(estimator):
     raw = set_at(valid_raw(), "model.estimator", estimator)

@@ -153,7 +153,8 @@ def test_average_keeps_integer_buffers_from_the_first():
     assert merged["model"]["counter"].item() == 7 and merged["model"]["counter"].dtype == torch.long
 
 
-@pytest.mark.parametrize("states, weights", [([], []), (["x"], [1.0, 2.0]), ([b"a", b"b"], [0.0, 0.0]), ([b"a", b"b"], [-1.0, 2.0])])
+@pytest.mark.parametrize("states, weights", [([], []), ([b"x"], [1.0, 2.0]), ([b"a", b"b"], [0.0, 0.0]),
+                                             ([b"a", b"b"], [-1.0, 2.0])])
 def test_average_refuses_bad_weights(states, weights):
     with pytest.raises(ValueError, match="weight"):
         average_states(states, weights)
@@ -198,7 +199,7 @@ def test_garbage_or_foreign_state_is_a_checkpoint_error(blob):
 
 
 def test_state_from_other_params_is_a_checkpoint_error():
-    with pytest.raises(CheckpointError, match="model.params"):
+    with pytest.raises(CheckpointError, match="restore model.params"):
         TorchTrainer(SimpleNamespace(estimator=MLP, params={"in_features": 4, "hidden": 8}, classes=None), _trained_state(0))
 
 
@@ -220,7 +221,7 @@ def test_bad_factory_path_raises_value_error_naming_it(path):
 
 
 def test_factory_that_returns_no_module_is_refused():
-    with pytest.raises(ValueError, match="not a torch.nn.Module"):
+    with pytest.raises(ValueError, match="not an nn.Module"):
         TorchTrainer(SimpleNamespace(estimator="builtins:dict", params={}, classes=None), None)
 
 
@@ -267,7 +268,8 @@ def test_bce_binary_classifier():
 
 
 def test_predict_uses_eval_mode_and_training_uses_train_mode():
-    trainer = TorchTrainer(SimpleNamespace(estimator="tests.unit.test_torch_trainer:make_dropout_net", params={}, classes=None), None)
+    dropout_spec = SimpleNamespace(estimator="tests.unit.test_torch_trainer:make_dropout_net", params={}, classes=None)
+    trainer = TorchTrainer(dropout_spec, None)
     x = np.ones((8, 4), dtype=np.float32)
     np.testing.assert_array_equal(trainer.predict(x), trainer.predict(x))  # dropout off when predicting
     trainer.fit_batch(x, np.ones(8))
