@@ -24,7 +24,7 @@ demo: install
 	$(PY) -m examples.demo
 
 test: install tools
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit

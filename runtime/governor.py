@@ -84,6 +84,7 @@ class Governor:
         if entry is None:
             return {}
         entry.lease.release_all()
+        self._metrics.forget(job)
         if not any(e.source_key == entry.source_key for e in self.jobs.values()):
             self.sources.pop(entry.source_key, None)
         return self._record(entry)
@@ -221,7 +222,8 @@ class _Metrics:
         from ray.util.metrics import Gauge, Histogram
 
         tags = ("job",)
-        self.level = Gauge("headroom_directive_level", "Directive level: 0 PAUSE, 1 THROTTLE, 2 RUN", tag_keys=tags)
+        self.level = Gauge("headroom_directive_level", "Directive level: 0 PAUSE, 1 THROTTLE, 2 RUN, -1 job ended",
+                           tag_keys=tags)
         self.slack = Gauge("headroom_slack", "Latency slack (SLO - p99) / SLO seen by the governor", tag_keys=tags)
         self.workers = Gauge("headroom_workers_active", "Workers computing in the job's lease", tag_keys=tags)
         self.rows = Gauge("headroom_rows_per_s_allowed", "Ingestion rate the governor allows", tag_keys=tags)
@@ -244,6 +246,14 @@ class _Metrics:
                 self.slack.set(d.slack, tags)
             if e.sample is not None and e.sample.p99_ms is not None:
                 self.p99.set(e.sample.p99_ms, tags)
+
+    def forget(self, job: str) -> None:
+        """A finished job: Ray cannot drop a series, so leave it at 'no workers, level -1 (not registered)'."""
+        tags = {"job": job}
+        self.level.set(-1, tags)
+        self.workers.set(0, tags)
+        self.rows.set(0, tags)
+        self.stale.set(1, tags)
 
     def reaction(self, job: str, seconds: float) -> None:
         self.reaction_s.observe(seconds, {"job": job})

@@ -31,8 +31,8 @@ from .lease import POOL_RESOURCE
 from .spec import JobSpec
 from .summary import build_summary, law_config
 from .tracking import Tracker, load_champion, register_model
-from .trainers.sklearn import average_models, can_average, score
-from .trainers.state import dumps, loads
+from .trainers import average_states, model_from_state, state_from_model
+from .trainers.sklearn import can_average, score
 from .worker import TrainerWorker
 
 log = logging.getLogger("headroom.job")
@@ -55,7 +55,7 @@ def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
 
 
 def preflight(spec: JobSpec) -> None:
-    if spec.budget.max_workers > 1 and not can_average(spec.model.estimator):
+    if spec.model.framework == "sklearn" and spec.budget.max_workers > 1 and not can_average(spec.model.estimator):
         raise SpecError(f"budget.max_workers: {spec.model.estimator} cannot be averaged across workers",
                         where=spec.name, fix="set budget.max_workers: 1, or use an SGD/MLP estimator")
 
@@ -66,10 +66,10 @@ class _Truth:
     def __init__(self, state, ledger: RangeSet, counters: dict, rng: np.random.Generator, origin: str):
         self.state, self.ledger, self.counters, self.rng, self.origin = state, ledger, counters, rng, origin
 
-    def to_checkpoint(self, slices: list) -> Checkpoint:
+    def to_checkpoint(self, slices: list, framework: str) -> Checkpoint:
         return Checkpoint(step=self.counters["steps"], ledger=self.ledger.to_list(), counters=dict(self.counters),
                           rng=self.rng.bit_generator.state, payload=self.state or b"",
-                          meta={"origin": self.origin, "slices": slices, "framework": "sklearn"})
+                          meta={"origin": self.origin, "slices": slices, "framework": framework})
 
 
 def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset) -> _Truth:
@@ -88,9 +88,9 @@ def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset) -> _Tru
     counters = {"steps": 0, "rounds": 0, "rows_duplicated": 0, "id_sum": 0, "id_sq": 0}
     rng = np.random.default_rng(0)
     if spec.model.warm_start in ("auto", "champion"):
-        champ = load_champion(spec.tracking.uri, spec.name)
+        champ = load_champion(spec.tracking.uri, spec.name, spec.model.framework)
         if champ is not None:
-            return _Truth(dumps(champ[0]), RangeSet(), counters, rng, f"champion:v{champ[1]}")
+            return _Truth(state_from_model(spec.model, champ[0]), RangeSet(), counters, rng, f"champion:v{champ[1]}")
     return _Truth(None, RangeSet(), counters, rng, "fresh")
 
 
@@ -302,10 +302,9 @@ class _RoundLoop:
             t.counters["id_sum"] += r["id_sum"]
             t.counters["id_sq"] += r["id_sq"]
             t.counters["steps"] += r["steps"]
-        models = [loads(r["state"]) for r in useful]
-        t.state = dumps(average_models(models, [r["rows"] for r in useful])) if len(useful) > 1 else useful[0]["state"]
+        t.state = average_states(self.spec.model, [r["state"] for r in useful], [r["rows"] for r in useful])
         t.counters["rounds"] += 1
-        self.store.save(t.to_checkpoint(self._slices))
+        self.store.save(t.to_checkpoint(self._slices, self.spec.model.framework))
         self.checkpoints += 1
         losses = [r["loss"] for r in useful if r["loss"] is not None]
         self._loss = float(np.mean(losses)) if losses else None
@@ -351,14 +350,14 @@ def _validate_and_register(spec: JobSpec, truth: _Truth, tracker: Tracker) -> di
         return {"skipped": "no model state (nothing trained and no warm start)"}
     table = read_table_file(spec.validation.holdout)
     x, y, _ = to_xy(table, spec.data.target, spec.data.features, spec.data.id_column)
-    candidate = loads(truth.state)
+    candidate = model_from_state(spec.model, truth.state)
     cand_score = score(spec.validation.metric, candidate, x, y)
-    champ = load_champion(spec.tracking.uri, spec.name)
+    champ = load_champion(spec.tracking.uri, spec.name, spec.model.framework)
     champ_score = score(spec.validation.metric, champ[0], x, y) if champ else None
     beats = champ_score is None or cand_score >= champ_score + spec.validation.min_improvement
     tracker.log_metrics({f"holdout_{spec.validation.metric}": cand_score,
                          f"champion_holdout_{spec.validation.metric}": champ_score}, step=0)
-    reg = register_model(tracker, candidate, spec.name, beats_champion=beats and champ is not None,
+    reg = register_model(tracker, candidate, spec.name, spec.model.framework, beats_champion=beats and champ is not None,
                          has_champion=champ is not None)
     return {"metric": spec.validation.metric, "candidate": cand_score, "champion": champ_score,
             "champion_version": champ[1] if champ else None, "beats_champion": beats, **reg}

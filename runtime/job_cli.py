@@ -20,6 +20,7 @@ def register(sub) -> None:
     p = sub.add_parser("status", help="jobs under the governor: level, lease, rows/s, last decision")
     p.add_argument("--address")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     p.set_defaults(func=cmd_status)
 
     for verb in ("pause", "resume"):
@@ -152,17 +153,17 @@ def _watch_status(fetch, *, as_json: bool = False, interval_s: float = 1.0, stre
                 status, error = snapshot()
                 print(json.dumps(status if error is None else {"error": error}, default=str), file=stream, flush=True)
                 time.sleep(interval_s)
-        try:
+        tty = stream.isatty()
+        try:  # rich.live redraws in place on a terminal; a pipe or log gets the plain tables
             from rich.console import Console
             from rich.live import Live
         except ImportError:
             Live = None
-        if Live is not None:
+        if Live is not None and tty:
             with Live(_rich_status(*snapshot()), console=Console(file=stream), refresh_per_second=4) as live:
                 while True:
                     time.sleep(interval_s)
                     live.update(_rich_status(*snapshot()))
-        tty = stream.isatty()
         while True:
             status, error = snapshot()
             body = f"[{time.strftime('%H:%M:%S')}] " + (error or _status_table(status))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import SpecError
 
@@ -29,16 +29,22 @@ class _Section(BaseModel):
 
 
 class ModelSpec(_Section):
-    framework: Literal["sklearn"] = "sklearn"
-    estimator: str = Field(description="import path of an estimator class with partial_fit, e.g. sklearn.linear_model.SGDRegressor")
+    framework: Literal["sklearn", "torch"] = "sklearn"
+    estimator: str = Field(description="sklearn: import path of an estimator class with partial_fit, e.g. "
+                                       "sklearn.linear_model.SGDRegressor; torch: a model factory, e.g. examples.torch_models:make_mlp")
     params: dict[str, Any] = Field(default_factory=dict)
     classes: list[Any] | None = Field(default=None, description="all class labels (classifiers: partial_fit needs them up front)")
     warm_start: Literal["auto", "checkpoint", "champion", "none"] = "auto"
 
     @field_validator("estimator")
     @classmethod
-    def _importable_with_partial_fit(cls, value: str) -> str:
-        estimator_class(value)  # raises ValueError with the fix
+    def _estimator_resolves(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("framework", "sklearn") == "sklearn":
+            estimator_class(value)  # raises ValueError with the fix
+        else:
+            from .trainers.torch_trainer import resolve_factory
+
+            resolve_factory(value)
         return value
 
 
@@ -138,6 +144,7 @@ _FIXES = {
     "missing": "add the field",
     "extra_forbidden": "remove it or check its spelling",
     "literal_error": "use one of the listed values",
+    "value_error": "see the spec reference in README.md",
     "greater_than_equal": "raise the value",
     "greater_than": "raise the value",
     "less_than_equal": "lower the value",
@@ -162,7 +169,7 @@ def spec_from_dict(raw: Any, *, source: str = "<spec>") -> JobSpec:
         fix = _FIXES.get(err["type"], "see the spec reference in README.md")
         more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
         raise SpecError(f"{field}: {message}{got}{more}", where=source, fix=fix) from None
-    if spec.model.classes is None and _is_classifier(spec.model.estimator):
+    if spec.model.framework == "sklearn" and spec.model.classes is None and _is_classifier(spec.model.estimator):
         raise SpecError("model.classes: a classifier needs every class label up front for partial_fit",
                         where=source, fix="add model.classes, e.g. [0, 1]")
     return spec

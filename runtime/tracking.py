@@ -94,7 +94,19 @@ class Tracker:
         self.client.set_terminated(self.run_id, status)
 
 
-def load_champion(uri: str, name: str):
+def _log_model(model, framework: str):
+    if framework == "torch":
+        from .trainers.torch_trainer import log_torch_model
+
+        return log_torch_model(model)
+    import skops.io as sio
+
+    trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]
+    return mlflow.sklearn.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
+                                    serialization_format="skops", skops_trusted_types=trusted or None)
+
+
+def load_champion(uri: str, name: str, framework: str = "sklearn"):
     """``(model, version)`` of the model under alias ``champion``, or ``None`` if there is none."""
     client = MlflowClient(uri)
     try:
@@ -102,20 +114,21 @@ def load_champion(uri: str, name: str):
     except MlflowException:
         return None
     mlflow.set_tracking_uri(uri)
+    if framework == "torch":
+        from .trainers.torch_trainer import load_torch_model
+
+        return load_torch_model(f"models:/{name}@{CHAMPION}"), int(mv.version)
     model = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
     return model, int(mv.version)
 
 
-def register_model(tracker: Tracker, model, name: str, *, beats_champion: bool, has_champion: bool) -> dict:
+def register_model(tracker: Tracker, model, name: str, framework: str = "sklearn", *, beats_champion: bool,
+                   has_champion: bool) -> dict:
     """Log ``model`` to the run, register a version, and set the alias the rule allows."""
-    import skops.io as sio
-
-    trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]
     try:
         mlflow.set_tracking_uri(tracker.uri)
         with mlflow.start_run(run_id=tracker.run_id):
-            info = mlflow.sklearn.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
-                                            serialization_format="skops", skops_trusted_types=trusted or None)
+            info = _log_model(model, framework)
         mv = mlflow.register_model(info.model_uri, name)
         alias = None
         if not has_champion:

@@ -54,7 +54,7 @@ class TrainerWorker:
         from .trainers import make_trainer
 
         np.random.seed(seed % (2**32))
-        trainer = make_trainer(self.spec.model, state)
+        trainer = make_trainer(self.spec.model, state, threads=max(1, int(self.spec.budget.cpus_per_worker)))
         consumed, bucket = RangeSet(), TokenBucket()
         pending = [tuple(r) for r in shard]
         batch_rows = self.spec.data.batch_rows

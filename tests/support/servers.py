@@ -327,3 +327,65 @@ class LoadThread:
                     self._counts["ok" if ok else "failed"] += 1
                     if ok:
                         self._latencies_s.append(elapsed_s)
+
+
+def _serve_in_child(conn, delay_s: float, rps: float) -> None:
+    """Child process: a LatencyServer plus its own load, driven by commands over a pipe."""
+    with LatencyServer(delay_s) as server, LoadThread(server.predict_url, rps=rps):
+        conn.send(server.url)
+        while True:
+            command, value = conn.recv()
+            if command == "stop":
+                break
+            if command == "delay":
+                server.set_delay(value)
+            elif command == "metrics_mode":
+                server.set_metrics_mode(value)
+            conn.send("ok")
+
+
+class ServingProcess:
+    """A LatencyServer and its load in a separate process (its own GIL), with the same knobs.
+
+    In-process servers share the GIL with the job driver under test, whose bursts of Python work
+    (merging model states, MLflow writes) would show up as serving latency that no governor can fix.
+
+    >>> with ServingProcess(delay_s=0.002, rps=60) as server:  # doctest: +SKIP
+    ...     server.set_delay(0.2)
+    """
+
+    def __init__(self, delay_s: float = 0.0, *, rps: float = 50.0):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a Ray connection
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_in_child, args=(child, delay_s, rps), daemon=True)
+        self._proc.start()
+        if not self._conn.poll(60):
+            self._proc.kill()
+            raise RuntimeError("serving process did not start within 60 s")
+        self.url = self._conn.recv()
+        self.predict_url, self.metrics_url = f"{self.url}/predict", f"{self.url}/metrics"
+
+    def _command(self, command: str, value: Any = None) -> None:
+        self._conn.send((command, value))
+        self._conn.recv()
+
+    def set_delay(self, seconds: float) -> None:
+        self._command("delay", float(seconds))
+
+    def set_metrics_mode(self, mode: str) -> None:
+        self._command("metrics_mode", mode)
+
+    def stop(self) -> None:
+        if self._proc.is_alive():
+            self._conn.send(("stop", None))
+            self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+    def __enter__(self) -> "ServingProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
