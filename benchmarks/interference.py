@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.train_loop import TrainProcess, static_limit
+from benchmarks.train_loop import TrainProcess, release_limit, static_limit
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "jobs" / "demo.yaml"

@@ -117,18 +117,12 @@ class Governor:
         self._note_release(entry, time.time())
         return outcome
 
-    async def pause(self, job: str) -> bool:
+    async def set_manual_pause(self, job: str, paused: bool) -> bool:
+        """An operator's pause (or its end: the control law decides again). False if the job is unknown."""
         entry = self.jobs.get(job)
         if entry is None:
             return False
-        entry.manual = True
-        return True
-
-    async def resume(self, job: str) -> bool:
-        entry = self.jobs.get(job)
-        if entry is None:
-            return False
-        entry.manual = False
+        entry.manual = paused
         return True
 
     async def snapshot(self, job: str, since: int = 0) -> dict | None:

@@ -27,7 +27,7 @@ def register(sub) -> None:
         p = sub.add_parser(verb, help=f"{verb} a running job by hand")
         p.add_argument("job")
         p.add_argument("--address")
-        p.set_defaults(func=cmd_pause if verb == "pause" else cmd_resume)
+        p.set_defaults(func=cmd_manual)
 
 
 class StatusLine:
@@ -194,17 +194,12 @@ def _rich_status(status: dict | None, error: str | None):
     return table
 
 
-def cmd_pause(args) -> int:
+def cmd_manual(args) -> int:
+    """``headroom pause JOB`` / ``headroom resume JOB``."""
     ray, gov = _governor(args.address)
-    if not ray.get(gov.pause.remote(args.job)):
-        raise GovernorError(f"no job named {args.job!r} under the governor", where="headroom pause", fix="see headroom status")
-    print(f"{args.job}: paused (manual)")
-    return 0
-
-
-def cmd_resume(args) -> int:
-    ray, gov = _governor(args.address)
-    if not ray.get(gov.resume.remote(args.job)):
-        raise GovernorError(f"no job named {args.job!r} under the governor", where="headroom resume", fix="see headroom status")
-    print(f"{args.job}: manual pause lifted; the control law decides again")
+    paused = args.command == "pause"
+    if not ray.get(gov.set_manual_pause.remote(args.job, paused)):
+        raise GovernorError(f"no job named {args.job!r} under the governor", where=f"headroom {args.command}",
+                            fix="see headroom status")
+    print(f"{args.job}: paused (manual)" if paused else f"{args.job}: manual pause lifted; the control law decides again")
     return 0

@@ -130,3 +130,30 @@ def test_sigkill_of_a_worker_mid_run_loses_and_repeats_no_row(ray_session, tmp_p
         summary = job.finish()
     assert summary["worker_crashes"] >= 1
     assert_exactly_once(summary)
+
+
+def test_headroom_pause_and_resume_by_hand(ray_session, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    headroom = str(Path(sys.executable).with_name("headroom"))
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
+        job = JobThread(make_spec(tmp_path, "it-manual", server.metrics_url, rows_per_s=500))
+        job.start()
+        job.wait_for(lambda s: s["rows_consumed"] > 0 and s["active"] > 0)
+        out = subprocess.run([headroom, "pause", "it-manual", "--address", ray_session.address],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        paused_at = time.time()
+        paused = job.wait_for(lambda s: s["seen"] > paused_at and s["reason"] == "MANUAL_PAUSE" and s["active"] == 0)
+        time.sleep(1.5)
+        assert job.snaps[-1]["rows_consumed"] == paused["rows_consumed"]  # nothing trains while paused by hand
+        out = subprocess.run([headroom, "resume", "it-manual", "--address", ray_session.address],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        summary = job.finish()
+        unknown = subprocess.run([headroom, "pause", "no-such-job", "--address", ray_session.address],
+                                 capture_output=True, text=True, timeout=60)
+    assert_exactly_once(summary)
+    assert unknown.returncode == 2 and "no job named 'no-such-job'" in unknown.stderr
