@@ -17,6 +17,13 @@ def register(sub) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local cluster)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("submit", help="queue a job for its next planned window (the governor still guards inside it)")
+    p.add_argument("spec", help="job spec (YAML)")
+    p.add_argument("--window", choices=["auto"], required=True, help="auto: the job's next window in --plan")
+    p.add_argument("--plan", required=True, help="plan.json written by headroom plan --out")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else the local one)")
+    p.set_defaults(func=cmd_submit)
+
     p = sub.add_parser("status", help="jobs under the governor: level, lease, rows/s, last decision")
     p.add_argument("--address")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
@@ -71,19 +78,41 @@ def cmd_run(args) -> int:
     return 0 if summary["status"] == "completed" else 1
 
 
-def _governor(address):
-    import ray
+def cmd_submit(args) -> int:
+    from datetime import datetime, timezone
 
-    from .governor import find_governor
+    from .scheduler import submit
+    from .spec import load_spec
+
+    spec = load_spec(args.spec)
+    _connect(args.address)
+    entry = submit(spec, args.plan)
+    start = datetime.fromtimestamp(entry["start_s"], timezone.utc).isoformat(timespec="seconds")
+    end = datetime.fromtimestamp(entry["end_s"], timezone.utc).isoformat(timespec="seconds")
+    print(f"{spec.name}: queued for its window {start} .. {end} (UTC); the governor guards inside it")
+    return 0
+
+
+def _connect(address):
+    import os
+
     from .job import connect
 
-    if address is None and not __import__("os").environ.get("RAY_ADDRESS"):
+    if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "auto"
     try:
         connect(address)
     except ConnectionError as exc:
         raise GovernorError(f"no Ray cluster to connect to ({exc})", where=str(address),
                             fix="start one (ray start --head) or pass --address") from None
+
+
+def _governor(address):
+    import ray
+
+    from .governor import find_governor
+
+    _connect(address)
     gov = find_governor()
     if gov is None:
         raise GovernorError("no governor is running on this cluster", where=str(address),

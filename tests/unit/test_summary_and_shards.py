@@ -128,3 +128,27 @@ def test_shards_properties(pending, slots, rows):
     assert all(size == rows for size in sizes[:-1])
     # And in position order: the earliest pending rows go out first.
     assert seen == set(sorted(pending_set)[:len(seen)])
+
+
+# --- scheduler: the planner's windows, handed to the runtime -----------------------------------
+
+from runtime.scheduler import next_window  # noqa: E402
+
+_PLAN = [
+    {"job": "a", "start": "2030-01-02T02:00:00+00:00", "end": "2030-01-02T04:00:00+00:00"},
+    {"job": "a", "start": "2030-01-01T02:00:00+00:00", "end": "2030-01-01T04:00:00+00:00"},
+    {"job": "b", "start": "2030-01-01T00:00:00-05:00", "end": "2030-01-01T01:00:00-05:00"},
+]
+_JAN1_2AM = 1893463200.0
+
+
+@pytest.mark.parametrize("job, now_s, expected", [
+    ("a", 0.0, (_JAN1_2AM, _JAN1_2AM + 7200)),  # earliest first, whatever the file order
+    ("a", _JAN1_2AM + 3600, (_JAN1_2AM, _JAN1_2AM + 7200)),  # inside a window: that window (it has not ended)
+    ("a", _JAN1_2AM + 7200, (_JAN1_2AM + 86400, _JAN1_2AM + 86400 + 7200)),  # ended: the next one
+    ("a", _JAN1_2AM + 86400 + 7200, None),  # none left
+    ("b", 0.0, (_JAN1_2AM + 3 * 3600, _JAN1_2AM + 4 * 3600)),  # offsets respected
+    ("c", 0.0, None),
+], ids=["earliest", "inside", "next", "none-left", "offset", "unknown-job"])
+def test_next_window(job, now_s, expected):
+    assert next_window(_PLAN, job, now_s=now_s) == expected
