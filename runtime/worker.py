@@ -50,7 +50,7 @@ class TrainerWorker:
         """Train on ``shard`` from ``state`` until it is used up or the governor says stop."""
         import numpy as np
 
-        from .ingest import RangeSet, TokenBucket, to_xy
+        from .ingest import RangeSet, TokenBucket, take_batch, to_xy
         from .trainers import make_trainer
 
         np.random.seed(seed % (2**32))
@@ -68,7 +68,7 @@ class TrainerWorker:
             if directive["action"] != "run":
                 stop_why = directive.get("why", "stop")
                 break
-            start, end = pending[0][0], min(pending[0][1], pending[0][0] + batch_rows)
+            start, end = take_batch(pending, batch_rows)
             wait = bucket.wait_s(end - start, directive["rows_per_s"], time.monotonic())
             if wait > 0:
                 time.sleep(min(wait, _SLEEP_SLICE_S))  # then heartbeat again: a pause must be heard fast
