@@ -1,6 +1,6 @@
 """The end-to-end demo behind ``make demo``: governed retraining beside a live, trace-loaded service.
 
-1. a private local Ray cluster (loopback) with a ``training_pool`` slot;
+1. a private local Ray cluster (node address 127.0.0.1, token auth) with a ``training_pool`` slot;
 2. a Ray Serve app serving a CPU-bound model, exporting its own latency histogram;
 3. an open-loop load generator replaying one day of the real NASA July 1995 trace, compressed into
    ``--seconds-per-day`` and scaled so its peak is ~75 % of the service's capacity;
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     data, holdout = write_regression_slices(work / "data", slices=12, rows_per_slice=args.rows // 12, features=8, seed=int(time.time()) % 1000)
 
     base = load_spec(SPEC, check_paths=False).model_dump()
-    print("[demo] starting a local Ray cluster (loopback only) ...", flush=True)
+    print("[demo] starting a local Ray cluster ...", flush=True)
     ray.init(address="local", num_cpus=4, resources={"training_pool": 1}, include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False)
     try:

@@ -43,7 +43,7 @@ StatusFn = Callable[[dict], None]
 
 
 def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
-    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, else start a private loopback-only one."""
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, else start a private local one (node address 127.0.0.1)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
