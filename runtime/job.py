@@ -201,6 +201,7 @@ class _RoundLoop:
         self.actors: dict[int, object] = {}
         self._running: list[int] = []
         self._round_started = 0.0
+        self._loss: float | None = None  # mean test-then-train loss of the last merged round
         self.decisions: list[dict] = []
         self.progress: list[dict] = []
         self.checkpoints = 0
@@ -330,7 +331,7 @@ class _RoundLoop:
         consumed = len(self.truth.ledger) + in_flight
         prev = self.progress[-1] if self.progress else None
         rate = (consumed - prev["rows_consumed"]) / max(1e-6, now - prev["t"]) if prev else 0.0
-        point = {"t": now, "rows_consumed": consumed, "rows_per_s": max(0.0, rate), "loss": getattr(self, "_loss", None)}
+        point = {"t": now, "rows_consumed": consumed, "rows_per_s": max(0.0, rate), "loss": self._loss}
         self.progress.append(point)
         level_num = {"PAUSE": 0, "THROTTLE": 1, "RUN": 2}[snap["level"]]
         self.tracker.log_metrics({"rows_consumed": consumed, "rows_per_s": point["rows_per_s"], "loss": point["loss"],

@@ -7,8 +7,6 @@ and only the release gates (or ``headroom promote``) move ``champion``.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +64,6 @@ class Tracker:
         clean = [mlflow.entities.Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
         if clean:
             self.client.log_batch(self.run_id, metrics=clean)
-
-    def log_metric_rows(self, rows: list[dict], keys: list[str]) -> None:
-        """Many timestamped records at once (e.g. the governor's decision log)."""
-        batch = []
-        for i, r in enumerate(rows):
-            for k in keys:
-                if r.get(k) is not None:
-                    batch.append(mlflow.entities.Metric(k, float(r[k]), int(r["t"] * 1000), i))
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
-
-    def log_json(self, obj: Any, artifact_path: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / Path(artifact_path).name
-            p.write_text(json.dumps(obj, indent=2, default=str))
-            self.client.log_artifact(self.run_id, str(p), str(Path(artifact_path).parent) if "/" in artifact_path else None)
 
     def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)

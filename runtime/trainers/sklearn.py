@@ -27,13 +27,6 @@ class SklearnTrainer:
         self.fitted = state is not None
         self._classes = np.asarray(model_spec.classes) if model_spec.classes is not None else None
 
-    @classmethod
-    def from_model(cls, model_spec, model) -> "SklearnTrainer":
-        """Warm start from an already fitted estimator (e.g. the champion loaded from MLflow)."""
-        trainer = cls(model_spec)
-        trainer.model, trainer.fitted = model, True
-        return trainer
-
     def fit_batch(self, x: np.ndarray, y: np.ndarray) -> float | None:
         """Test-then-train: score the batch with the current model, then update on it."""
         before = self._batch_loss(x, y) if self.fitted else None
