@@ -2,7 +2,8 @@
 
 A thin shell around pure parts: every ``poll_interval_s`` it takes one :class:`Sample` per telemetry
 source (in a thread, so a hanging endpoint never blocks heartbeats), runs :func:`runtime.law.decide`
-for every registered job, records the decision, and applies it to the job's :class:`Lease`. Workers
+once per source on the pooled budget of the jobs that watch it, divides the result among them by
+priority (:mod:`runtime.shares`), records each job's decision, and applies it to the job's :class:`Lease`. Workers
 ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which slots of
 the lease are ready (:meth:`Governor.lease`). Nothing in the loop may stop it: a failed tick is
 counted and logged, and the next one runs.
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 
 import ray
 
-from .law import Directive, LawConfig, LawState, Level, Reason, decide, manual_pause
-from .lease import Lease
+from .law import Directive, LawConfig, LawState, Level, Reason, decide
+from .lease import POOL_RESOURCE, Lease
 from .sample import Sample
+from .shares import Claim, clamp_state, divide, job_directive, pooled_config
 from .telemetry import build_source
 
 LEVEL_VALUE = {Level.PAUSE: 0, Level.THROTTLE: 1, Level.RUN: 2}
@@ -38,7 +40,7 @@ class JobEntry:
     law: LawConfig
     source_key: tuple
     lease: Lease
-    state: LawState = field(default_factory=LawState)
+    priority: int = 0
     directive: Directive = field(default_factory=lambda: Directive(Level.PAUSE, 0, 0.0, Reason.TELEMETRY_MISSING))
     decisions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200_000))
     decisions_base: int = 0  # index of decisions[0] in the job's whole decision history
@@ -58,6 +60,8 @@ class Governor:
         self.poll_interval_s = poll_interval_s
         self.jobs: dict[str, JobEntry] = {}
         self.sources: dict[tuple, object] = {}
+        self.laws: dict[tuple, LawState] = {}  # the pooled law's memory, one per telemetry source
+        self.pool_slots: int | None = None  # training_pool slots in the cluster (None: unknown)
         self.ticks = 0
         self.tick_errors = 0
         self.last_tick_ms = 0.0
@@ -66,8 +70,9 @@ class Governor:
 
     # ---- registration -------------------------------------------------------------------------
     async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
-                       poll_interval_s: float | None = None, park_s: float = 30.0) -> dict:
-        """Add a job (idempotent: a driver that restarts re-registers and keeps its entry)."""
+                       poll_interval_s: float | None = None, park_s: float = 30.0, priority: int = 0) -> dict:
+        """Add a job (idempotent: a driver that restarts re-registers and keeps its entry). Higher
+        ``priority`` gets workers first when the pooled headroom is short."""
         self._ensure_loop()
         if poll_interval_s:
             self.poll_interval_s = min(self.poll_interval_s, poll_interval_s) if self.jobs else poll_interval_s
@@ -75,7 +80,7 @@ class Governor:
             key = tuple(sorted(serving.items()))
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
-            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s))
+            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s), priority)
         return {"job": job, "poll_interval_s": self.poll_interval_s}
 
     async def unregister(self, job: str) -> dict:
@@ -87,6 +92,7 @@ class Governor:
         self._metrics.forget(job)
         if not any(e.source_key == entry.source_key for e in self.jobs.values()):
             self.sources.pop(entry.source_key, None)
+            self.laws.pop(entry.source_key, None)
         return self._record(entry)
 
     # ---- calls from workers and drivers ---------------------------------------------------------
@@ -136,7 +142,8 @@ class Governor:
 
     async def status(self) -> dict:
         return {"poll_interval_s": self.poll_interval_s, "ticks": self.ticks, "tick_errors": self.tick_errors,
-                "last_tick_ms": self.last_tick_ms, "jobs": [self._summary(e) for e in self.jobs.values()]}
+                "last_tick_ms": self.last_tick_ms, "pool_slots": self.pool_slots,
+                "jobs": [self._summary(e) for e in self.jobs.values()]}
 
     # ---- the loop -------------------------------------------------------------------------------
     def _ensure_loop(self) -> None:
@@ -158,18 +165,31 @@ class Governor:
 
     async def _tick(self) -> None:
         keys = list(self.sources)
-        samples = await asyncio.gather(*(asyncio.to_thread(_safe_sample, self.sources[k]) for k in keys))
-        by_key = dict(zip(keys, samples))
-        for entry in list(self.jobs.values()):
-            sample = by_key.get(entry.source_key) or Sample.failed(time.time(), "no source")
-            self._decide_and_apply(entry, sample)
+        slots, *samples = await asyncio.gather(asyncio.to_thread(_pool_slots),
+                                               *(asyncio.to_thread(_safe_sample, self.sources[k]) for k in keys))
+        self.pool_slots = slots if slots is not None else self.pool_slots
+        for key, sample in zip(keys, samples):
+            members = [e for e in self.jobs.values() if e.source_key == key]  # in registration order
+            if members:
+                self._decide_pooled(key, members, sample)
 
-    def _decide_and_apply(self, entry: JobEntry, sample: Sample) -> None:
+    def _decide_pooled(self, key: tuple, members: list[JobEntry], sample: Sample) -> None:
+        """One law decision for the serving cluster behind ``key``, divided among its jobs by priority."""
+        governed = [e for e in members if not e.manual]
+        cfg = pooled_config([e.law for e in governed or members], self.pool_slots)
+        self.laws[key], pooled = decide(clamp_state(self.laws.get(key, LawState()), cfg), sample, cfg)
+        shares = divide(min(pooled.workers, cfg.max_workers), pooled.rows_per_s,
+                        [Claim(e.job, e.priority, e.law.max_workers, e.law.max_rows_per_s, e.law.floor_rows_per_s)
+                         for e in governed])
+        for entry in members:
+            if entry.manual:
+                d = Directive(Level.PAUSE, 0, 0.0, Reason.MANUAL_PAUSE, pooled.slack)
+            else:
+                d = job_directive(pooled, shares[entry.job], entry.law, entry.directive.level)
+            self._apply(entry, d, sample)
+
+    def _apply(self, entry: JobEntry, d: Directive, sample: Sample) -> None:
         before = entry.directive.level
-        if entry.manual:
-            entry.state, d = manual_pause(entry.state, sample.time_s)
-        else:
-            entry.state, d = decide(entry.state, sample, entry.law)
         entry.directive, entry.sample = d, sample
         now = time.time()
         if d.level is Level.PAUSE and before is not Level.PAUSE and entry.started:
@@ -184,7 +204,7 @@ class Governor:
         self._note_release(entry, now)
         entry.decisions.append(dict(d.as_dict(), t=sample.time_s, job=entry.job, p99_ms=sample.p99_ms, rps=sample.rps,
                                     utilization=sample.utilization, error=sample.error, lease=len(entry.lease),
-                                    active=entry.lease.active_count()))
+                                    active=entry.lease.active_count(), priority=entry.priority))
         if len(entry.decisions) == entry.decisions.maxlen:
             entry.decisions_base += 1
 
@@ -197,7 +217,8 @@ class Governor:
 
     def _summary(self, entry: JobEntry) -> dict:
         d, s = entry.directive, entry.sample
-        return {"job": entry.job, "level": d.level.value, "reason": d.reason.value, "workers": d.workers,
+        return {"job": entry.job, "priority": entry.priority, "pool_slots": self.pool_slots,
+                "level": d.level.value, "reason": d.reason.value, "workers": d.workers,
                 "rows_per_s": d.rows_per_s, "slack": d.slack, "lease": len(entry.lease),
                 "active": entry.lease.active_count(), "p99_ms": s.p99_ms if s else None,
                 "rps": s.rps if s else None, "error": s.error if s else None, "manual": entry.manual,
@@ -258,6 +279,14 @@ def _safe_sample(source) -> Sample:
         return source.sample()
     except Exception as exc:  # a source must never raise; if one does, it means no headroom
         return Sample.failed(time.time(), f"source raised {type(exc).__name__}: {exc}")
+
+
+def _pool_slots() -> int | None:
+    """Slots of the training pool in the cluster now (a removed node takes its slots with it)."""
+    try:
+        return int(ray.cluster_resources().get(POOL_RESOURCE, 0))
+    except Exception:  # GCS busy or restarting: keep the last known value
+        return None
 
 
 def get_or_create_governor(poll_interval_s: float = 0.25):

@@ -187,7 +187,7 @@ def _registrar(gov, spec: JobSpec):
 
     def register():
         ray.get(gov.register.remote(spec.name, law_config(spec), serving, bundle, drain_s, spec.budget.poll_interval_s,
-                                    spec.budget.park_s))
+                                    spec.budget.park_s, spec.priority))
 
     return register
 

@@ -132,9 +132,10 @@ def cmd_status(args) -> int:
     return 0
 
 
-# (heading, alignment, width) of the status table; share = workers computing / slots leased
-STATUS_COLUMNS = (("job", "<", 24), ("level", "<", 9), ("share", ">", 5), ("rows/s", ">", 8), ("p99 ms", ">", 8),
-                  ("slack", ">", 6), ("pauses", ">", 7), ("last reason", "<", 0))
+# (heading, alignment, width) of the status table; workers = computing / slots leased;
+# share = workers the governor grants the job / slots in the training pool
+STATUS_COLUMNS = (("job", "<", 24), ("prio", ">", 4), ("level", "<", 9), ("workers", ">", 7), ("share", ">", 5),
+                  ("rows/s", ">", 8), ("p99 ms", ">", 8), ("slack", ">", 6), ("pauses", ">", 7), ("last reason", "<", 0))
 
 
 def _status_rows(status: dict) -> list[tuple[str, ...]]:
@@ -146,7 +147,9 @@ def _status_rows(status: dict) -> list[tuple[str, ...]]:
         reason = str(j.get("reason", "-")) + (" (manual)" if j.get("manual") else "")
         if j.get("error"):
             reason += f": {j['error']}"
-        rows.append((str(j["job"]), str(j.get("level", "-")), f"{j.get('active', 0)}/{j.get('lease', 0)}",
+        pool = j.get("pool_slots")
+        rows.append((str(j["job"]), str(j.get("priority", 0)), str(j.get("level", "-")), f"{j.get('active', 0)}/{j.get('lease', 0)}",
+                     f"{j.get('workers', 0)}/{'?' if pool is None else pool}",
                      f"{j.get('rows_per_s') or 0:.0f}", "-" if p99 is None else f"{p99:.1f}",
                      "-" if slack is None else f"{slack:+.2f}", str(j.get("pauses", 0)), reason[:100]))
     return rows
@@ -219,7 +222,7 @@ def _rich_status(status: dict | None, error: str | None):
         table.add_column(name, justify="right" if align == ">" else "left", no_wrap=name != "last reason")
     colour = {"RUN": "green", "THROTTLE": "yellow", "PAUSE": "red"}
     for row in _status_rows(status):
-        table.add_row(row[0], Text(row[1], style=colour.get(row[1], "")), *row[2:])
+        table.add_row(row[0], row[1], Text(row[2], style=colour.get(row[2], "")), *row[3:])
     return table
 
 

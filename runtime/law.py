@@ -46,6 +46,7 @@ class Reason(str, enum.Enum):
     AT_MAX = "AT_MAX"  # ample slack, already at the budget
     RESUME = "RESUME"  # paused -> running again at the resume level
     MANUAL_PAUSE = "MANUAL_PAUSE"  # an operator paused the job
+    PRIORITY = "PRIORITY"  # the pooled headroom went to higher-priority jobs (runtime.shares)
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,6 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
         if decided is not None:
             return decided
     raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
-
-
-def manual_pause(state: LawState, now_s: float) -> tuple[LawState, Directive]:
-    """An operator's pause: the same state change as a law pause, with its own reason."""
-    return _pause(state, now_s, Reason.MANUAL_PAUSE, None)
 
 
 def _pause(state: LawState, now: float, reason: Reason, slack: float | None):

@@ -109,6 +109,8 @@ class TrackingSpec(_Section):
 
 class JobSpec(_Section):
     name: str
+    priority: int = Field(default=0, ge=0, le=1000, description="jobs beside the same serving cluster share its headroom: "
+                                                                 "higher priority gets workers first, equal priorities share")
     model: ModelSpec
     data: DataSpec
     validation: ValidationSpec

@@ -269,12 +269,13 @@ def test_live_governor_exports_metrics_and_status_lists_the_job(ray_session, tmp
         table = headroom("status", "--address", ray_session.address)
         assert table.returncode == 0, table.stdout + table.stderr
         assert table.stdout.startswith("governor: poll"), table.stdout
-        assert re.search(rf"^{re.escape(name)}\s+(RUN|THROTTLE|PAUSE)\s+\d+/\d+\s+\d+", table.stdout, re.M), table.stdout
+        assert re.search(rf"^{re.escape(name)}\s+0\s+(RUN|THROTTLE|PAUSE)\s+\d+/\d+\s+\d+/\d+\s+\d+", table.stdout, re.M), table.stdout
 
         raw = headroom("status", "--json", "--address", ray_session.address)
         assert raw.returncode == 0, raw.stdout + raw.stderr
         entry = next(j for j in json.loads(raw.stdout)["jobs"] if j["job"] == name)
         assert entry["level"] in {"RUN", "THROTTLE", "PAUSE"} and entry["lease"] >= entry["active"]
+        assert entry["priority"] == 0 and entry["pool_slots"] == 2  # the session cluster's training_pool
 
         watched, rc = watch_json_lines(ray_session.address, name)
         assert rc == 0, "Ctrl-C should end status --watch cleanly"
