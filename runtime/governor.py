@@ -31,6 +31,7 @@ from .telemetry import build_source
 LEVEL_VALUE = {Level.PAUSE: 0, Level.THROTTLE: 1, Level.RUN: 2}
 NAME = "headroom-governor"
 NAMESPACE = "headroom"
+HEAD_RESOURCE = "node:__internal_head__"  # Ray puts this resource on the head node only
 log = logging.getLogger("headroom.governor")
 
 
@@ -290,8 +291,10 @@ def _pool_slots() -> int | None:
 
 
 def get_or_create_governor(poll_interval_s: float = 0.25):
-    """The cluster's one governor (detached, named); created on first use."""
-    return Governor.options(name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote(poll_interval_s)
+    """The cluster's one governor (detached, named); created on first use, on the head node: training
+    nodes may be spot instances that come and go, and the governor must outlive them."""
+    return Governor.options(name=NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                            resources={HEAD_RESOURCE: 0.001}).remote(poll_interval_s)
 
 
 def find_governor():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -90,6 +90,8 @@ class BudgetSpec(_Section):
     poll_interval_s: float = Field(default=0.25, gt=0, le=60)
     cpus_per_worker: float = Field(default=1.0, gt=0)
     worker_nice: int = Field(default=10, ge=0, le=19, description="workers lower their CPU priority by this much (second line of defence)")
+    pin_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="host CPU ids kept for training: each worker pins itself "
+                                                                 "to its share of them where the host allows (second line of defence)")
     governor_silence_s: float = Field(default=3.0, gt=0, description="a worker that cannot hear the governor this long pauses itself")
     park_s: float = Field(default=30.0, ge=0, description="a paused worker keeps its slot and warm process this long")
     cooldown_s: float = Field(default=3.0, ge=0)

@@ -7,7 +7,8 @@ updates the model and records the batch's positions. It returns the new state an
 it consumed; the driver merges that into the job's checkpoint. A worker that dies loses only its
 un-returned shard, whose rows the driver hands out again.
 
-A worker lowers its own CPU priority (``budget.worker_nice``) *before* importing its heavy libraries:
+A worker lowers its own CPU priority (``budget.worker_nice``) and, if asked, pins itself to CPUs kept
+for training (``budget.pin_cpus``; :mod:`runtime.isolation`) *before* importing its heavy libraries:
 process start-up is seconds of CPU, and it lands right when headroom has just come back. That is a
 second line of defence only; the governor's pause is the mechanism.
 """
@@ -25,9 +26,11 @@ _SLEEP_SLICE_S = 0.05  # how long a throttled worker sleeps between heartbeats
 @ray.remote(max_restarts=0)
 class TrainerWorker:
     def __init__(self, job: str, slot: int, spec_dict: dict, governor, silence_s: float):
-        nice = int(spec_dict.get("budget", {}).get("worker_nice", 0))
-        if nice > 0 and hasattr(os, "nice"):
-            os.nice(nice)
+        from .isolation import isolate
+
+        budget = spec_dict.get("budget", {})
+        self.isolation = isolate(slot, int(budget.get("worker_nice", 0)), float(budget.get("cpus_per_worker", 1.0)),
+                                 budget.get("pin_cpus"))
         from .ingest import Dataset
         from .spec import JobSpec
 
@@ -45,6 +48,10 @@ class TrainerWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def isolation_applied(self) -> dict:
+        """What :func:`runtime.isolation.isolate` did in this process (nice, pinned CPUs, or why not)."""
+        return dict(self.isolation, affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
 
     def train(self, state: bytes | None, shard: list, seed: int) -> dict:
         """Train on ``shard`` from ``state`` until it is used up or the governor says stop."""
