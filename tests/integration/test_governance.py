@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,48 @@ def _context(dataset_input) -> str | None:
 
 def _tag(dataset_input, key: str) -> str | None:
     return next((t.value for t in dataset_input.tags if t.key == key), None)
+
+
+def _stale(spec, tmp_path) -> dict:
+    old = 1_000_000_000  # 2001
+    for f in Path(spec.data.path).glob("*.parquet"):
+        os.utime(f, (old, old))
+    return {"checklist": spec.checklist.model_copy(update={"max_data_age_s": 3600})}
+
+
+def _schema_changed(spec, tmp_path) -> dict:
+    import pyarrow.parquet as pq
+
+    newest = sorted(Path(spec.data.path).glob("*.parquet"))[-1]
+    table = pq.read_table(newest)
+    pq.write_table(table.drop_columns(["f3"]), newest)  # a feature went missing upstream
+    return {}
+
+
+def _holdout_unreadable(spec, tmp_path) -> dict:
+    reference = tmp_path / "reference.parquet"
+    shutil.copy(spec.validation.holdout, reference)
+    Path(spec.validation.holdout).write_bytes(b"not parquet")
+    return {"checklist": spec.checklist.model_copy(update={"reference": str(reference)})}
+
+
+@pytest.mark.parametrize("breakage, item, needle", [
+    (_stale, "data_fresh", "older than the bound of 3600 s"),
+    (_schema_changed, "schema", "slice-0002.parquet: missing f3"),
+    (_holdout_unreadable, "harness", "holdout not readable"),
+])
+def test_each_checklist_item_stops_the_job_on_its_own(tmp_path, monkeypatch, breakage, item, needle):
+    """No Ray needed: a failed checklist returns before the driver connects to any cluster (were it to
+    try, this address would make it fail instead of starting one)."""
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    spec = make_spec(tmp_path, f"it-gov-{item.replace('_', '-')}", "http://127.0.0.1:9/metrics", rows_per_s=800, slices=3)
+    spec = spec.model_copy(update=breakage(spec, tmp_path))
+
+    summary = run_job(spec)
+
+    assert summary["status"] == "checklist_failed" and summary["rows_consumed"] == 0
+    assert summary["checklist"]["failed_items"] == [item]
+    failed = next(i for i in summary["checklist"]["items"] if i["item"] == item)
+    assert needle in failed["detail"], failed["detail"]
+    run = MlflowClient(spec.tracking.uri).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["headroom.checklist.failed"] == item and needle in run.data.tags[f"headroom.checklist.{item}"]
