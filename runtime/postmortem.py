@@ -106,12 +106,19 @@ def _validation(s: dict, plots: dict) -> str:
     champ = "no champion" if v.get("champion") is None else f"champion v{v.get('champion_version')}: {v['champion']:.4f}"
     verdict = "passed" if v.get("passed") else "**failed**"
     text = (f"## Validation gate: {verdict}\n\nHoldout `{v['metric']}` — candidate {v['candidate']:.4f}; {champ}. "
-            f"Thresholds: {v.get('thresholds') or 'none'}.")
+            f"Bounds (MLflow MetricThreshold): {_bounds(v.get('thresholds') or {})}.")
     if v.get("reasons"):
         text += f"\n\n```\n{v['reasons']}\n```"
     if "validation" in plots:
         text += f"\n\n![validation]({plots['validation']})"
     return text
+
+
+def _bounds(thresholds: dict) -> str:
+    labels = {"threshold": "at least {:g}", "min_absolute_change": "champion + {:g}",
+              "min_relative_change": "champion + {:.1%} of it"}
+    parts = [labels[k].format(v) for k, v in thresholds.items() if v is not None and k in labels]
+    return ", ".join(parts) or "none"
 
 
 def _serving(s: dict, latency: dict, slo: float, plots: dict) -> str:
@@ -193,6 +200,7 @@ def plot_latency(decisions: list[dict], out: Path, slo_p99_ms: float) -> Path:
     ax.boxplot(data, tick_labels=[f"{k} (n={len(v)})" for k, v in split.items()], showfliers=True)
     ax.axhline(slo_p99_ms, color="black", ls="--", lw=1, label=f"SLO {slo_p99_ms:g} ms")
     ax.set_ylabel("serving p99 (ms)")
+    ax.set_title("serving p99 without and with the job's workers running")
     ax.legend()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -153,6 +153,7 @@ def test_postmortem_markdown_carries_the_numbers():
     assert "| slice-0003.parquet | 400 / 400 | `abababababababab` |" in text
     assert "rollback target `models:/unit-job/2`" in text
     assert "## Validation gate: passed" in text and "candidate 0.9100; champion v2: 0.8800" in text
+    assert "Bounds (MLflow MetricThreshold): at least 0.6." in text
     assert "| baseline (job held no workers) | 1 | 10.0 |" in text and "| while training | 1 | 30.0 |" in text
     assert "Training / baseline median p99: 3.00x" in text and "median 0.300 s" in text and "Checkpoints written: 7" in text
     assert "90.0 CPU-seconds (workers 80.0, driver 10.0) at 0.04 EUR/CPU-hour = **0.001000 EUR**" in text
