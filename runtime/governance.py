@@ -16,6 +16,7 @@ The driver (:func:`runtime.job.run_job`) calls, in order::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -30,6 +31,8 @@ from .lineage import consumed_slices, log_lineage, rows_in, start_point, tag_mod
 from .postmortem import ARTIFACT_DIR, compute_cost, write_postmortem
 from .summary import reaction_stats
 from .tracking import load_champion, register_model
+
+log = logging.getLogger("headroom.governance")
 
 
 def champion_version(uri: str, name: str) -> int | None:
@@ -51,6 +54,7 @@ class JobGovernance:
         self.driver_cpu0 = time.process_time()
         self.outcome: cl.ChecklistOutcome | None = None
         self.champion_version = champion_version(spec.tracking.uri, spec.name)  # the rollback target
+        self._champion_loaded: tuple | None = None
 
     # --- before the lease ---------------------------------------------------------------------
 
@@ -113,11 +117,17 @@ class JobGovernance:
                                model_features=champion_features, n_features=len(features))
 
     def _champion_features(self) -> int | None:
-        try:
-            champ = load_champion(self.spec.tracking.uri, self.spec.name, self.spec.model.framework)
-        except Exception:  # reported by the harness item
-            return None
+        champ, _ = self._champion()
         return getattr(champ[0], "n_features_in_", None) if champ else None
+
+    def _champion(self) -> tuple[tuple | None, str | None]:
+        """``((model, version) or None, load error or None)``, loaded once for the schema and harness items."""
+        if self._champion_loaded is None:
+            try:
+                self._champion_loaded = (load_champion(self.spec.tracking.uri, self.spec.name, self.spec.model.framework), None)
+            except Exception as exc:  # any failure to load is exactly what the harness item reports
+                self._champion_loaded = (None, f"{type(exc).__name__}: {exc}")
+        return self._champion_loaded
 
     def _drift(self, reference, ref_error, new) -> tuple[list[dict], cl.CheckResult]:
         if ref_error:
@@ -141,11 +151,7 @@ class JobGovernance:
             rows = len(x)
         except HeadroomError as exc:
             holdout_error = exc.what
-        champion_error = None
-        try:
-            champ = load_champion(self.spec.tracking.uri, self.spec.name, self.spec.model.framework)
-        except Exception as exc:  # any failure to load is exactly what this item is for
-            champ, champion_error = None, f"{type(exc).__name__}: {exc}"
+        champ, champion_error = self._champion()
         return cl.check_harness(rows, holdout_error, champ[1] if champ else self.champion_version, champion_error)
 
     def _record_checklist(self, outcome: cl.ChecklistOutcome) -> None:
@@ -179,6 +185,15 @@ class JobGovernance:
         return summary
 
     # --- after training -----------------------------------------------------------------------
+
+    def finish_failed(self, summary: dict, error: BaseException, decisions: list[dict], progress: list[dict], *,
+                      worker_cpu_s: float) -> None:
+        """The post-mortem of a job that raised: best effort, never hiding the job's own error."""
+        summary.update(status="failed", error=f"{type(error).__name__}: {error}"[:500])
+        try:
+            self.finish(summary, decisions, progress, worker_cpu_s=worker_cpu_s)
+        except Exception as exc:  # the original error is what the caller must see
+            log.warning("no post-mortem for the failed job %s (%s)", self.spec.name, exc)
 
     def validate_and_register(self, state) -> dict:
         """The gate (MLflow evaluation of candidate and champion on one holdout), then registration:

@@ -139,8 +139,11 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
     try:
         loop.run()
-    except BaseException:
-        _release(gov, spec, loop)
+    except BaseException as exc:
+        record = _release(gov, spec, loop)
+        if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
+            summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, tracker.run_id)
+            governance.finish_failed(summary, exc, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s)
         tracker.end("FAILED")
         raise
     record = _release(gov, spec, loop)

@@ -61,7 +61,8 @@ def _overview(s: dict) -> str:
             f"| | |\n|---|---|\n| status | **{s['status']}** |\n| MLflow run | `{s['mlflow_run_id']}` |\n"
             f"| started from | {s.get('warm_start')} |\n| rows consumed (this run / total) | "
             f"{s.get('rows_consumed_this_run', 0)} ({s.get('rows_consumed', 0)} of {s.get('rows_total', 0)}) |\n"
-            f"| registered | {_registered(s)} |\n| duration | {s.get('duration_s', 0):.1f} s |")
+            f"| registered | {_registered(s)} |\n| duration | {s.get('duration_s', 0):.1f} s |"
+            + (f"\n| error | `{s['error']}` |" if s.get("error") else ""))
 
 
 def _registered(s: dict) -> str:

@@ -192,3 +192,25 @@ def test_each_checklist_item_stops_the_job_on_its_own(tmp_path, monkeypatch, bre
     assert needle in failed["detail"], failed["detail"]
     run = MlflowClient(spec.tracking.uri).get_run(summary["mlflow_run_id"])
     assert run.data.tags["headroom.checklist.failed"] == item and needle in run.data.tags[f"headroom.checklist.{item}"]
+
+
+def test_a_job_that_fails_mid_training_still_leaves_a_postmortem(ray_session, tmp_path):
+    class Boom(RuntimeError):
+        pass
+
+    def on_status(snap: dict) -> None:
+        if snap["rows_consumed"] > 0:
+            raise Boom("the operator's callback broke")
+
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
+        spec = make_spec(tmp_path, "it-gov-boom", server.metrics_url, rows_per_s=800, slices=3)
+        with pytest.raises(Boom):
+            run_job(spec, on_status=on_status)
+
+    client = MlflowClient(spec.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("it").experiment_id],
+                                filter_string="attributes.run_name LIKE 'it-gov-boom-%'")
+    assert run.info.status == "FAILED"
+    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/postmortem/postmortem.md")
+    assert "| status | **failed** |" in report and "Boom: the operator's callback broke" in report
+    assert "## Pre-work checklist: passed" in report
