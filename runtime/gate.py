@@ -82,19 +82,21 @@ def run_gate(candidate, champion, champion_version: int | None, x, y, *, validat
              feature_names: list[str], tracking_uri: str, run_id: str) -> GateResult:
     """Evaluate both models on ``(x, y)`` and apply the spec's thresholds with MLflow's validator."""
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id) as parent:
         cand = evaluate_model(candidate, x, y, validation, classifier=classifier, feature_names=feature_names)
         champ = None
         if champion is not None:
-            with mlflow.start_run(run_name=f"holdout-champion-v{champion_version}", nested=True):
+            with mlflow.start_run(run_name=f"holdout-champion-v{champion_version}", nested=True,
+                                  experiment_id=parent.info.experiment_id):
                 mlflow.set_tag("headroom.evaluated", f"champion v{champion_version}")
                 champ = evaluate_model(champion, x, y, validation, classifier=classifier, feature_names=feature_names)
     thresholds = thresholds_for(validation, has_champion=champion is not None)
     reasons = ""
-    try:
-        mlflow.validate_evaluation_results(thresholds, cand, champ) if thresholds else None
-    except ModelValidationFailedException as exc:
-        reasons = exc.message
+    if thresholds:
+        try:
+            mlflow.validate_evaluation_results(thresholds, cand, champ)
+        except ModelValidationFailedException as exc:
+            reasons = exc.message
     name = metric_name(validation)
     t = thresholds.get(name)
     return GateResult(passed=not reasons, metric=name, candidate=float(cand.metrics[name]),
