@@ -131,6 +131,9 @@ def test_governed_run_logs_lineage_and_a_postmortem_and_the_gate_holds_back_a_we
     run2 = client.get_run(second["mlflow_run_id"])
     assert sorted(i.dataset.name for i in run2.inputs.dataset_inputs if _context(i) == "training") == [p.name for p in new]
     assert run2.data.tags["headroom.gate"] == "failed"
+    children = [r for r in client.search_runs([run2.info.experiment_id]) if r.data.tags.get("mlflow.parentRunId") == run2.info.run_id]
+    assert [r.info.run_name for r in children] == ["holdout-champion-v1"]  # the champion, evaluated on the same holdout
+    assert children[0].data.metrics["holdout_r2"] == pytest.approx(second["validation"]["champion"])
     assert run2.data.tags["headroom.lineage.rollback_target"] == f"models:/{spec.name}/1"
     version = client.get_model_version(spec.name, "2")
     assert version.tags["headroom.started_from"] == second["warm_start"]
