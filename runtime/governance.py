@@ -7,10 +7,12 @@ The driver (:func:`runtime.job.run_job`) calls, in order::
     gov = JobGovernance(spec, dataset, truth, tracker)
     outcome = gov.run_checklist()            # before connecting to Ray or asking for a lease
     if not outcome.passed:
-        return gov.stop_before_training(outcome, started_s, decisions=[])
-    ...train...
+        return gov.stop_before_training(outcome, started_s)   # summary + post-mortem, run FAILED
+    ...train...                              # on an exception: gov.finish_failed(summary, exc, ...)
     result = gov.validate_and_register(truth.state)
     gov.finish(summary, decisions, progress, worker_cpu_s=...)   # lineage + post-mortem, into the summary
+
+``fetch_postmortem(run_id, tracking_uri)`` reads a logged post-mortem back (``headroom report``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from . import checklist as cl
-from .errors import HeadroomError
+from .errors import HeadroomError, TrackingError
 from .ingest import read_table_file, to_xy
 from .lineage import consumed_slices, log_lineage, rows_in, start_point, tag_model_version
-from .postmortem import ARTIFACT_DIR, compute_cost, write_postmortem
+from .postmortem import ARTIFACT_DIR, REPORT, compute_cost, write_postmortem
 from .summary import reaction_stats
 from .tracking import load_champion, register_model
 
@@ -249,3 +251,19 @@ class JobGovernance:
             for f in files:
                 self.tracker.log_file(f, ARTIFACT_DIR)
         return summary
+
+
+def fetch_postmortem(run_id: str, tracking_uri: str) -> str:
+    """The post-mortem Markdown logged to ``run_id``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{REPORT}",
+                                                        tracking_uri=tracking_uri, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            message = getattr(exc, "message", str(exc)).splitlines()[0][:200]
+            raise TrackingError(f"no post-mortem for run {run_id!r} ({message})", where=tracking_uri,
+                                fix="check the run id (the summary's mlflow_run_id) and --tracking-uri") from None
+        return Path(local).read_text(encoding="utf-8")

@@ -7,10 +7,9 @@ runbook of a spec (steps, pause criteria, risk budget, rollback, contacts) as Ma
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-from .errors import HeadroomError, TrackingError
+from .errors import HeadroomError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -28,26 +27,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_runbook)
 
 
-def fetch_postmortem(run_id: str, tracking_uri: str) -> str:
-    """The post-mortem Markdown logged to ``run_id``."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from .postmortem import ARTIFACT_DIR, REPORT
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{REPORT}",
-                                                        tracking_uri=tracking_uri, dst_path=tmp)
-        except (MlflowException, OSError) as exc:
-            message = getattr(exc, "message", str(exc)).splitlines()[0][:200]
-            raise TrackingError(f"no post-mortem for run {run_id!r} ({message})", where=tracking_uri,
-                                fix="check the run id (the summary's mlflow_run_id) and --tracking-uri") from None
-        return Path(local).read_text(encoding="utf-8")
-
-
 def cmd_report(args) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    from .governance import fetch_postmortem
+
     print(fetch_postmortem(args.run_id, uri), end="")
     return 0
 
