@@ -85,6 +85,11 @@ def main(argv=None) -> int:
         finally:
             line.close()
             load.stop()
+        if summary["status"] == "checklist_failed":
+            failed = [i for i in summary["checklist"]["items"] if not i["passed"]]
+            print("[demo] the pre-work checklist stopped the job: " + "; ".join(f"{i['item']}: {i['detail']}" for i in failed))
+            stop_serving()
+            return 1
         decisions = json.loads((out / "decisions.json").read_text())
         progress = json.loads((out / "progress.json").read_text())
         plot = plot_timeline(decisions, progress, out / "timeline.png", client_latency=load.latency_series(),
@@ -109,11 +114,17 @@ def _report(summary: dict, plot: Path, load) -> None:
         ("serving p50 / p99 (client)", f"{_ms(stats.get('p50_ms'))} / {_ms(stats.get('p99_ms'))}"),
         ("holdout " + str(v.get("metric")), f"candidate {_f(v.get('candidate'))} vs champion {_f(v.get('champion'))}"),
         ("registered", f"v{summary['registered_version']} alias={summary['registered_alias']}"),
+        ("checklist / gate", f"{'passed' if summary.get('checklist', {}).get('passed') else 'failed'} / "
+                             f"{'passed' if v.get('passed') else 'failed'}"),
+        ("compute", f"{summary.get('compute', {}).get('cpu_s', 0):.0f} CPU-s = {summary.get('compute', {}).get('cost', 0):.4f} "
+                    f"{summary.get('compute', {}).get('currency', '')}"),
         ("duration", f"{summary['duration_s']:.0f} s"),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
     print(f"\n  timeline plot: {plot}")
+    print(f"  post-mortem: {plot.parent / 'postmortem' / 'postmortem.md'} (on the MLflow run too: "
+          f".venv/bin/headroom report {summary['mlflow_run_id']} --tracking-uri sqlite:///{ROOT / 'mlflow.db'})")
     print(f"  MLflow run {summary['mlflow_run_id']}: open the UI with\n"
           f"    .venv/bin/mlflow ui --backend-store-uri sqlite:///{ROOT / 'mlflow.db'} --host 127.0.0.1 --port 5000")
     if summary["pauses"] < 1 or summary["resumes"] < 1:

@@ -25,14 +25,15 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .checkpoint import Checkpoint, CheckpointStore
 from .errors import DataError, SpecError
+from .governance import JobGovernance
 from .governor import get_or_create_governor
-from .ingest import Dataset, RangeSet, read_table_file, to_xy
+from .ingest import Dataset, RangeSet
 from .lease import POOL_RESOURCE
 from .spec import JobSpec
 from .summary import build_summary, law_config
-from .tracking import Tracker, load_champion, register_model
-from .trainers import average_states, model_from_state, state_from_model
-from .trainers.sklearn import can_average, score
+from .tracking import Tracker, load_champion
+from .trainers import average_states, state_from_model
+from .trainers.sklearn import can_average
 from .worker import TrainerWorker
 
 log = logging.getLogger("headroom.job")
@@ -120,7 +121,6 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     ``artifacts_dir`` (a temporary folder if not given) and logged to the job's MLflow run.
     """
     preflight(spec)
-    connect(address, pool_slots=spec.budget.max_workers)
     started = time.time()
     dataset = Dataset(spec.data.path, spec.data.format)
     store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
@@ -128,19 +128,28 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     tracker.log_params(spec.model_dump())
     tracker.set_tags({"headroom.job": spec.name, "headroom.warm_start": truth.origin})
+    governance = JobGovernance(spec, dataset, truth, tracker, checkpoint_dir=store.dir)
+    checklist = governance.run_checklist()
+    if not checklist.passed:  # stop before any lease is asked for
+        return governance.stop_before_training(checklist, started)
+    connect(address, pool_slots=spec.budget.max_workers)
     gov = get_or_create_governor(spec.budget.poll_interval_s)
     register = _registrar(gov, spec)
     register()
     loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
     try:
         loop.run()
-    except BaseException:
-        _release(gov, spec, loop)
+    except BaseException as exc:
+        record = _release(gov, spec, loop)
+        if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
+            summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, tracker.run_id)
+            governance.finish_failed(summary, exc, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s)
         tracker.end("FAILED")
         raise
     record = _release(gov, spec, loop)
-    result = _validate_and_register(spec, truth, tracker)
+    result = governance.validate_and_register(truth.state)
     summary = build_summary(spec, truth, loop, record, result, dataset, started, tracker.run_id)
+    governance.finish(summary, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s, artifacts_dir=artifacts_dir)
     _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
     tracker.end("FINISHED")
     return summary
@@ -206,6 +215,7 @@ class _RoundLoop:
         self.progress: list[dict] = []
         self.checkpoints = 0
         self.crashes = 0
+        self.worker_cpu_s = 0.0  # CPU time of the workers' returned rounds (for the post-mortem's cost)
         self.rows_at_start = len(truth.ledger)
         self._since = 0
         self._last_poll = 0.0
@@ -293,6 +303,7 @@ class _RoundLoop:
         return results
 
     def _merge(self, results: list[dict]) -> None:
+        self.worker_cpu_s += sum(r.get("cpu_s", 0.0) for r in results)
         useful = [r for r in results if r["rows"] > 0]
         if not useful:
             return
@@ -344,21 +355,3 @@ class _RoundLoop:
         for slot in list(self.actors):
             self._drop(slot)
 
-
-def _validate_and_register(spec: JobSpec, truth: _Truth, tracker: Tracker) -> dict:
-    """Holdout score of the candidate and the champion; register the candidate; set the allowed alias."""
-    if truth.state is None:
-        return {"skipped": "no model state (nothing trained and no warm start)"}
-    table = read_table_file(spec.validation.holdout)
-    x, y, _ = to_xy(table, spec.data.target, spec.data.features, spec.data.id_column)
-    candidate = model_from_state(spec.model, truth.state)
-    cand_score = score(spec.validation.metric, candidate, x, y)
-    champ = load_champion(spec.tracking.uri, spec.name, spec.model.framework)
-    champ_score = score(spec.validation.metric, champ[0], x, y) if champ else None
-    beats = champ_score is None or cand_score >= champ_score + spec.validation.min_improvement
-    tracker.log_metrics({f"holdout_{spec.validation.metric}": cand_score,
-                         f"champion_holdout_{spec.validation.metric}": champ_score}, step=0)
-    reg = register_model(tracker, candidate, spec.name, spec.model.framework, beats_champion=beats and champ is not None,
-                         has_champion=champ is not None)
-    return {"metric": spec.validation.metric, "candidate": cand_score, "champion": champ_score,
-            "champion_version": champ[1] if champ else None, "beats_champion": beats, **reg}

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import SpecError
+from .governance_spec import ChecklistSpec, Contact, CostSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -61,6 +62,8 @@ class ValidationSpec(_Section):
     holdout: str = Field(description="a Parquet/CSV file with the same columns as the training slices")
     metric: Literal["r2", "neg_mse", "neg_mae", "accuracy", "f1", "neg_log_loss"] = "r2"
     min_improvement: float = 0.0  # candidate must beat the champion by at least this much
+    min_score: float | None = None  # and score at least this on the holdout (the metric's own units)
+    min_relative_improvement: float | None = Field(default=None, ge=0, description="and beat the champion by this fraction of its score")
 
 
 class ServingSpec(_Section):
@@ -120,6 +123,10 @@ class JobSpec(_Section):
     budget: BudgetSpec = BudgetSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     tracking: TrackingSpec = TrackingSpec()
+    checklist: ChecklistSpec = ChecklistSpec()
+    cost: CostSpec = CostSpec()
+    owner: str | None = None
+    contacts: list[Contact] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod

@@ -66,7 +66,7 @@ class TrainerWorker:
         pending = [tuple(r) for r in shard]
         batch_rows = self.spec.data.batch_rows
         steps, losses, id_sum, id_sq, stop_why = 0, [], 0, 0, None
-        started = time.time()
+        started, cpu_started = time.time(), time.process_time()
         last_heard = time.monotonic()
         while pending:
             directive, last_heard = self._directive(steps, len(consumed), losses, last_heard)
@@ -95,7 +95,8 @@ class TrainerWorker:
                 pending.pop(0)
         return {"slot": self.slot, "state": trainer.state_bytes() if steps else state, "consumed": consumed.to_list(),
                 "rows": len(consumed), "steps": steps, "loss": float(np.mean(losses)) if losses else None,
-                "id_sum": id_sum, "id_sq": id_sq, "stopped": stop_why, "seconds": time.time() - started}
+                "id_sum": id_sum, "id_sq": id_sq, "stopped": stop_why, "seconds": time.time() - started,
+                "cpu_s": time.process_time() - cpu_started}
 
     def _directive(self, steps: int, rows: int, losses: list, last_heard: float) -> tuple[dict, float]:
         progress = {"steps": steps, "rows": rows, "loss": losses[-1] if losses else None}
