@@ -1,0 +1,201 @@
+"""The rollout controller: drives a champion/challenger router through shadow and stages, then acts.
+
+Decide, then act (see ``/work/shared/STYLE.md``): every poll it fetches the router's new records,
+summarises the current phase (:func:`runtime.release_stats.observe`), asks the pure gate
+(:func:`runtime.release.decide_release`) what to do, and only then touches anything: the router's
+split, the MLflow aliases (:mod:`runtime.registry`), and the rollout's MLflow run -- params, a metric
+row per poll, ``release/decisions.json``, ``release/events.json`` and the report with its plots.
+
+>>> result = run_rollout("demo-regressor", spec.release, ServeRouter(), tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
+>>> result["outcome"]
+'promoted'
+
+The router is anything with ``load``, ``configure`` and ``records`` (:class:`RouterControl`):
+:class:`ServeRouter` talks to ``examples/router.py`` on Ray Serve through its deployment handle.
+If anything fails mid-rollout the split goes back to 0 % and ``champion`` is left where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from mlflow import MlflowClient
+
+from .errors import ReleaseError
+from .registry import abort_rollout, alias_version, current_champion, promote
+from .release import TERMINAL, Action, Decision, Observation, Phase, RolloutState, decide_release, start
+from .release_stats import CHAMPION, labels_by_request, observe, phase_summary, predictions
+from .rollout_report import write_report
+from .tracking import CHALLENGER, Tracker
+
+
+class RouterControl(Protocol):
+    def load(self, champion: int | None, challenger: int | None) -> dict: ...  # -> {"versions", "next"}
+    def configure(self, split_percent: float, shadow_fraction: float) -> dict: ...  # -> {..., "next"}
+    def records(self, since: int) -> dict: ...  # -> {"records", "feedback", "next"}
+
+
+class ServeRouter:
+    """:class:`RouterControl` over the ``Router`` deployment's handle (the caller is connected to Ray)."""
+
+    def __init__(self, app_name: str = "headroom-router", deployment: str = "Router", timeout_s: float = 120.0):
+        from ray import serve
+
+        try:
+            serve.status().applications[app_name]
+        except KeyError:
+            raise ReleaseError(f"no Ray Serve application named {app_name!r} is running", where="router",
+                               fix="start the router first (examples/router.py: start_router) or pass --app") from None
+        self._handle = serve.get_deployment_handle(deployment, app_name=app_name)
+        self._timeout_s = timeout_s
+
+    def load(self, champion, challenger):
+        return self._handle.load.remote(champion=champion, challenger=challenger).result(timeout_s=self._timeout_s)
+
+    def configure(self, split_percent, shadow_fraction):
+        return self._handle.configure.remote(split_percent, shadow_fraction).result(timeout_s=self._timeout_s)
+
+    def records(self, since):
+        return self._handle.records.remote(since).result(timeout_s=self._timeout_s)
+
+
+def run_rollout(name: str, plan, router: RouterControl, *, tracking_uri: str, experiment: str = "headroom",
+                metric: str = "r2", clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], None] = time.sleep,
+                on_decision: Callable[[Decision], None] | None = None) -> dict:
+    """Roll the ``challenger`` of model ``name`` out by ``plan`` (a ``ReleaseSpec``); returns the result dict."""
+    client = MlflowClient(tracking_uri)
+    champion = current_champion(client, name)
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is None:
+        raise ReleaseError(f"model {name!r} has no challenger to roll out", where="registry",
+                           fix="train a candidate that beats the champion (it is aliased challenger), then roll out")
+    router.load(champion, challenger)
+    tracker = Tracker(tracking_uri, experiment, f"rollout-{name}-v{challenger}")
+    tracker.log_params({"release": plan.model_dump(mode="json"), "model": name, "champion_version": champion,
+                        "challenger_version": challenger, "metric": metric})
+    tracker.set_tags({"headroom.release.model": name, "headroom.release.challenger": challenger})
+    rollout = _Rollout(name, plan, router, client, tracker, champion, challenger, metric, clock, sleep, on_decision)
+    try:
+        result = rollout.drive()
+    except BaseException:
+        _safe_stop(router)  # serving first: whatever went wrong, the champion takes all traffic again
+        tracker.set_tags({"headroom.release.outcome": "failed"})
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    return result
+
+
+def _safe_stop(router: RouterControl) -> None:
+    try:
+        router.configure(0.0, 0.0)
+    except Exception:  # noqa: BLE001 -- the original error is the one to report
+        pass
+
+
+class _Rollout:
+    """One rollout's loop and bookkeeping; :meth:`drive` runs it to a terminal phase."""
+
+    def __init__(self, name, plan, router, client, tracker, champion, challenger, metric, clock, sleep, on_decision):
+        self.name, self.plan, self.router, self.client, self.tracker = name, plan, router, client, tracker
+        self.champion, self.challenger, self.metric = champion, challenger, metric
+        self.clock, self.sleep, self.on_decision = clock, sleep, on_decision or (lambda d: None)
+        self.t0_s = clock()
+        self.records: list[dict] = []  # every record of the rollout, tagged with its phase label
+        self.labels: dict[str, list[float]] = {}
+        self.decisions: list[dict] = []
+        self.phases: list[dict] = []
+        self.baseline_predictions: list[float] = []
+
+    def drive(self) -> dict:
+        state, decision = start(self.plan, self.clock())
+        fetch_from = phase_from = self._apply(decision)
+        phase_records: list[dict] = []
+        tick = 0
+        while state.phase not in TERMINAL:
+            self.sleep(self.plan.poll_interval_s)
+            batch = self.router.records(fetch_from)
+            fetch_from = batch["next"]
+            self.labels.update(labels_by_request(batch["feedback"]))
+            label = _label(state, self.plan)
+            for r in batch["records"]:
+                self.records.append({**r, "phase": label if r["seq"] >= phase_from else "between"})
+            phase_records.extend(r for r in batch["records"] if r["seq"] >= phase_from)
+            obs = observe(state.phase, phase_records, self.labels, metric=self.metric,
+                          tolerance=self.plan.shadow.agreement_tolerance, baseline_predictions=self.baseline_predictions)
+            before = state
+            state, decision = decide_release(state, obs, self.plan, self.clock())
+            tick += 1
+            self._log_tick(tick, decision, obs)
+            if decision.action is Action.HOLD:
+                continue
+            self.phases.append(phase_summary(label, _percent(before, self.plan), obs))
+            if before.phase is Phase.SHADOW:
+                self.baseline_predictions = predictions(phase_records, CHAMPION)
+            phase_from, phase_records = self._apply(decision), []
+        return self._finish(state, decision)
+
+    def _apply(self, decision: Decision) -> int:
+        """Act on a decision; returns the router's next record number (where the new phase begins)."""
+        self.decisions.append({**decision.as_record(), "at_s": decision.at_s - self.t0_s})
+        self.on_decision(decision)
+        if decision.phase in TERMINAL:
+            return self.router.configure(0.0, 0.0)["next"]  # traffic first, aliases after (see _finish)
+        return self.router.configure(decision.split_percent, decision.shadow_fraction)["next"]
+
+    def _finish(self, state: RolloutState, decision: Decision) -> dict:
+        if decision.action is Action.PROMOTE:
+            move = promote(self.client, self.name, self.challenger, reason=decision.detail)
+        else:  # ROLLBACK or REJECT
+            move = abort_rollout(self.client, self.name, champion=self.champion, challenger=self.challenger,
+                                 reason=f"{decision.reason.value}: {decision.detail}")
+        self.router.load(move.champion_after, None)  # serve the champion alone
+        result = {"model": self.name, "outcome": state.phase.value, "reason": decision.reason.value,
+                  "detail": decision.detail, "champion_before": self.champion, "champion_after": move.champion_after,
+                  "challenger": self.challenger, "previous_champion": move.previous_champion,
+                  "run_id": self.tracker.run_id, "phases": self.phases, "decisions": self.decisions,
+                  "duration_s": self.clock() - self.t0_s}
+        self._record(result, move.as_record())
+        return result
+
+    def _log_tick(self, tick: int, decision: Decision, obs: Observation) -> None:
+        self.tracker.log_metrics({
+            "split_percent": decision.split_percent, "shadow_fraction": decision.shadow_fraction,
+            "champion_p99_ms": obs.champion.p99_ms, "challenger_p99_ms": obs.challenger.p99_ms,
+            "challenger_error_rate": obs.challenger.error_rate if obs.challenger.requests else None,
+            "prediction_drift": obs.drift, "agreement": obs.agreement,
+            "champion_requests": obs.champion.requests, "challenger_requests": obs.challenger.requests,
+        }, step=tick)
+
+    def _record(self, result: dict, move: dict) -> None:
+        self.tracker.set_tags({"headroom.release.outcome": result["outcome"], "headroom.release.reason": result["reason"],
+                               "headroom.release.champion_after": result["champion_after"]})
+        with tempfile.TemporaryDirectory(prefix="hr-rollout-") as tmp:
+            out = Path(tmp)
+            (out / "decisions.json").write_text(json.dumps(self.decisions, indent=2))
+            (out / "events.json").write_text(json.dumps({"alias_move": move, "result": _brief(result)}, indent=2))
+            write_report(out, result, self.records, self.plan, t0_wall_s=_first_t(self.records))
+            for path in sorted(out.iterdir()):
+                self.tracker.log_file(path, "release")
+
+
+def _label(state: RolloutState, plan) -> str:
+    return "shadow" if state.phase is Phase.SHADOW else f"stage {state.stage_index + 1} ({plan.stages[state.stage_index].percent:g} %)"
+
+
+def _percent(state: RolloutState, plan) -> float:
+    return 0.0 if state.phase is Phase.SHADOW else float(plan.stages[state.stage_index].percent)
+
+
+def _first_t(records: list[dict]) -> float:
+    return min((r["t"] for r in records), default=0.0)
+
+
+def _brief(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("phases", "decisions")}
