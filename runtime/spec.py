@@ -112,7 +112,7 @@ class ShadowSpec(_Section):
     duration_s: float = Field(default=60.0, ge=0, description="shadow phase length (0: no shadow phase)")
     min_agreement: float | None = Field(default=None, ge=0, le=1, description="reject below this prediction agreement")
     agreement_tolerance: float = Field(default=0.1, ge=0, description="|champion - challenger| within this agrees (0: exact)")
-    max_metric_drop: float = Field(default=0.0, ge=0, description="labelled feedback: challenger may trail by this much")
+    max_metric_drop: float = Field(default=0.01, ge=0, description="labelled feedback: challenger may trail by this much")
 
 
 class StageSpec(_Section):

@@ -1,0 +1,205 @@
+"""Shadow -> stages -> champion, and automatic rollback, on a real Ray Serve router and a real MLflow store.
+
+The router (examples/router.py) runs on the session's Ray cluster with Serve on 127.0.0.1; a client
+thread sends live requests with labelled feedback; the controller (runtime/rollout.py) steers the
+router through its deployment handle and moves aliases in an MLflow SQLite store in tmp_path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from mlflow import MlflowClient  # noqa: E402
+from sklearn.linear_model import LinearRegression  # noqa: E402
+
+from examples.router import start_router, stop_router  # noqa: E402
+from runtime.registry import PREVIOUS_CHAMPION, alias_version  # noqa: E402
+from runtime.rollout import ServeRouter, run_rollout  # noqa: E402
+from runtime.spec import ReleaseSpec  # noqa: E402
+from runtime.tracking import CHALLENGER, CHAMPION, PIP_REQUIREMENTS, Tracker, register_model  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+NAME = "routed-model"
+N_FEATURES = 6
+WEIGHTS = np.linspace(-2.0, 2.0, N_FEATURES)
+SLOW_MODEL = Path(__file__).resolve().parents[1] / "support" / "slow_model.py"
+
+
+def _data(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, N_FEATURES))
+    return x, x @ WEIGHTS + 0.1 * rng.normal(size=rows)
+
+
+def _fit(rows: int, seed: int, label_noise: float = 0.0) -> LinearRegression:
+    x, y = _data(rows, seed)
+    return LinearRegression().fit(x, y + label_noise * np.random.default_rng(seed + 1).normal(size=rows))
+
+
+def _register(uri: str, model, *, has_champion: bool) -> int:
+    tracker = Tracker(uri, "jobs", "job")
+    version = register_model(tracker, model, NAME, beats_champion=True, has_champion=has_champion)["version"]
+    tracker.end()
+    return version
+
+
+def _register_slow(uri: str, inner, tmp_path: Path, delay_s: float) -> int:
+    """The challenger that breaches: a models-from-code wrapper that sleeps before every predict."""
+    import mlflow
+
+    inner_dir = tmp_path / "inner"
+    mlflow.sklearn.save_model(inner, str(inner_dir), serialization_format="skops", pip_requirements=PIP_REQUIREMENTS,
+                              skops_trusted_types=["sklearn.linear_model._base.LinearRegression"])
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(SLOW_MODEL), artifacts={"inner": str(inner_dir)},
+                                       model_config={"delay_s": delay_s}, pip_requirements=PIP_REQUIREMENTS)
+    version = int(mlflow.register_model(info.model_uri, NAME).version)
+    MlflowClient(uri).set_registered_model_alias(NAME, CHALLENGER, version)
+    return version
+
+
+class LabelledTraffic(threading.Thread):
+    """Live requests at ~``rps``, each followed by its labels on the feedback route; keeps every response."""
+
+    def __init__(self, predict_url: str, feedback_url: str, rps: float = 20.0, rows: int = 8):
+        super().__init__(daemon=True)
+        self.predict_url, self.feedback_url, self.rps, self.rows = predict_url, feedback_url, rps, rows
+        self.responses: list[tuple[int, dict]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(7)
+        with httpx.Client(timeout=30.0) as client:
+            i = 0
+            while not self._halt.is_set():
+                x = rng.normal(size=(self.rows, N_FEATURES))
+                rid = f"r{i}"
+                r = client.post(self.predict_url, json={"instances": x.tolist(), "request_id": rid})
+                self.responses.append((r.status_code, r.json()))
+                client.post(self.feedback_url, json={"request_id": rid, "labels": (x @ WEIGHTS).tolist()})
+                i += 1
+                self._halt.wait(1.0 / self.rps)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=60)
+
+
+def _plan(**budget) -> ReleaseSpec:
+    return ReleaseSpec.model_validate({
+        "shadow": {"fraction": 0.5, "duration_s": 4, "min_agreement": 0.5, "agreement_tolerance": 1.0,
+                   "max_metric_drop": 0.05},
+        "stages": [{"percent": 25, "hold_s": 3}, {"percent": 60, "hold_s": 3}, {"percent": 100, "hold_s": 3}],
+        "risk_budget": {"max_p99_increase_ratio": 2.0, "max_p99_increase_ms": 100, "max_error_rate": 0.0,
+                        "max_prediction_drift": 0.5, "min_requests": 10, "max_wait_s": 60, **budget},
+        "poll_interval_s": 0.5,
+    })
+
+
+@pytest.fixture()
+def routed(ray_session, tmp_path):
+    """``(uri, start)``: ``start()`` deploys the router once the test has registered its versions."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    started = []
+
+    def start():
+        endpoints = start_router(uri, NAME, http_port=free_port(), seed=3)
+        started.append(endpoints)
+        traffic = LabelledTraffic(endpoints.predict_url, endpoints.feedback_url)
+        traffic.start()
+        return endpoints, traffic
+
+    yield uri, start
+    if started:
+        stop_router()  # deletes the app and shuts Serve down; the session's Ray cluster stays
+
+
+def _run(uri: str, plan: ReleaseSpec, traffic: LabelledTraffic) -> dict:
+    try:
+        return run_rollout(NAME, plan, ServeRouter(), tracking_uri=uri, experiment="releases", metric="r2")
+    finally:
+        traffic.stop()
+
+
+def _run_artifacts(uri: str, run_id: str) -> set[str]:
+    return {f.path for f in MlflowClient(uri).list_artifacts(run_id, "release")}
+
+
+def test_a_clearly_better_candidate_goes_shadow_then_stages_then_champion(routed):
+    uri, start = routed
+    champion = _register(uri, _fit(rows=20, seed=1, label_noise=1.0), has_champion=False)  # few, noisy labels
+    challenger = _register(uri, _fit(rows=4000, seed=2), has_champion=True)
+    client = MlflowClient(uri)
+    assert (alias_version(client, NAME, CHAMPION), alias_version(client, NAME, CHALLENGER)) == (champion, challenger)
+    endpoints, traffic = start()
+
+    result = _run(uri, _plan(), traffic)
+
+    assert result["outcome"] == "promoted", result["detail"]
+    assert [d["action"] for d in result["decisions"] if d["action"] != "hold"] == \
+        ["advance", "advance", "advance", "promote"]
+    assert [p["percent"] for p in result["phases"]] == [0, 25, 60, 100]
+    shadow = result["phases"][0]
+    assert shadow["pairs"] > 0 and shadow["agreement"] >= 0.5
+    assert shadow["champion_p99_ms"] is not None and shadow["challenger_p99_ms"] is not None
+    assert shadow["metric_challenger"] > shadow["metric_champion"]  # better on the labelled feedback
+    assert all(p["challenger_requests"] >= 10 for p in result["phases"][1:])
+
+    assert alias_version(client, NAME, CHAMPION) == challenger
+    assert alias_version(client, NAME, PREVIOUS_CHAMPION) == champion
+    assert alias_version(client, NAME, CHALLENGER) is None
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["headroom.release.outcome"] == "promoted"
+    splits = {m.value for m in client.get_metric_history(result["run_id"], "split_percent")}
+    assert {0.0, 25.0, 60.0, 100.0} <= splits
+    assert {"release/report.md", "release/latency.png", "release/shadow.png", "release/decisions.json",
+            "release/events.json"} <= _run_artifacts(uri, result["run_id"])
+    report = Path(client.download_artifacts(result["run_id"], "release/report.md"))
+    assert "PROMOTED" in report.read_text() and "![latency](latency.png)" in report.read_text()
+
+    # Every live request was answered; the router now serves the new champion alone.
+    assert traffic.responses and all(code == 200 for code, _ in traffic.responses)
+    after = httpx.post(endpoints.predict_url, json={"instances": [[0.0] * N_FEATURES]}, timeout=30).json()
+    assert (after["model"], after["version"]) == ("champion", challenger)
+
+
+def test_a_candidate_that_breaches_the_latency_budget_is_rolled_back(routed, tmp_path):
+    uri, start = routed
+    good = _fit(rows=4000, seed=2)
+    champion = _register(uri, good, has_champion=False)
+    challenger = _register_slow(uri, _fit(rows=4000, seed=4), tmp_path, delay_s=0.3)
+    endpoints, traffic = start()
+
+    result = _run(uri, _plan(), traffic)
+
+    assert result["outcome"] == "rolled_back", result["detail"]
+    assert result["reason"] == "p99_breach"
+    actions = [d["action"] for d in result["decisions"] if d["action"] != "hold"]
+    assert actions[0] == "advance" and actions[-1] == "rollback"  # it passed shadow, then breached in a stage
+    assert result["decisions"][-1]["split_percent"] == 0
+    breached = result["phases"][-1]
+    assert breached["percent"] > 0 and breached["challenger_p99_ms"] > 100
+
+    client = MlflowClient(uri)
+    assert alias_version(client, NAME, CHAMPION) == champion  # champion is the old version, never unset
+    assert alias_version(client, NAME, CHALLENGER) is None
+    assert "p99_breach" in client.get_model_version(NAME, str(challenger)).tags["headroom.release.abort"]
+    assert client.get_run(result["run_id"]).data.tags["headroom.release.outcome"] == "rolled_back"
+    assert "release/report.md" in _run_artifacts(uri, result["run_id"])
+
+    # The slow challenger never broke a response, and the champion serves everything again.
+    assert traffic.responses and all(code == 200 for code, _ in traffic.responses)
+    after = httpx.post(endpoints.predict_url, json={"instances": [[0.0] * N_FEATURES]}, timeout=30).json()
+    assert (after["model"], after["version"]) == ("champion", champion)
