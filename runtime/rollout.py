@@ -112,42 +112,57 @@ class _Rollout:
         self.decisions: list[dict] = []
         self.phases: list[dict] = []
         self.baseline_predictions: list[float] = []
+        self.boundaries: list[tuple[int, str]] = []  # (first record number, phase label), in order
+        self.phase_records: list[dict] = []  # the current phase's records
+        self.fetch_from: int | None = None  # the router's next record number not yet fetched
+
+    def _phase_of(self, seq: int) -> str:
+        """The phase a record belongs to: the last one that had begun when the router numbered it."""
+        return next((label for start, label in reversed(self.boundaries) if seq >= start), "before")
 
     def drive(self) -> dict:
         state, decision = start(self.plan, self.clock())
-        fetch_from = phase_from = self._apply(decision)
-        phase_records: list[dict] = []
+        self._begin_phase(state, decision)
         tick = 0
         while state.phase not in TERMINAL:
             self.sleep(self.plan.poll_interval_s)
-            batch = self.router.records(fetch_from)
-            fetch_from = batch["next"]
-            self.labels.update(labels_by_request(batch["feedback"]))
-            label = _label(state, self.plan)
-            for r in batch["records"]:
-                self.records.append({**r, "phase": label if r["seq"] >= phase_from else "between"})
-            phase_records.extend(r for r in batch["records"] if r["seq"] >= phase_from)
-            obs = observe(state.phase, phase_records, self.labels, metric=self.metric,
+            self._fetch()
+            obs = observe(state.phase, self.phase_records, self.labels, metric=self.metric,
                           tolerance=self.plan.shadow.agreement_tolerance, baseline_predictions=self.baseline_predictions)
             before = state
             state, decision = decide_release(state, obs, self.plan, self.clock())
             tick += 1
             self._log_tick(tick, decision, obs)
-            if decision.action is Action.HOLD:
-                continue
-            self.phases.append(phase_summary(label, _percent(before, self.plan), obs))
-            if before.phase is Phase.SHADOW:
-                self.baseline_predictions = predictions(phase_records, CHAMPION)
-            phase_from, phase_records = self._apply(decision), []
+            if decision.action is not Action.HOLD:
+                self._end_phase(before, obs)
+                self._begin_phase(state, decision)
         return self._finish(state, decision)
 
-    def _apply(self, decision: Decision) -> int:
-        """Act on a decision; returns the router's next record number (where the new phase begins)."""
+    def _fetch(self) -> None:
+        """Take the router's new records and feedback; the current phase keeps those numbered inside it."""
+        batch = self.router.records(self.fetch_from)
+        self.fetch_from = batch["next"]
+        self.labels.update(labels_by_request(batch["feedback"]))
+        self.records.extend({**r, "phase": self._phase_of(r["seq"])} for r in batch["records"])
+        self.phase_records.extend(r for r in batch["records"] if r["seq"] >= self.boundaries[-1][0])
+
+    def _end_phase(self, state: RolloutState, obs: Observation) -> None:
+        self.phases.append(phase_summary(_label(state, self.plan), _percent(state, self.plan), obs))
+        if state.phase is Phase.SHADOW:  # the champion's shadow predictions: the stages' drift reference
+            self.baseline_predictions = predictions(self.phase_records, CHAMPION)
+
+    def _begin_phase(self, state: RolloutState, decision: Decision) -> None:
+        """Act on a decision: set the router's split (0 % once the rollout is over) and note where the phase begins."""
         self.decisions.append({**decision.as_record(), "at_s": decision.at_s - self.t0_s})
         self.on_decision(decision)
-        if decision.phase in TERMINAL:
-            return self.router.configure(0.0, 0.0)["next"]  # traffic first, aliases after (see _finish)
-        return self.router.configure(decision.split_percent, decision.shadow_fraction)["next"]
+        if decision.phase in TERMINAL:  # traffic first, aliases after (see _finish)
+            self.router.configure(0.0, 0.0)
+            return
+        first = self.router.configure(decision.split_percent, decision.shadow_fraction)["next"]
+        if self.fetch_from is None:
+            self.fetch_from = first
+        self.boundaries.append((first, _label(state, self.plan)))
+        self.phase_records = []
 
     def _finish(self, state: RolloutState, decision: Decision) -> dict:
         if decision.action is Action.PROMOTE:
