@@ -233,3 +233,24 @@ def stop_router(*, shutdown_serve: bool = True) -> None:
     finally:
         if shutdown_serve:
             serve.shutdown()
+
+
+def _main() -> None:
+    import argparse
+
+    import ray
+
+    parser = argparse.ArgumentParser(description="Deploy the champion/challenger router on a running Ray cluster.")
+    parser.add_argument("model", help="registered model name (the job's name)")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--port", type=int, default=8001, help="Serve's HTTP port on 127.0.0.1")
+    parser.add_argument("--address", default="auto", help="Ray cluster address")
+    args = parser.parse_args()
+    ray.init(address=args.address, log_to_driver=False)
+    endpoints = start_router(args.tracking_uri, args.model, http_port=args.port)
+    # Serve applications outlive this driver: the router keeps serving until `serve shutdown` / stop_router().
+    print(json.dumps({"app": APP_NAME, "predict_url": endpoints.predict_url, "feedback_url": endpoints.feedback_url}))
+
+
+if __name__ == "__main__":
+    _main()

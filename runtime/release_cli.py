@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ def _tracking_args(p) -> None:
                    help=f"MLflow store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})")
     p.add_argument("--experiment", default="headroom", help="experiment that records the event as a run")
     p.add_argument("--reason", help="why, recorded with the event")
+    p.add_argument("--app", help="also point this running router (Ray Serve application) at the new champion, split 0 %%")
+    p.add_argument("--address", help="Ray cluster address for --app (default: $RAY_ADDRESS, else the local one)")
 
 
 def cmd_promote(args) -> int:
@@ -56,8 +59,18 @@ def _move(args, act) -> int:
 
     from .registry import record_move_run
 
+    router = None
+    if args.app:  # find the router before moving anything
+        from .rollout import ServeRouter
+
+        _connect(args.address)
+        router = ServeRouter(args.app)
     move = act(MlflowClient(args.tracking_uri))
     run_id = record_move_run(args.tracking_uri, args.experiment, move)
+    if router:
+        router.configure(0.0, 0.0)
+        router.load(move.champion_after, None)
+        print(f"router {args.app!r}: serving v{move.champion_after}, split 0 %")
     print(f"{move.name}: champion v{move.champion_before} -> v{move.champion_after}"
           + (f" (previous-champion: v{move.previous_champion})" if move.previous_champion else "")
           + f"; recorded in MLflow run {run_id}")
@@ -90,7 +103,8 @@ def _connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
+                 logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise ReleaseError(f"no Ray cluster to connect to ({exc})", where=str(address or "auto"),
                            fix="start the cluster and the router first, or pass --address") from None

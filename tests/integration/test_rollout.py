@@ -7,94 +7,27 @@ router through its deployment handle and moves aliases in an MLflow SQLite store
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from mlflow import MlflowClient  # noqa: E402
-from sklearn.linear_model import LinearRegression  # noqa: E402
 
 from examples.router import start_router, stop_router  # noqa: E402
 from runtime.registry import PREVIOUS_CHAMPION, alias_version  # noqa: E402
 from runtime.rollout import ServeRouter, run_rollout  # noqa: E402
 from runtime.spec import ReleaseSpec  # noqa: E402
-from runtime.tracking import CHALLENGER, CHAMPION, PIP_REQUIREMENTS, Tracker, register_model  # noqa: E402
+from runtime.tracking import CHALLENGER, CHAMPION  # noqa: E402
 from tests.support import free_port  # noqa: E402
+from tests.support.release import N_FEATURES, LabelledTraffic, fit_linear, register_sklearn, register_slow  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 NAME = "routed-model"
-N_FEATURES = 6
-WEIGHTS = np.linspace(-2.0, 2.0, N_FEATURES)
-SLOW_MODEL = Path(__file__).resolve().parents[1] / "support" / "slow_model.py"
-
-
-def _data(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, N_FEATURES))
-    return x, x @ WEIGHTS + 0.1 * rng.normal(size=rows)
-
-
-def _fit(rows: int, seed: int, label_noise: float = 0.0) -> LinearRegression:
-    x, y = _data(rows, seed)
-    return LinearRegression().fit(x, y + label_noise * np.random.default_rng(seed + 1).normal(size=rows))
-
-
-def _register(uri: str, model, *, has_champion: bool) -> int:
-    tracker = Tracker(uri, "jobs", "job")
-    version = register_model(tracker, model, NAME, beats_champion=True, has_champion=has_champion)["version"]
-    tracker.end()
-    return version
-
-
-def _register_slow(uri: str, inner, tmp_path: Path, delay_s: float) -> int:
-    """The challenger that breaches: a models-from-code wrapper that sleeps before every predict."""
-    import mlflow
-
-    inner_dir = tmp_path / "inner"
-    mlflow.sklearn.save_model(inner, str(inner_dir), serialization_format="skops", pip_requirements=PIP_REQUIREMENTS,
-                              skops_trusted_types=["sklearn.linear_model._base.LinearRegression"])
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(SLOW_MODEL), artifacts={"inner": str(inner_dir)},
-                                       model_config={"delay_s": delay_s}, pip_requirements=PIP_REQUIREMENTS)
-    version = int(mlflow.register_model(info.model_uri, NAME).version)
-    MlflowClient(uri).set_registered_model_alias(NAME, CHALLENGER, version)
-    return version
-
-
-class LabelledTraffic(threading.Thread):
-    """Live requests at ~``rps``, each followed by its labels on the feedback route; keeps every response."""
-
-    def __init__(self, predict_url: str, feedback_url: str, rps: float = 20.0, rows: int = 8):
-        super().__init__(daemon=True)
-        self.predict_url, self.feedback_url, self.rps, self.rows = predict_url, feedback_url, rps, rows
-        self.responses: list[tuple[int, dict]] = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        rng = np.random.default_rng(7)
-        with httpx.Client(timeout=30.0) as client:
-            i = 0
-            while not self._halt.is_set():
-                x = rng.normal(size=(self.rows, N_FEATURES))
-                rid = f"r{i}"
-                r = client.post(self.predict_url, json={"instances": x.tolist(), "request_id": rid})
-                self.responses.append((r.status_code, r.json()))
-                client.post(self.feedback_url, json={"request_id": rid, "labels": (x @ WEIGHTS).tolist()})
-                i += 1
-                self._halt.wait(1.0 / self.rps)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=60)
 
 
 def _plan(**budget) -> ReleaseSpec:
@@ -139,8 +72,8 @@ def _run_artifacts(uri: str, run_id: str) -> set[str]:
 
 def test_a_clearly_better_candidate_goes_shadow_then_stages_then_champion(routed):
     uri, start = routed
-    champion = _register(uri, _fit(rows=20, seed=1, label_noise=1.0), has_champion=False)  # few, noisy labels
-    challenger = _register(uri, _fit(rows=4000, seed=2), has_champion=True)
+    champion = register_sklearn(uri, NAME, fit_linear(rows=20, seed=1, label_noise=1.0), has_champion=False)  # few, noisy labels
+    challenger = register_sklearn(uri, NAME, fit_linear(rows=4000, seed=2), has_champion=True)
     client = MlflowClient(uri)
     assert (alias_version(client, NAME, CHAMPION), alias_version(client, NAME, CHALLENGER)) == (champion, challenger)
     endpoints, traffic = start()
@@ -177,9 +110,8 @@ def test_a_clearly_better_candidate_goes_shadow_then_stages_then_champion(routed
 
 def test_a_candidate_that_breaches_the_latency_budget_is_rolled_back(routed, tmp_path):
     uri, start = routed
-    good = _fit(rows=4000, seed=2)
-    champion = _register(uri, good, has_champion=False)
-    challenger = _register_slow(uri, _fit(rows=4000, seed=4), tmp_path, delay_s=0.3)
+    champion = register_sklearn(uri, NAME, fit_linear(rows=4000, seed=2), has_champion=False)
+    challenger = register_slow(uri, NAME, fit_linear(rows=4000, seed=4), tmp_path, delay_s=0.3)
     endpoints, traffic = start()
 
     result = _run(uri, _plan(), traffic)
