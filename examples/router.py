@@ -33,6 +33,7 @@ Usage (the caller owns ``ray.init``)::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -106,8 +107,7 @@ class _RouterCore:
         return {"split_percent": self.split_percent, "shadow_fraction": self.shadow_fraction, "next": self.next_seq}
 
     def records_since(self, since: int) -> dict:
-        return {"records": [r for r in self.records if r["seq"] >= since],
-                "feedback": [f for f in self.feedback if f["seq"] >= since], "next": self.next_seq}
+        return {"records": _since(self.records, since), "feedback": _since(self.feedback, since), "next": self.next_seq}
 
     def versions(self) -> dict[str, int]:
         return {role: version for role, (version, _) in self.models.items()}
@@ -179,6 +179,12 @@ class _RouterCore:
         return seq
 
 
+def _since(entries: deque, seq: int) -> list[dict]:
+    """Entries numbered ``seq`` or later (numbers rise along the deque, with gaps between the two deques)."""
+    start = next((i for i in range(len(entries) - 1, -1, -1) if entries[i]["seq"] < seq), -1) + 1
+    return list(itertools.islice(entries, start, None))
+
+
 def _rows(body: dict) -> np.ndarray:
     rows = np.asarray(body["instances"], dtype=np.float64)
     if rows.ndim != 2 or len(rows) == 0:
@@ -202,13 +208,15 @@ class Router:
     async def __call__(self, request: Request) -> Response:
         return await self._core.handle(request)
 
-    def load(self, champion: int | None = None, challenger: int | None = None) -> dict:
-        return self._core.load(champion, challenger)
+    # Control methods are async so that they run on the replica's event loop, between requests: the
+    # records and the split are never read half-updated. Loading models runs in a thread meanwhile.
+    async def load(self, champion: int | None = None, challenger: int | None = None) -> dict:
+        return await asyncio.to_thread(self._core.load, champion, challenger)
 
-    def configure(self, split_percent: float, shadow_fraction: float) -> dict:
+    async def configure(self, split_percent: float, shadow_fraction: float) -> dict:
         return self._core.configure(split_percent, shadow_fraction)
 
-    def records(self, since: int = 0) -> dict:
+    async def records(self, since: int = 0) -> dict:
         return self._core.records_since(since)
 
 

@@ -48,22 +48,34 @@ def routed(ray_session, tmp_path):
     started = []
 
     def start():
+        started.append(None)  # from here on, Serve may be running
         endpoints = start_router(uri, NAME, http_port=free_port(), seed=3)
-        started.append(endpoints)
-        traffic = LabelledTraffic(endpoints.predict_url, endpoints.feedback_url)
-        traffic.start()
-        return endpoints, traffic
+        started[-1] = LabelledTraffic(endpoints.predict_url, endpoints.feedback_url)
+        started[-1].start()
+        return endpoints, started[-1]
 
     yield uri, start
     if started:
+        if started[-1] is not None:
+            started[-1].stop()
         stop_router()  # deletes the app and shuts Serve down; the session's Ray cluster stays
 
 
 def _run(uri: str, plan: ReleaseSpec, traffic: LabelledTraffic) -> dict:
     try:
-        return run_rollout(NAME, plan, ServeRouter(), tracking_uri=uri, experiment="releases", metric="r2")
+        result = run_rollout(NAME, plan, ServeRouter(), tracking_uri=uri, experiment="releases", metric="r2")
     finally:
         traffic.stop()
+    print(f"\n{result['outcome']} ({result['reason']}: {result['detail']}) after {result['duration_s']:.1f} s")
+    for p in result["phases"]:  # the figures measured, printed rather than asserted
+        print(f"  {p['phase']:<16} champion n={p['champion_requests']} p99={_ms(p['champion_p99_ms'])} | challenger "
+              f"n={p['challenger_requests']} p99={_ms(p['challenger_p99_ms'])} drift={_ms(p['drift'])} "
+              f"agreement={_ms(p['agreement'])} r2 {_ms(p['metric_champion'])} -> {_ms(p['metric_challenger'])}")
+    return result
+
+
+def _ms(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def _run_artifacts(uri: str, run_id: str) -> set[str]:
