@@ -208,11 +208,14 @@ def _decide_shadow(state, obs, plan, now_s):
 
 
 def _shadow_failure(obs: Observation, plan) -> tuple[Reason, str] | None:
-    shadow = plan.shadow
+    shadow, budget = plan.shadow, plan.risk_budget
+    if obs.challenger.error_rate > budget.max_error_rate:  # failing on mirrored calls: never send it live traffic
+        return Reason.ERROR_RATE_BREACH, (f"challenger failed {obs.challenger.errors}/{obs.challenger.requests} "
+                                          f"mirrored calls (> {budget.max_error_rate:.2%})")
     if shadow.min_agreement is not None and (obs.agreement or 0.0) < shadow.min_agreement:
         return Reason.AGREEMENT_LOW, f"agreement {_fmt(obs.agreement)} < {shadow.min_agreement} on {obs.pairs} pairs"
     if obs.metric_champion is not None and obs.metric_challenger is not None \
-            and obs.labelled >= plan.risk_budget.min_requests \
+            and obs.labelled >= budget.min_requests \
             and obs.metric_challenger < obs.metric_champion - shadow.max_metric_drop:
         return Reason.METRIC_WORSE, (f"metric on {obs.labelled} labelled rows: challenger {obs.metric_challenger:.4f} "
                                      f"< champion {obs.metric_champion:.4f} - {shadow.max_metric_drop}")

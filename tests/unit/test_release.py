@@ -134,8 +134,10 @@ def test_start_opens_the_shadow_phase_or_skips_it():
     # a slow challenger in shadow is reported, not gated: mirrored calls never touch a response
     (Observation(champion=latency_stats([10.0] * 50), challenger=latency_stats([900.0] * 25), agreement=0.9, pairs=25),
      10.0, Action.ADVANCE, Reason.SHADOW_PASSED),
+    (Observation(champion=latency_stats([10.0] * 50), challenger=latency_stats([11.0] * 20, errors=5), agreement=1.0,
+                 pairs=20), 10.0, Action.REJECT, Reason.ERROR_RATE_BREACH),
 ], ids=["early", "passes", "waits-for-data", "no-data-in-time", "disagrees", "worse-on-feedback",
-        "too-few-labels-to-judge", "slow-mirror-not-gated"])
+        "too-few-labels-to-judge", "slow-mirror-not-gated", "mirrors-fail"])
 def test_shadow_phase(obs, now_s, action, reason):
     state, _ = start(plan(), now_s=0.0)
     new, d = decide_release(state, obs, plan(), now_s)
