@@ -116,12 +116,18 @@ def test_a_challenger_that_disagrees_in_shadow_is_rejected_before_any_live_traff
     assert client.get_run(result["run_id"]).data.tags["headroom.release.outcome"] == "rejected"
 
 
-def test_a_challenger_that_fails_requests_is_rolled_back_on_the_error_budget(uri):
+def test_a_challenger_that_fails_requests_is_stopped_by_the_error_budget(uri):
     clock = Clock()
-    router = ScriptedRouter(clock, good, lambda rng: (2.0, None) if rng.random() < 0.2 else good(rng))
-    result = rollout(uri, router, clock, plan())
+    flaky = lambda rng: (2.0, None) if rng.random() < 0.2 else good(rng)  # noqa: E731
+    result = rollout(uri, ScriptedRouter(clock, good, flaky), clock, plan())
+    assert (result["outcome"], result["reason"]) == ("rejected", "error_rate_breach")  # its mirrors failed
+
+    clock = Clock()  # the same challenger straight into stages (no shadow phase): rolled back in the first
+    router = ScriptedRouter(clock, good, flaky)
+    MlflowClient(uri).set_registered_model_alias(NAME, CHALLENGER, 2)
+    result = rollout(uri, router, clock, plan(duration_s=0))
     assert (result["outcome"], result["reason"]) == ("rolled_back", "error_rate_breach")
-    assert router.configured[-1] == (0.0, 0.0)
+    assert router.configured[0] == (10.0, 0.0) and router.configured[-1] == (0.0, 0.0)
     assert alias_version(MlflowClient(uri), NAME, CHAMPION) == 1
 
 
