@@ -1,8 +1,8 @@
 """A champion/challenger router on Ray Serve: serves the champion, mirrors or splits traffic to the challenger.
 
 One deployment, ``Router``, loads two versions of a registered model from MLflow (``pyfunc``, so any
-flavour with a pyfunc form: the skops scikit-learn models Headroom registers, or a models-from-code
-wrapper) and answers HTTP on ``<prefix>``:
+flavour with a pyfunc form: the skops scikit-learn models and pt2 torch regressors Headroom registers,
+or a models-from-code wrapper) and answers HTTP on ``<prefix>``:
 
 - ``POST <prefix>`` ``{"instances": [[...], ...], "request_id"?: "..."}`` -> ``{"predictions", "model",
   "version", "request_id"}``. With probability ``split_percent / 100`` the challenger serves the
@@ -54,6 +54,18 @@ MAX_MIRRORS_IN_FLIGHT = 8  # a slow challenger drops mirrors instead of piling t
 MAX_RECORDS = 200_000
 
 
+class _Model:
+    """A pyfunc model, fed the dtype its input schema asks for (torch pt2 exports want float32)."""
+
+    def __init__(self, pyfunc_model):
+        self.pyfunc = pyfunc_model
+        schema = pyfunc_model.metadata.get_input_schema()
+        self.dtype = schema.numpy_types()[0] if schema is not None and schema.is_tensor_spec() else None
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.pyfunc.predict(rows if self.dtype is None else rows.astype(self.dtype)), dtype=float).ravel()
+
+
 class _RouterCore:
     """The replica's logic without Ray Serve: model slots, the split, the records."""
 
@@ -64,7 +76,7 @@ class _RouterCore:
         self.tracking_uri, self.model_name = tracking_uri, model_name
         self.rng = random.Random(seed)
         self.split_percent, self.shadow_fraction = 0.0, 0.0
-        self.models: dict[str, tuple[int, object]] = {}  # role -> (version, pyfunc model)
+        self.models: dict[str, tuple[int, _Model]] = {}  # role -> (version, model)
         self.pools = {role: ThreadPoolExecutor(max_workers=1, thread_name_prefix=role) for role in (CHAMPION, CHALLENGER)}
         self.records: deque[dict] = deque(maxlen=MAX_RECORDS)
         self.feedback: deque[dict] = deque(maxlen=MAX_RECORDS)
@@ -91,7 +103,7 @@ class _RouterCore:
                     if role == CHAMPION:
                         raise
                     continue
-            models[role] = (version, mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}"))
+            models[role] = (version, _Model(mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")))
         self.models = models
         if CHALLENGER not in models:
             self.split_percent, self.shadow_fraction = 0.0, 0.0
@@ -156,8 +168,7 @@ class _RouterCore:
         model = self.models[role][1]
         start_s = time.perf_counter()
         try:
-            preds = np.asarray(await asyncio.get_running_loop().run_in_executor(self.pools[role], model.predict, rows),
-                               dtype=float).ravel()
+            preds = await asyncio.get_running_loop().run_in_executor(self.pools[role], model.predict, rows)
         except Exception:  # a model that fails is data for the risk budget, not a crash of the router
             preds = None
         record["latency_ms"][role] = (time.perf_counter() - start_s) * 1e3
