@@ -55,13 +55,21 @@ class ServeRouter:
         self._timeout_s = timeout_s
 
     def load(self, champion, challenger):
-        return self._handle.load.remote(champion=champion, challenger=challenger).result(timeout_s=self._timeout_s)
+        return self._call("load", champion=champion, challenger=challenger)
 
     def configure(self, split_percent, shadow_fraction):
-        return self._handle.configure.remote(split_percent, shadow_fraction).result(timeout_s=self._timeout_s)
+        return self._call("configure", split_percent, shadow_fraction)
 
     def records(self, since):
-        return self._handle.records.remote(since).result(timeout_s=self._timeout_s)
+        return self._call("records", since)
+
+    def _call(self, method: str, *args, **kwargs):
+        try:
+            return getattr(self._handle, method).remote(*args, **kwargs).result(timeout_s=self._timeout_s)
+        except Exception as exc:  # Ray wraps the replica's error; name the call and the cause in one line
+            cause = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            raise ReleaseError(f"the router refused {method} ({cause})", where="router",
+                               fix="check the router's replica log (ray logs / the dashboard) and the model versions") from exc
 
 
 def run_rollout(name: str, plan, router: RouterControl, *, tracking_uri: str, experiment: str = "headroom",
@@ -155,9 +163,10 @@ class _Rollout:
         """Act on a decision: set the router's split (0 % once the rollout is over) and note where the phase begins."""
         self.decisions.append({**decision.as_record(), "at_s": decision.at_s - self.t0_s})
         self.on_decision(decision)
-        if decision.phase in TERMINAL:  # traffic first, aliases after (see _finish)
-            self.router.configure(0.0, 0.0)
-            return
+        if decision.phase in TERMINAL:
+            if decision.action is not Action.PROMOTE:  # traffic back first, aliases after (see _finish)
+                self.router.configure(0.0, 0.0)
+            return  # a promotion keeps the challenger at 100 % until the router reloads it as champion
         first = self.router.configure(decision.split_percent, decision.shadow_fraction)["next"]
         if self.fetch_from is None:
             self.fetch_from = first

@@ -136,7 +136,8 @@ def test_a_good_challenger_passes_every_stage_in_order(uri):
     router = ScriptedRouter(clock, good, good)
     result = rollout(uri, router, clock, plan())
     assert result["outcome"] == "promoted"
-    assert router.configured == [(0.0, 0.5), (10.0, 0.0), (50.0, 0.0), (100.0, 0.0), (0.0, 0.0)]
+    # No flip back to the old champion: 100 % stays on the challenger until the router reloads it as champion.
+    assert router.configured == [(0.0, 0.5), (10.0, 0.0), (50.0, 0.0), (100.0, 0.0)]
     client = MlflowClient(uri)
     assert (alias_version(client, NAME, CHAMPION), alias_version(client, NAME, "previous-champion")) == (2, 1)
     assert router.loaded[-1] == (2, None)
