@@ -39,7 +39,7 @@ def write_spec(tmp_path: Path, uri: str) -> Path:
         "release": {
             "shadow": {"fraction": 0.5, "duration_s": 3, "agreement_tolerance": 1.0, "max_metric_drop": 0.05},
             "stages": [{"percent": 30, "hold_s": 2}, {"percent": 100, "hold_s": 2}],
-            "risk_budget": {"max_p99_increase_ms": 100, "max_prediction_drift": 0.5, "min_requests": 10},
+            "risk_budget": {"max_p99_increase_ms": 250, "max_prediction_drift": 0.5, "min_requests": 10},
             "poll_interval_s": 0.5,
         },
     }

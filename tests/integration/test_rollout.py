@@ -35,7 +35,7 @@ def _plan(**budget) -> ReleaseSpec:
         "shadow": {"fraction": 0.5, "duration_s": 4, "min_agreement": 0.5, "agreement_tolerance": 1.0,
                    "max_metric_drop": 0.05},
         "stages": [{"percent": 25, "hold_s": 3}, {"percent": 60, "hold_s": 3}, {"percent": 100, "hold_s": 3}],
-        "risk_budget": {"max_p99_increase_ratio": 2.0, "max_p99_increase_ms": 100, "max_error_rate": 0.0,
+        "risk_budget": {"max_p99_increase_ratio": 1.0, "max_p99_increase_ms": 250, "max_error_rate": 0.0,
                         "max_prediction_drift": 0.5, "min_requests": 10, "max_wait_s": 60, **budget},
         "poll_interval_s": 0.5,
     })
@@ -123,7 +123,7 @@ def test_a_clearly_better_candidate_goes_shadow_then_stages_then_champion(routed
 def test_a_candidate_that_breaches_the_latency_budget_is_rolled_back(routed, tmp_path):
     uri, start = routed
     champion = register_sklearn(uri, NAME, fit_linear(rows=4000, seed=2), has_champion=False)
-    challenger = register_slow(uri, NAME, fit_linear(rows=4000, seed=4), tmp_path, delay_s=0.3)
+    challenger = register_slow(uri, NAME, fit_linear(rows=4000, seed=4), tmp_path, delay_s=0.5)
     endpoints, traffic = start()
 
     result = _run(uri, _plan(), traffic)
@@ -134,7 +134,7 @@ def test_a_candidate_that_breaches_the_latency_budget_is_rolled_back(routed, tmp
     assert actions[0] == "advance" and actions[-1] == "rollback"  # it passed shadow, then breached in a stage
     assert result["decisions"][-1]["split_percent"] == 0
     breached = result["phases"][-1]
-    assert breached["percent"] > 0 and breached["challenger_p99_ms"] > 100
+    assert breached["percent"] > 0 and breached["challenger_p99_ms"] >= 500  # every call sleeps 0.5 s
 
     client = MlflowClient(uri)
     assert alias_version(client, NAME, CHAMPION) == champion  # champion is the old version, never unset
