@@ -19,11 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .release_stats import CHALLENGER, CHAMPION, mirrored_pairs  # noqa: E402
 
-PHASE_COLUMNS = [("phase", "phase"), ("percent", "split %"), ("champion_requests", "champion req"),
-                 ("champion_p50_ms", "p50 ms"), ("champion_p99_ms", "p99 ms"), ("challenger_requests", "challenger req"),
-                 ("challenger_p50_ms", "p50 ms"), ("challenger_p99_ms", "p99 ms"), ("challenger_error_rate", "errors"),
-                 ("drift", "drift (KS)"), ("agreement", "agreement"), ("metric_champion", "metric champion"),
-                 ("metric_challenger", "metric challenger")]
+PHASE_COLUMNS = [  # (key in the phase row, title, format)
+    ("phase", "phase", "{}"), ("percent", "split %", "{:g}"), ("champion_requests", "champion req", "{}"),
+    ("champion_p50_ms", "p50 ms", "{:.1f}"), ("champion_p99_ms", "p99 ms", "{:.1f}"),
+    ("challenger_requests", "challenger req", "{}"), ("challenger_p50_ms", "p50 ms", "{:.1f}"),
+    ("challenger_p99_ms", "p99 ms", "{:.1f}"), ("challenger_error_rate", "errors", "{:.1%}"),
+    ("drift", "drift (KS)", "{:.3f}"), ("agreement", "agreement", "{:.1%}"),
+    ("metric_champion", "metric champion", "{:.4f}"), ("metric_challenger", "metric challenger", "{:.4f}"),
+]
 
 
 def write_report(out_dir: Path, result: dict, records: list[dict], plan, *, t0_wall_s: float) -> list[Path]:
@@ -53,10 +56,11 @@ def _markdown(result: dict, plan, images: list[str]) -> str:
         "",
         "## Phases",
         "",
-        "| " + " | ".join(title for _, title in PHASE_COLUMNS) + " |",
+        "| " + " | ".join(title for _, title, _ in PHASE_COLUMNS) + " |",
         "|" + "---|" * len(PHASE_COLUMNS),
     ]
-    lines += ["| " + " | ".join(_cell(row.get(key)) for key, _ in PHASE_COLUMNS) + " |" for row in result["phases"]]
+    lines += ["| " + " | ".join("n/a" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in PHASE_COLUMNS)
+              + " |" for row in result["phases"]]
     lines += ["", "In the shadow row the challenger's numbers are its mirrored calls; agreement and metrics compare "
               "both models on the same mirrored requests.", "", "## Decisions", "",
               "| t (s) | action | reason | split % | detail |", "|---|---|---|---|---|"]
@@ -64,14 +68,6 @@ def _markdown(result: dict, plan, images: list[str]) -> str:
               for d in result["decisions"]]
     lines += ["", *[f"![{Path(name).stem}]({name})" for name in images], ""]
     return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
 
 
 def _plot_latency(path: Path, records: list[dict], t0_wall_s: float) -> Path:
