@@ -61,13 +61,32 @@ def _markdown(result: dict, plan, images: list[str]) -> str:
     ]
     lines += ["| " + " | ".join("n/a" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in PHASE_COLUMNS)
               + " |" for row in result["phases"]]
-    lines += ["", "In the shadow row the challenger's numbers are its mirrored calls; agreement and metrics compare "
-              "both models on the same mirrored requests.", "", "## Decisions", "",
+    shadow = next((row for row in result["phases"] if row["phase"] == "shadow"), None)
+    if shadow:
+        lines += ["", *_shadow_section(shadow)]
+    lines += ["", "## Decisions", "",
               "| t (s) | action | reason | split % | detail |", "|---|---|---|---|---|"]
     lines += [f"| {d['at_s']:.1f} | {d['action']} | {d['reason']} | {d['split_percent']:g} | {d['detail']} |"
               for d in result["decisions"]]
     lines += ["", *[f"![{Path(name).stem}]({name})" for name in images], ""]
     return "\n".join(lines)
+
+
+def _shadow_section(row: dict) -> list[str]:
+    """The shadow report: both models on the same mirrored requests."""
+    def f(key: str, fmt: str) -> str:
+        return "n/a" if row.get(key) is None else fmt.format(row[key])
+
+    return [
+        "## Shadow test", "",
+        f"{row['challenger_requests']} mirrored requests, {row['pairs']} prediction pairs: agreement "
+        f"{f('agreement', '{:.1%}')}, prediction drift (KS) {f('drift', '{:.3f}')}; "
+        f"{row['labelled']} labelled rows from feedback.", "",
+        "| | champion (served) | challenger (mirrored) |", "|---|---|---|",
+        f"| p50 ms | {f('champion_p50_ms', '{:.1f}')} | {f('challenger_p50_ms', '{:.1f}')} |",
+        f"| p99 ms | {f('champion_p99_ms', '{:.1f}')} | {f('challenger_p99_ms', '{:.1f}')} |",
+        f"| metric on feedback | {f('metric_champion', '{:.4f}')} | {f('metric_challenger', '{:.4f}')} |",
+    ]
 
 
 def _plot_latency(path: Path, records: list[dict], t0_wall_s: float) -> Path:

@@ -75,4 +75,5 @@ def test_report_has_the_outcome_phases_decisions_and_both_plots(tmp_path):
     assert all(f.stat().st_size > 1000 for f in files if f.suffix == ".png")
     text = (tmp_path / "report.md").read_text()
     assert "**ROLLED_BACK**" in text and "p99_breach" in text and "| shadow | 0 |" in text
+    assert "## Shadow test" in text and "agreement 75.0%" in text and "| p99 ms | 7.9 | 5.0 |" in text
     assert "![latency](latency.png)" in text and "![shadow](shadow.png)" in text
