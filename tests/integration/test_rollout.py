@@ -20,7 +20,7 @@ from mlflow import MlflowClient  # noqa: E402
 from examples.router import start_router, stop_router  # noqa: E402
 from runtime.registry import PREVIOUS_CHAMPION, alias_version  # noqa: E402
 from runtime.rollout import ServeRouter, run_rollout  # noqa: E402
-from runtime.spec import ReleaseSpec  # noqa: E402
+from runtime.release_spec import ReleaseSpec  # noqa: E402
 from runtime.tracking import CHALLENGER, CHAMPION  # noqa: E402
 from tests.support import free_port  # noqa: E402
 from tests.support.release import N_FEATURES, LabelledTraffic, fit_linear, register_sklearn, register_slow  # noqa: E402

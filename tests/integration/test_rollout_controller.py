@@ -16,7 +16,7 @@ from sklearn.linear_model import LinearRegression
 
 from runtime.registry import alias_version
 from runtime.rollout import run_rollout
-from runtime.spec import ReleaseSpec
+from runtime.release_spec import ReleaseSpec
 from runtime.tracking import CHALLENGER, CHAMPION, Tracker, register_model
 
 pytestmark = pytest.mark.integration

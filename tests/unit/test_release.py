@@ -9,7 +9,8 @@ from runtime.release import (
     Action, LatencyStats, Observation, Phase, Reason, RolloutState, agreement, allowed_p99_ms, budget_breach,
     decide_release, feedback_metric, latency_stats, prediction_drift, start,
 )
-from runtime.spec import ReleaseSpec, spec_from_dict
+from runtime.release_spec import ReleaseSpec
+from runtime.spec import spec_from_dict
 
 
 def plan(**overrides) -> ReleaseSpec:

@@ -7,7 +7,7 @@ import pytest
 from runtime.release import Phase
 from runtime.release_stats import labels_by_request, mirrored_pairs, observe, phase_summary, role_stats
 from runtime.rollout_report import write_report
-from runtime.spec import ReleaseSpec
+from runtime.release_spec import ReleaseSpec
 
 
 def rec(seq, served_by, *, champion=None, challenger=None, mirrored=False, t=0.0, rid=None, phase="shadow"):
