@@ -46,7 +46,10 @@ def send(core: _RouterCore, n: int, rows: int = 3) -> list[dict]:
             x = np.random.default_rng(i).normal(size=(rows, N_FEATURES))
             response = await core._predict(x, f"q{i}")
             out.append(response)
-        await asyncio.sleep(0.5)  # let background mirrors finish
+        for _ in range(600):  # let the background mirrors finish (bounded: 60 s)
+            if core.mirrors_in_flight == 0:
+                break
+            await asyncio.sleep(0.1)
         return out
 
     return asyncio.run(go())
