@@ -13,11 +13,11 @@ from .errors import HeadroomError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import governance_cli, job_cli, planning_cli
+    from . import governance_cli, job_cli, planning_cli, release_cli
 
     parser = argparse.ArgumentParser(prog="headroom", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (job_cli, planning_cli, governance_cli):
+    for module in (job_cli, planning_cli, governance_cli, release_cli):
         module.register(sub)
     return parser
 

@@ -53,3 +53,7 @@ class TrackingError(HeadroomError):
 
 class GovernorError(HeadroomError):
     """The governor is unreachable or refused a request."""
+
+
+class ReleaseError(HeadroomError):
+    """A release step (promote, rollback, rollout) cannot proceed: no challenger, nothing to roll back to."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from .errors import SpecError
 from .governance_spec import ChecklistSpec, Contact, CostSpec
+from .release_spec import ReleaseSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -127,6 +128,7 @@ class JobSpec(_Section):
     cost: CostSpec = CostSpec()
     owner: str | None = None
     contacts: list[Contact] = Field(default_factory=list)
+    release: ReleaseSpec = ReleaseSpec()
 
     @field_validator("name")
     @classmethod
