@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="demo-out", help="folder for the summary, decision log and timeline plot")
     p.add_argument("--rows", type=int, default=96_000, help="rows of new training data")
     p.add_argument("--day-start", default="1995-07-03T03:00", help="trace local time the replay starts at (a Monday night)")
+    p.add_argument("--workdir", default=str(ROOT / ".headroom" / "demo"), help="folder for the demo's data and checkpoints")
+    p.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'mlflow.db'}", help="MLflow store for the job's run and model")
     return p.parse_args(argv)
 
 
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     from runtime.spec import load_spec, spec_from_dict
 
     out = ROOT / args.out
-    work = ROOT / ".headroom" / "demo"
+    work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)  # each demo run is a fresh "day" of data; the champion persists
     data, holdout = write_regression_slices(work / "data", slices=12, rows_per_slice=args.rows // 12, features=8, seed=int(time.time()) % 1000)
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
         base["validation"].update(holdout=str(holdout))
         base["serving"].update(url=endpoints.metrics_url, capacity_rps=peak / 0.6)
         base["checkpoint"].update(storage=str(work / "checkpoints"))
-        base["tracking"].update(uri=f"sqlite:///{ROOT / 'mlflow.db'}")
+        base["tracking"].update(uri=args.tracking_uri)
         spec = spec_from_dict(base, source=str(SPEC))
 
         rate = trace_rate_fn(read_history_csv(TRACE), day_start_local=args.day_start, days=3,
@@ -97,11 +99,11 @@ def main(argv=None) -> int:
         stop_serving()
     finally:
         ray.shutdown()
-    _report(summary, plot, load)
+    _report(summary, plot, load, args.tracking_uri)
     return 0 if summary["pauses"] >= 1 and summary["resumes"] >= 1 else 1
 
 
-def _report(summary: dict, plot: Path, load) -> None:
+def _report(summary: dict, plot: Path, load, tracking_uri: str) -> None:
     stats = load.window_stats()
     r = summary["reaction"]
     v = summary["validation"]
@@ -124,9 +126,9 @@ def _report(summary: dict, plot: Path, load) -> None:
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
     print(f"\n  timeline plot: {plot}")
     print(f"  post-mortem: {plot.parent / 'postmortem' / 'postmortem.md'} (on the MLflow run too: "
-          f".venv/bin/headroom report {summary['mlflow_run_id']} --tracking-uri sqlite:///{ROOT / 'mlflow.db'})")
+          f".venv/bin/headroom report {summary['mlflow_run_id']} --tracking-uri {tracking_uri})")
     print(f"  MLflow run {summary['mlflow_run_id']}: open the UI with\n"
-          f"    .venv/bin/mlflow ui --backend-store-uri sqlite:///{ROOT / 'mlflow.db'} --host 127.0.0.1 --port 5000")
+          f"    .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
     if summary["pauses"] < 1 or summary["resumes"] < 1:
         print("\n  note: the governor never had to pause this time (the host was quieter than the trace needed); "
               "rerun, or raise --peak-rps", flush=True)
