@@ -28,6 +28,7 @@ from .errors import DataError, SpecError
 from .governor import get_or_create_governor
 from .ingest import Dataset, RangeSet, read_table_file, to_xy
 from .lease import POOL_RESOURCE
+from .loopback import is_loopback
 from .spec import JobSpec
 from .summary import build_summary, law_config
 from .tracking import Tracker, load_champion, register_model
@@ -52,6 +53,9 @@ def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
     else:
         ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots},
                  include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        node_ip = ray.util.get_node_ip_address()
+        if not is_loopback(node_ip):  # Ray was imported before runtime, or the operator chose otherwise
+            log.warning("the local Ray cluster listens on %s, not only on loopback (see runtime/loopback.py)", node_ip)
 
 
 def preflight(spec: JobSpec) -> None:
