@@ -5,7 +5,9 @@ source (in a thread, so a hanging endpoint never blocks heartbeats), runs :func:
 for every registered job, records the decision, and applies it to the job's :class:`Lease`. Workers
 ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which slots of
 the lease are ready (:meth:`Governor.lease`). Nothing in the loop may stop it: a failed tick is
-counted and logged, and the next one runs.
+counted and logged, and the next one runs. After every change it saves each job's record (lease,
+directive, law state, manual pause, counters) to Ray's GCS key-value store, and a restarted governor
+starts from those records (runtime/governor_state.py).
 
 >>> gov = get_or_create_governor()  # doctest: +SKIP
 >>> ray.get(gov.status.remote())
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 
 import ray
 
+from .governor_state import (GcsStateStore, StateStore, decode, directive_from, directive_record, encode,
+                             law_state_from, law_state_record, lease_record, restore_lease)
 from .law import Directive, LawConfig, LawState, Level, Reason, decide, manual_pause
 from .lease import Lease
 from .sample import Sample
@@ -54,7 +59,7 @@ class JobEntry:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class Governor:
-    def __init__(self, poll_interval_s: float = 0.25):
+    def __init__(self, poll_interval_s: float = 0.25, state_store: StateStore | None = None):
         self.poll_interval_s = poll_interval_s
         self.jobs: dict[str, JobEntry] = {}
         self.sources: dict[tuple, object] = {}
@@ -63,6 +68,10 @@ class Governor:
         self.last_tick_ms = 0.0
         self._loop_task: asyncio.Task | None = None
         self._metrics = _Metrics()
+        self._store = state_store or GcsStateStore()
+        self._saved: bytes | None = None
+        self.recovered: list[str] = []  # jobs restored from saved state when this process started
+        self._recover()
 
     # ---- registration -------------------------------------------------------------------------
     async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
@@ -76,6 +85,7 @@ class Governor:
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
             self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s))
+        self._persist()
         return {"job": job, "poll_interval_s": self.poll_interval_s}
 
     async def unregister(self, job: str) -> dict:
@@ -87,10 +97,12 @@ class Governor:
         self._metrics.forget(job)
         if not any(e.source_key == entry.source_key for e in self.jobs.values()):
             self.sources.pop(entry.source_key, None)
+        self._persist()
         return self._record(entry)
 
     # ---- calls from workers and drivers ---------------------------------------------------------
     async def heartbeat(self, job: str, slot: int, progress: dict | None = None) -> dict:
+        self._ensure_loop()  # a restarted governor ticks again at the first call it gets
         entry = self.jobs.get(job)
         if entry is None:
             return {"action": "stop", "rows_per_s": 0.0, "why": "unknown job"}
@@ -104,6 +116,7 @@ class Governor:
 
     async def lease(self, job: str) -> dict | None:
         """The job's lease as ``{"ready": {slot: PlacementGroup}, "draining": [...], "parked": [...]}``."""
+        self._ensure_loop()
         entry = self.jobs.get(job)
         return None if entry is None else entry.lease.view()
 
@@ -115,6 +128,7 @@ class Governor:
         outcome = entry.lease.release(slot, time.time(), park=entry.directive.level is Level.PAUSE)
         entry.progress.pop(slot, None)
         self._note_release(entry, time.time())
+        self._persist()
         return outcome
 
     async def set_manual_pause(self, job: str, paused: bool) -> bool:
@@ -123,6 +137,7 @@ class Governor:
         if entry is None:
             return False
         entry.manual = paused
+        self._persist()
         return True
 
     async def snapshot(self, job: str, since: int = 0) -> dict | None:
@@ -136,7 +151,8 @@ class Governor:
 
     async def status(self) -> dict:
         return {"poll_interval_s": self.poll_interval_s, "ticks": self.ticks, "tick_errors": self.tick_errors,
-                "last_tick_ms": self.last_tick_ms, "jobs": [self._summary(e) for e in self.jobs.values()]}
+                "last_tick_ms": self.last_tick_ms, "recovered": list(self.recovered),
+                "jobs": [self._summary(e) for e in self.jobs.values()]}
 
     # ---- the loop -------------------------------------------------------------------------------
     def _ensure_loop(self) -> None:
@@ -148,6 +164,7 @@ class Governor:
             started = time.perf_counter()
             try:
                 await self._tick()
+                self._persist()
             except Exception:  # the loop must outlive any bug in one tick
                 self.tick_errors += 1
                 log.exception("governor tick failed")
@@ -205,7 +222,51 @@ class Governor:
                 "progress": dict(entry.progress)}
 
     def _record(self, entry: JobEntry) -> dict:
-        return dict(self._summary(entry), decisions=list(entry.decisions))
+        return dict(self._summary(entry), decisions=list(entry.decisions), decisions_from=entry.decisions_base)
+
+    # ---- surviving a restart (runtime/governor_state.py) ---------------------------------------
+    def _persist(self) -> None:
+        """Save every job's record, when anything in them changed since the last save."""
+        blob = encode(self.poll_interval_s, {name: _restart_record(e) for name, e in self.jobs.items()})
+        if blob != self._saved:
+            self._store.save(blob)
+            self._saved = blob
+
+    def _recover(self) -> None:
+        """Start from the saved records: same leases, directives, law states, manual pauses, counters."""
+        poll_interval_s, records = decode(self._store.load())
+        self.poll_interval_s = poll_interval_s or self.poll_interval_s
+        for name, record in records.items():
+            try:
+                self.jobs[name] = self._restore_entry(name, record)
+            except Exception:  # one bad record must not cost the others their state
+                log.exception("cannot restore job %s; its driver will register it again", name)
+        self.recovered = sorted(self.jobs)
+        for source in self.sources.values():
+            _safe_sample(source)  # a scrape baseline now, so the first tick decides on fresh data
+        if self.recovered:
+            log.warning("governor restarted: recovered %s", ", ".join(self.recovered))
+
+    def _restore_entry(self, name: str, r: dict) -> JobEntry:
+        key = tuple(sorted(r["serving"].items()))
+        if key not in self.sources:
+            self.sources[key] = build_source(**r["serving"])
+        lease = restore_lease(r["lease"], Lease(name, r["bundle"], r["drain_timeout_s"], r["park_s"]))
+        return JobEntry(name, LawConfig(**r["law"]), key, lease, state=law_state_from(r["state"]),
+                        directive=directive_from(r["directive"]), decisions_base=r["decisions_next"],
+                        reactions_s=list(r["reactions_s"]), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
+                        resumes=r["resumes"], started=r["started"], manual=r["manual"])
+
+
+def _restart_record(entry: JobEntry) -> dict:
+    """What a restarted governor needs to carry on with ``entry`` (plain JSON)."""
+    lease = entry.lease
+    return {"law": dataclasses.asdict(entry.law), "serving": dict(entry.source_key), "bundle": lease.bundle,
+            "drain_timeout_s": lease.drain_timeout_s, "park_s": lease.park_s, "lease": lease_record(lease),
+            "state": law_state_record(entry.state), "directive": directive_record(entry.directive),
+            "manual": entry.manual, "pauses": entry.pauses, "resumes": entry.resumes, "started": entry.started,
+            "pause_started_s": entry.pause_started_s, "reactions_s": entry.reactions_s,
+            "decisions_next": entry.decisions_base + len(entry.decisions)}
 
 
 class _Metrics:

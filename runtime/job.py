@@ -157,8 +157,9 @@ def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
     except GOVERNOR_DOWN:
         record = {}
     loop.stop_actors()
-    if record.get("decisions"):
-        loop.decisions = record["decisions"]  # the governor's copy also holds the ticks after the last poll
+    if record.get("decisions"):  # the governor's copy also holds the ticks after the last poll; after a
+        # governor restart it starts at decisions_from, and the driver's copy holds the ones before
+        loop.decisions = loop.decisions[:record.get("decisions_from", 0)] + record["decisions"]
     return record
 
 
