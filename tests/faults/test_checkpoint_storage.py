@@ -62,6 +62,7 @@ def _run_until_error(spec, break_storage) -> tuple[CheckpointError, float]:
     return job.error, time.time() - broken_at
 
 
+@pytest.mark.slow
 def test_storage_full_then_read_only_stops_cleanly_and_resumes(ray_session, small_fs, tmp_path, capsys):
     with ServingProcess(delay_s=0.002, rps=40) as server:
         spec = make_spec(tmp_path, "fault-storage", server.metrics_url, rows_per_s=600, slices=4, rows=2000, every_steps=3)

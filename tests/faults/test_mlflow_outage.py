@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 OUTAGE_S = 6.0
 
 
+@pytest.mark.slow
 def test_server_stopped_mid_run_training_continues_and_tracking_catches_up(ray_session, tmp_path, capsys):
     with MlflowServer(tmp_path / "mlflow") as mlflow_server, ServingProcess(delay_s=0.002, rps=40) as serving:
         assert listeners(mlflow_server.proc.pid) and exposed_listeners(mlflow_server.proc.pid) == []
@@ -50,6 +51,7 @@ def test_server_stopped_mid_run_training_continues_and_tracking_catches_up(ray_s
                rows_trained_during_outage=trained_during_outage, metrics_caught_up=len(history))
 
 
+@pytest.mark.slow
 def test_server_down_at_registration_is_one_error_and_nothing_is_registered(tmp_path, capsys):
     from sklearn.linear_model import SGDRegressor
 

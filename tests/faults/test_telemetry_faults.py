@@ -21,6 +21,7 @@ CAUSES = {"down": "request failed|disconnected", "hang": "timed out", "garbage":
           "frozen": "frozen histogram"}
 
 
+@pytest.mark.slow
 def test_endpoint_down_hanging_garbage_frozen_each_pause_with_the_cause(ray_session, tmp_path, capsys):
     pauses_s: dict[str, float] = {}
     with ServingProcess(delay_s=0.002, rps=40) as server:

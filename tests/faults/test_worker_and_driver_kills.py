@@ -43,6 +43,7 @@ def test_worker_sigkill_mid_step(ray_session, tmp_path, capsys):
     fault_line(capsys, "worker-sigkill", summary, recover_s=back["seen"] - killed_at, crashes=summary["worker_crashes"])
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_run_and_torn_checkpoint_resumes_from_newest_complete(ray_session, tmp_path, capsys):
     with ServingProcess(delay_s=0.002, rps=40) as server:
         spec = make_spec(tmp_path, "fault-torn-ckpt", server.metrics_url, rows_per_s=800, slices=4, rows=2000,
