@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -69,7 +68,7 @@ class Governor:
         self._loop_task: asyncio.Task | None = None
         self._metrics = _Metrics()
         self._store = state_store or GcsStateStore()
-        self._saved: bytes | None = None
+        self._saved: dict | None = None
         self.recovered: list[str] = []  # jobs restored from saved state when this process started
         self._recover()
 
@@ -146,6 +145,8 @@ class Governor:
         if entry is None:
             return None
         start = max(0, since - entry.decisions_base)
+        if start > len(entry.decisions):  # asked past our end: this process restarted and numbers from 0 again
+            start = 0
         return dict(self._summary(entry), decisions=list(entry.decisions)[start:],
                     next_since=entry.decisions_base + len(entry.decisions))
 
@@ -222,15 +223,15 @@ class Governor:
                 "progress": dict(entry.progress)}
 
     def _record(self, entry: JobEntry) -> dict:
-        return dict(self._summary(entry), decisions=list(entry.decisions), decisions_from=entry.decisions_base)
+        return dict(self._summary(entry), decisions=list(entry.decisions))
 
     # ---- surviving a restart (runtime/governor_state.py) ---------------------------------------
     def _persist(self) -> None:
         """Save every job's record, when anything in them changed since the last save."""
-        blob = encode(self.poll_interval_s, {name: _restart_record(e) for name, e in self.jobs.items()})
-        if blob != self._saved:
-            self._store.save(blob)
-            self._saved = blob
+        records = {name: _restart_record(e) for name, e in self.jobs.items()}
+        if records != self._saved:  # most ticks change nothing worth keeping: no write
+            self._store.save(encode(self.poll_interval_s, records))
+            self._saved = records
 
     def _recover(self) -> None:
         """Start from the saved records: same leases, directives, law states, manual pauses, counters."""
@@ -253,7 +254,7 @@ class Governor:
             self.sources[key] = build_source(**r["serving"])
         lease = restore_lease(r["lease"], Lease(name, r["bundle"], r["drain_timeout_s"], r["park_s"]))
         return JobEntry(name, LawConfig(**r["law"]), key, lease, state=law_state_from(r["state"]),
-                        directive=directive_from(r["directive"]), decisions_base=r["decisions_next"],
+                        directive=directive_from(r["directive"]),
                         reactions_s=list(r["reactions_s"]), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
                         resumes=r["resumes"], started=r["started"], manual=r["manual"])
 
@@ -261,12 +262,11 @@ class Governor:
 def _restart_record(entry: JobEntry) -> dict:
     """What a restarted governor needs to carry on with ``entry`` (plain JSON)."""
     lease = entry.lease
-    return {"law": dataclasses.asdict(entry.law), "serving": dict(entry.source_key), "bundle": lease.bundle,
+    return {"law": vars(entry.law), "serving": dict(entry.source_key), "bundle": lease.bundle,
             "drain_timeout_s": lease.drain_timeout_s, "park_s": lease.park_s, "lease": lease_record(lease),
             "state": law_state_record(entry.state), "directive": directive_record(entry.directive),
             "manual": entry.manual, "pauses": entry.pauses, "resumes": entry.resumes, "started": entry.started,
-            "pause_started_s": entry.pause_started_s, "reactions_s": entry.reactions_s,
-            "decisions_next": entry.decisions_base + len(entry.decisions)}
+            "pause_started_s": entry.pause_started_s, "reactions_s": list(entry.reactions_s)}
 
 
 class _Metrics:

@@ -158,8 +158,9 @@ def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
         record = {}
     loop.stop_actors()
     if record.get("decisions"):  # the governor's copy also holds the ticks after the last poll; after a
-        # governor restart it starts at decisions_from, and the driver's copy holds the ones before
-        loop.decisions = loop.decisions[:record.get("decisions_from", 0)] + record["decisions"]
+        # governor restart it starts with the restart, and the driver's copy holds the ones before
+        first_t = record["decisions"][0]["t"]
+        loop.decisions = [d for d in loop.decisions if d["t"] < first_t] + record["decisions"]
     return record
 
 

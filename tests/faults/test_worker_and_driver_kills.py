@@ -56,13 +56,13 @@ def test_driver_killed_mid_run_and_torn_checkpoint_resumes_from_newest_complete(
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.time() + 120
-            while len(store._names()) < 3 and time.time() < deadline and driver.poll() is None:
+            while len(_checkpoints(store.dir)) < 3 and time.time() < deadline and driver.poll() is None:
                 time.sleep(0.05)
-            assert len(store._names()) >= 3, "the driver wrote no checkpoints"
+            assert len(_checkpoints(store.dir)) >= 3, "the driver wrote no checkpoints"
         finally:
             driver.send_signal(signal.SIGKILL)
             driver.wait(30)
-        names = store._names()
+        names = _checkpoints(store.dir)
         torn, complete = names[0], CheckpointStore(spec.checkpoint.storage, spec.name).latest()
         # A torn write as a store without atomic rename leaves it: the newest file cut mid-payload, plus a
         # temporary file that never got renamed.
@@ -81,6 +81,12 @@ def test_driver_killed_mid_run_and_torn_checkpoint_resumes_from_newest_complete(
     assert_exactly_once(summary)  # ids add up across both runs: the torn round was trained again, once
     fault_line(capsys, "driver-kill-torn-checkpoint", summary, recover_s=back["seen"] - restarted_at,
                resumed_from_step=newest_valid.step, torn_step=complete.step)
+
+
+def _checkpoints(folder: str) -> list[str]:
+    """Checkpoint files in ``folder``, newest (highest step) first, as the store names them."""
+    return sorted((os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".hrc")),
+                  reverse=True)
 
 
 def len_ledger(ledger: list) -> int:
