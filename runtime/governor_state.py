@@ -11,8 +11,10 @@ cool-downs, and an operator's pause still in force.
 Placement groups of a lease are created ``lifetime="detached"`` (runtime/lease.py): a group owned by
 the governor process would be removed with it, and the training workers inside with it.
 
->>> record = job_record(entry)  # doctest: +SKIP
->>> restore_lease(record["lease"], Lease("job", bundle)).view()  # doctest: +SKIP
+>>> store = GcsStateStore()  # doctest: +SKIP
+>>> store.save(encode(0.25, {"my-job": {"lease": lease_record(lease), ...}}))  # doctest: +SKIP
+>>> poll_interval_s, records = decode(store.load())  # doctest: +SKIP
+>>> restore_lease(records["my-job"]["lease"], Lease("my-job", bundle)).view()  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class GcsStateStore:
 
 
 class MemoryStateStore:
-    """A store in a dict: for unit tests and for benchmarks that do not measure persistence."""
+    """A store in memory: the honest fake for unit tests."""
 
     def __init__(self) -> None:
         self.blob: bytes | None = None
