@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration tools benchmark clean
+.PHONY: install demo test test-unit test-integration test-faults tools benchmark clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: install
 
 test: install tools
 	$(PY) -m pytest -q
+
+# Every fault test, the slow ones included (CI): each prints a "FAULT <name>: rows_lost=0 ..." line.
+test-faults: install tools
+	HEADROOM_SLOW_TESTS=1 $(PY) -m pytest -q -s -m faults tests/faults
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit

@@ -41,6 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import runtime.loopback  # noqa: F401  -- before Ray: a loopback-only local cluster
     import ray
 
     from examples.loadgen import OpenLoopLoad, trace_rate_fn

@@ -4,6 +4,7 @@
 >>> summary = run_job(load_spec("jobs/demo.yaml"))
 """
 
+from . import loopback  # noqa: F401  -- first: Ray must not be imported before it (see runtime/loopback.py)
 from .errors import CheckpointError, DataError, GovernorError, HeadroomError, SpecError, TelemetryError, TrackingError
 from .law import Directive, LawConfig, LawState, Level, Reason, decide
 from .sample import Sample

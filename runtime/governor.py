@@ -6,7 +6,9 @@ once per source on the pooled budget of the jobs that watch it, divides the resu
 priority (:mod:`runtime.shares`), records each job's decision, and applies it to the job's :class:`Lease`. Workers
 ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which slots of
 the lease are ready (:meth:`Governor.lease`). Nothing in the loop may stop it: a failed tick is
-counted and logged, and the next one runs.
+counted and logged, and the next one runs. After every change it saves each job's record (lease,
+directive, law state, manual pause, counters) to Ray's GCS key-value store, and a restarted governor
+starts from those records (runtime/governor_state.py).
 
 >>> gov = get_or_create_governor()  # doctest: +SKIP
 >>> ray.get(gov.status.remote())
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 
 import ray
 
+from .governor_state import (GcsStateStore, StateStore, decode, directive_from, directive_record, encode,
+                             law_state_from, law_state_record, lease_record, restore_lease)
 from .law import Directive, LawConfig, LawState, Level, Reason, decide
 from .lease import POOL_RESOURCE, Lease
 from .sample import Sample
@@ -43,7 +47,7 @@ class JobEntry:
     lease: Lease
     priority: int = 0
     directive: Directive = field(default_factory=lambda: Directive(Level.PAUSE, 0, 0.0, Reason.TELEMETRY_MISSING))
-    decisions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200_000))
+    decisions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20_000))  # ~80 min at 0.25 s; the driver keeps the whole log
     decisions_base: int = 0  # index of decisions[0] in the job's whole decision history
     reactions_s: list = field(default_factory=list)
     pause_started_s: float | None = None
@@ -57,7 +61,7 @@ class JobEntry:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class Governor:
-    def __init__(self, poll_interval_s: float = 0.25):
+    def __init__(self, poll_interval_s: float = 0.25, state_store: StateStore | None = None):
         self.poll_interval_s = poll_interval_s
         self.jobs: dict[str, JobEntry] = {}
         self.sources: dict[tuple, object] = {}
@@ -68,6 +72,10 @@ class Governor:
         self.last_tick_ms = 0.0
         self._loop_task: asyncio.Task | None = None
         self._metrics = _Metrics()
+        self._store = state_store or GcsStateStore()
+        self._saved: dict | None = None
+        self.recovered: list[str] = []  # jobs restored from saved state when this process started
+        self._recover()
 
     # ---- registration -------------------------------------------------------------------------
     async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
@@ -82,6 +90,7 @@ class Governor:
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
             self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s), priority)
+        self._persist()
         return {"job": job, "poll_interval_s": self.poll_interval_s}
 
     async def unregister(self, job: str) -> dict:
@@ -94,10 +103,12 @@ class Governor:
         if not any(e.source_key == entry.source_key for e in self.jobs.values()):
             self.sources.pop(entry.source_key, None)
             self.laws.pop(entry.source_key, None)
+        self._persist()
         return self._record(entry)
 
     # ---- calls from workers and drivers ---------------------------------------------------------
     async def heartbeat(self, job: str, slot: int, progress: dict | None = None) -> dict:
+        self._ensure_loop()  # a restarted governor ticks again at the first call it gets
         entry = self.jobs.get(job)
         if entry is None:
             return {"action": "stop", "rows_per_s": 0.0, "why": "unknown job"}
@@ -111,6 +122,7 @@ class Governor:
 
     async def lease(self, job: str) -> dict | None:
         """The job's lease as ``{"ready": {slot: PlacementGroup}, "draining": [...], "parked": [...]}``."""
+        self._ensure_loop()
         entry = self.jobs.get(job)
         return None if entry is None else entry.lease.view()
 
@@ -122,6 +134,7 @@ class Governor:
         outcome = entry.lease.release(slot, time.time(), park=entry.directive.level is Level.PAUSE)
         entry.progress.pop(slot, None)
         self._note_release(entry, time.time())
+        self._persist()
         return outcome
 
     async def set_manual_pause(self, job: str, paused: bool) -> bool:
@@ -130,6 +143,7 @@ class Governor:
         if entry is None:
             return False
         entry.manual = paused
+        self._persist()
         return True
 
     async def snapshot(self, job: str, since: int = 0) -> dict | None:
@@ -138,12 +152,14 @@ class Governor:
         if entry is None:
             return None
         start = max(0, since - entry.decisions_base)
+        if start > len(entry.decisions):  # asked past our end: this process restarted and numbers from 0 again
+            start = 0
         return dict(self._summary(entry), decisions=list(entry.decisions)[start:],
                     next_since=entry.decisions_base + len(entry.decisions))
 
     async def status(self) -> dict:
         return {"poll_interval_s": self.poll_interval_s, "ticks": self.ticks, "tick_errors": self.tick_errors,
-                "last_tick_ms": self.last_tick_ms, "pool_slots": self.pool_slots,
+                "last_tick_ms": self.last_tick_ms, "pool_slots": self.pool_slots, "recovered": list(self.recovered),
                 "jobs": [self._summary(e) for e in self.jobs.values()]}
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -156,6 +172,7 @@ class Governor:
             started = time.perf_counter()
             try:
                 await self._tick()
+                self._persist()
             except Exception:  # the loop must outlive any bug in one tick
                 self.tick_errors += 1
                 log.exception("governor tick failed")
@@ -228,6 +245,51 @@ class Governor:
 
     def _record(self, entry: JobEntry) -> dict:
         return dict(self._summary(entry), decisions=list(entry.decisions))
+
+    # ---- surviving a restart (runtime/governor_state.py) ---------------------------------------
+    def _persist(self) -> None:
+        """Save every job's record, when anything in them changed since the last save."""
+        records = {name: _restart_record(e, self.laws.get(e.source_key, LawState())) for name, e in self.jobs.items()}
+        if records != self._saved:  # most ticks change nothing worth keeping: no write
+            self._store.save(encode(self.poll_interval_s, records))
+            self._saved = records
+
+    def _recover(self) -> None:
+        """Start from the saved records: same leases, directives, priorities, law states, manual pauses, counters."""
+        poll_interval_s, records = decode(self._store.load())
+        self.poll_interval_s = poll_interval_s or self.poll_interval_s
+        for name, record in records.items():
+            try:
+                self.jobs[name] = self._restore_entry(name, record)
+            except Exception:  # one bad record must not cost the others their state
+                log.exception("cannot restore job %s; its driver will register it again", name)
+        self.recovered = sorted(self.jobs)
+        for source in self.sources.values():
+            _safe_sample(source)  # a scrape baseline now, so the first tick decides on fresh data
+        if self.recovered:
+            log.warning("governor restarted: recovered %s", ", ".join(self.recovered))
+
+    def _restore_entry(self, name: str, r: dict) -> JobEntry:
+        key = tuple(sorted(r["serving"].items()))
+        if key not in self.sources:
+            self.sources[key] = build_source(**r["serving"])
+        lease = restore_lease(r["lease"], Lease(name, r["bundle"], r["drain_timeout_s"], r["park_s"]))
+        self.laws[key] = law_state_from(r["state"])  # the pooled law of the job's serving cluster
+        return JobEntry(name, LawConfig(**r["law"]), key, lease, priority=r.get("priority", 0),
+                        directive=directive_from(r["directive"]),
+                        reactions_s=list(r["reactions_s"]), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
+                        resumes=r["resumes"], started=r["started"], manual=r["manual"])
+
+
+def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
+    """What a restarted governor needs to carry on with ``entry`` (plain JSON); ``pooled`` is the law
+    state of the job's serving cluster, shared with the other jobs that watch it."""
+    lease = entry.lease
+    return {"law": vars(entry.law), "serving": dict(entry.source_key), "bundle": lease.bundle,
+            "drain_timeout_s": lease.drain_timeout_s, "park_s": lease.park_s, "lease": lease_record(lease),
+            "priority": entry.priority, "state": law_state_record(pooled), "directive": directive_record(entry.directive),
+            "manual": entry.manual, "pauses": entry.pauses, "resumes": entry.resumes, "started": entry.started,
+            "pause_started_s": entry.pause_started_s, "reactions_s": list(entry.reactions_s)}
 
 
 class _Metrics:

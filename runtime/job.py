@@ -29,6 +29,7 @@ from .governance import JobGovernance
 from .governor import get_or_create_governor
 from .ingest import Dataset, RangeSet
 from .lease import POOL_RESOURCE
+from .loopback import is_loopback
 from .spec import JobSpec
 from .summary import build_summary, law_config
 from .tracking import Tracker, load_champion
@@ -53,6 +54,9 @@ def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
     else:
         ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots},
                  include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        node_ip = ray.util.get_node_ip_address()
+        if not is_loopback(node_ip):  # Ray was imported before runtime, or the operator chose otherwise
+            log.warning("the local Ray cluster listens on %s, not only on loopback (see runtime/loopback.py)", node_ip)
 
 
 def preflight(spec: JobSpec) -> None:
@@ -162,8 +166,10 @@ def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
     except GOVERNOR_DOWN:
         record = {}
     loop.stop_actors()
-    if record.get("decisions"):
-        loop.decisions = record["decisions"]  # the governor's copy also holds the ticks after the last poll
+    if record.get("decisions"):  # the governor's copy also holds the ticks after the last poll; after a
+        # governor restart it starts with the restart, and the driver's copy holds the ones before
+        first_t = record["decisions"][0]["t"]
+        loop.decisions = [d for d in loop.decisions if d["t"] < first_t] + record["decisions"]
     return record
 
 

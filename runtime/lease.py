@@ -52,7 +52,9 @@ class Lease:
         for idx in range(workers):
             slot = self.slots.get(idx)
             if slot is None:
-                pg = placement_group([dict(self.bundle)], strategy="PACK", name=f"headroom-{self.job}-{idx}")
+                # detached: a group owned by the governor's process would die with it, workers and all
+                pg = placement_group([dict(self.bundle)], strategy="PACK", name=f"headroom-{self.job}-{idx}",
+                                     lifetime="detached")
                 self.slots[idx] = Slot(pg, now_s)
             elif slot.parked_since_s is not None:
                 slot.parked_since_s = None  # warm resume: the worker process is still there

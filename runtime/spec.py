@@ -133,7 +133,7 @@ class JobSpec(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):  # fullmatch: "$" alone would accept a trailing newline
             raise ValueError("must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
         return value
 

@@ -7,6 +7,8 @@ and only the release gates (or ``headroom promote``) move ``champion``.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,16 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .errors import TrackingError
+from .tracking_buffer import MetricBuffer
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Explicit requirements: letting MLflow infer them costs ~10 s per logged model.
 PIP_REQUIREMENTS = ["scikit-learn", "skops", "numpy"]
+# MLflow's HTTP defaults retry a dead server for minutes inside one call; the metric buffer retries on
+# its own schedule instead, so each call gives up sooner (operators' own settings win).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+log = logging.getLogger("headroom.tracking")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -39,7 +47,9 @@ class Tracker:
     >>> t.log_metrics({"rows_per_s": 120.0}, step=3)
     """
 
-    def __init__(self, uri: str, experiment: str, run_name: str):
+    def __init__(self, uri: str, experiment: str, run_name: str, *, flush_timeout_s: float = 60.0):
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         mlflow.set_tracking_uri(uri)
         self.uri = uri
         self.client = MlflowClient(uri)
@@ -50,6 +60,8 @@ class Tracker:
         except MlflowException as exc:
             raise TrackingError(f"cannot start an MLflow run ({exc.message})", where=uri,
                                 fix="check tracking.uri (e.g. sqlite:///mlflow.db or http://127.0.0.1:5000)") from None
+        self.flush_timeout_s = flush_timeout_s
+        self.metrics = MetricBuffer(self.client.log_batch, self.run_id)  # never blocks training on MLflow
 
     def log_params(self, params: dict) -> None:
         flat = {k: str(v)[:500] for k, v in flatten(params).items()}
@@ -63,7 +75,14 @@ class Tracker:
         ts = timestamp_ms or int(time.time() * 1000)
         clean = [mlflow.entities.Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
         if clean:
-            self.client.log_batch(self.run_id, metrics=clean)
+            self.metrics.add(clean)
+
+    def flush(self) -> None:
+        """Wait for every buffered metric to reach MLflow, or raise one :class:`TrackingError`."""
+        if not self.metrics.flush(self.flush_timeout_s):
+            raise TrackingError(f"tracking server unreachable for {self.flush_timeout_s:g} s; {self.metrics.pending} "
+                                f"metrics not sent ({self.metrics.last_error})", where=self.uri,
+                                fix="bring the MLflow server back and rerun: the job resumes from its checkpoint")
 
     def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)
@@ -73,7 +92,14 @@ class Tracker:
             self.client.set_tag(self.run_id, k, str(v))
 
     def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        """Close the run; best effort, so that a dead server never hides the error that ended a job."""
+        try:
+            if self.metrics.flush(self.flush_timeout_s if status == "FINISHED" else 1.0):
+                self.client.set_terminated(self.run_id, status)
+        except (MlflowException, OSError) as exc:
+            log.warning("cannot mark MLflow run %s %s (%s)", self.run_id, status, exc)
+        finally:
+            self.metrics.close()
 
 
 def _log_model(model, framework: str):
@@ -106,7 +132,10 @@ def load_champion(uri: str, name: str, framework: str = "sklearn"):
 
 def register_model(tracker: Tracker, model, name: str, framework: str = "sklearn", *, beats_champion: bool,
                    has_champion: bool) -> dict:
-    """Log ``model`` to the run, register a version, and set the alias the rule allows."""
+    """Log ``model`` to the run, register a version, and set the alias the rule allows.
+
+    Buffered metrics go first: if the server cannot take them, nothing is registered."""
+    tracker.flush()
     try:
         mlflow.set_tracking_uri(tracker.uri)
         with mlflow.start_run(run_id=tracker.run_id):

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+# Closed by default: the session head and every Ray process it starts listen on loopback only.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 RAY = Path(sys.executable).with_name("ray")
 
 

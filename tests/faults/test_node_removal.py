@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from runtime.loopback import SINGLE_NODE_ENV
 from tests.integration.test_governed_job import assert_exactly_once
 from tests.support import ServingProcess
 
@@ -91,10 +92,13 @@ def _scenario(tmp: str, metrics_url: str, out) -> None:
             cluster.shutdown()
 
 
-def test_job_survives_removal_of_a_training_node_and_never_lands_on_serving(tmp_path, capsys):
+def test_job_survives_removal_of_a_training_node_and_never_lands_on_serving(tmp_path, capsys, monkeypatch):
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    with ServingProcess(delay_s=0.002, rps=40) as server:
+    with ServingProcess(delay_s=0.002, rps=40) as server, monkeypatch.context() as env:
+        # The session runs Ray in single-node mode (loopback only, see runtime/loopback.py); a cluster of
+        # several nodes needs cluster mode, in the child only (this process's Ray read the variable already).
+        env.setenv(SINGLE_NODE_ENV, "1")
         proc = ctx.Process(target=_scenario, args=(str(tmp_path), server.metrics_url, child), daemon=True)
         proc.start()
         deadline = time.time() + 900

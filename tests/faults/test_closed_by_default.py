@@ -1,0 +1,53 @@
+"""Closed by default: the demo stack (a private local Ray cluster, Ray Serve, the governor and Ray's
+metrics agent) listens on loopback only, as psutil sees it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.support import free_port
+from tests.support.sockets import exposed_listeners, listeners
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+# The one listener Ray 2.60 gives no way to bind: every Serve replica starts its inter-deployment gRPC
+# server on "[::]:0", hard-coded (ray/serve/_private/replica.py, Replica._on_initialized:
+# add_port_to_grpc_server(self._server, "[::]:0")). The server is built with Ray's token-auth
+# interceptors (create_grpc_server_with_interceptors), so with RAY_AUTH_MODE=token it refuses callers
+# without the cluster's token; a host firewall is the only way to close the port itself.
+SERVE_REPLICA = "ray::ServeReplica"
+
+
+def test_demo_stack_listens_on_loopback_only(capsys):
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # the runtime itself must close the doors, not the test
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.demo_stack", str(free_port())], cwd=ROOT, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ready"), f"demo stack did not start: {line!r}"
+        time.sleep(2.0)  # the dashboard agent and metrics exporter open their ports a moment after start
+        seen = listeners(proc.pid)
+        exposed = exposed_listeners(proc.pid)
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    names = {name for _, _, _, name in seen}
+    assert len(seen) >= 6 and any("gcs_server" in n for n in names) and any("raylet" in n for n in names), seen
+    unbindable = [row for row in exposed if row[3].startswith(SERVE_REPLICA)]
+    assert [row for row in exposed if row not in unbindable] == [], f"listening beyond loopback: {exposed}"
+    assert len(unbindable) <= 1 and env.get("RAY_AUTH_MODE") == "token"  # one replica; its port needs the token
+    with capsys.disabled():
+        print(f"\nFAULT closed-by-default: listeners={len(seen)} on_loopback={len(seen) - len(exposed)} "
+              f"exposed={len(exposed)} (Serve replica gRPC, token-auth: {unbindable})")
+

@@ -1,0 +1,93 @@
+"""Processes killed at the worst moment: a trainer worker SIGKILLed mid-step (its shard goes back to
+pending, a fresh worker takes the slot), and the job's driver — the process that writes checkpoints —
+SIGKILLed mid-run, its newest checkpoint then torn as a non-atomic store would leave it: the rerun
+resumes from the newest complete checkpoint. Nothing lost, nothing repeated, in both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from runtime.checkpoint import CheckpointStore
+from tests.conftest import ROOT
+from tests.faults.harness import JobThread, assert_exactly_once, fault_line, first_snap_after, make_spec
+from tests.support import ServingProcess
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+
+def test_worker_sigkill_mid_step(ray_session, tmp_path, capsys):
+    from ray.util.state import list_actors
+
+    with ServingProcess(delay_s=0.002, rps=40) as server:
+        job = JobThread(make_spec(tmp_path, "fault-worker-kill", server.metrics_url, rows_per_s=800, slices=4,
+                                  rows=2000, every_steps=8))
+        job.start()
+        job.wait_for(lambda s: s["active"] > 0 and s["rows_consumed"] > 1000, timeout_s=120)
+        alive = list_actors(address=ray_session.dashboard_url,
+                            filters=[("class_name", "=", "TrainerWorker"), ("state", "=", "ALIVE")])
+        assert alive, "no live trainer worker to kill"
+        rows_at_kill = job.snaps[-1]["rows_consumed"]
+        os.kill(alive[0].pid, signal.SIGKILL)
+        killed_at = time.time()
+        back = first_snap_after(job, killed_at, rows_at_kill)
+        summary = job.finish()
+    assert summary["worker_crashes"] >= 1
+    assert_exactly_once(summary)
+    fault_line(capsys, "worker-sigkill", summary, recover_s=back["seen"] - killed_at, crashes=summary["worker_crashes"])
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_run_and_torn_checkpoint_resumes_from_newest_complete(ray_session, tmp_path, capsys):
+    with ServingProcess(delay_s=0.002, rps=40) as server:
+        spec = make_spec(tmp_path, "fault-torn-ckpt", server.metrics_url, rows_per_s=800, slices=4, rows=2000,
+                         every_steps=4)
+        spec_file = tmp_path / "spec.yaml"
+        spec_file.write_text(yaml.safe_dump(spec.model_dump()))
+        store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
+        env = dict(os.environ, RAY_ADDRESS=ray_session.address)
+        driver = subprocess.Popen([sys.executable, "-m", "jobs.retrain", str(spec_file)], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 120
+            while len(_checkpoints(store.dir)) < 3 and time.time() < deadline and driver.poll() is None:
+                time.sleep(0.05)
+            assert len(_checkpoints(store.dir)) >= 3, "the driver wrote no checkpoints"
+        finally:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(30)
+        names = _checkpoints(store.dir)
+        torn, complete = names[0], CheckpointStore(spec.checkpoint.storage, spec.name).latest()
+        # A torn write as a store without atomic rename leaves it: the newest file cut mid-payload, plus a
+        # temporary file that never got renamed.
+        blob = open(torn, "rb").read()
+        open(torn, "wb").write(blob[: len(blob) // 2])
+        open(os.path.join(store.dir, ".tmp-deadbeef"), "wb").write(blob[: len(blob) // 3])
+        newest_valid = CheckpointStore(spec.checkpoint.storage, spec.name).latest()
+        assert newest_valid is not None and newest_valid.step < complete.step
+
+        restarted_at = time.time()
+        rerun = JobThread(spec)
+        rerun.start()
+        back = first_snap_after(rerun, restarted_at, len_ledger(newest_valid.ledger))
+        summary = rerun.finish()
+    assert summary["warm_start"] == f"checkpoint:step-{newest_valid.step}"
+    assert_exactly_once(summary)  # ids add up across both runs: the torn round was trained again, once
+    fault_line(capsys, "driver-kill-torn-checkpoint", summary, recover_s=back["seen"] - restarted_at,
+               resumed_from_step=newest_valid.step, torn_step=complete.step)
+
+
+def _checkpoints(folder: str) -> list[str]:
+    """Checkpoint files in ``folder``, newest (highest step) first, as the store names them."""
+    return sorted((os.path.join(folder, n) for n in os.listdir(folder) if n.startswith("ckpt-") and n.endswith(".hrc")),
+                  reverse=True)
+
+
+def len_ledger(ledger: list) -> int:
+    return sum(e - s for s, e in ledger)

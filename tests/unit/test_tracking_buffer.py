@@ -1,0 +1,58 @@
+"""The metric buffer: nothing sent twice or out of order, failures kept and retried with backoff,
+batches within MLflow's limit, and flush that reports whether everything arrived."""
+
+from __future__ import annotations
+
+import threading
+
+from runtime.tracking_buffer import MAX_BATCH, MetricBuffer
+
+
+class FlakyServer:
+    """A log_batch that refuses while ``down`` is set and records what it accepted."""
+
+    def __init__(self):
+        self.down = threading.Event()
+        self.accepted: list = []
+        self.calls = 0
+
+    def log_batch(self, run_id, metrics):
+        self.calls += 1
+        if self.down.is_set():
+            raise ConnectionError("connection refused")
+        assert len(metrics) <= MAX_BATCH
+        self.accepted.extend(metrics)
+
+
+def test_sends_everything_once_in_order_in_batches_within_the_limit():
+    server = FlakyServer()
+    buf = MetricBuffer(server.log_batch, "run")
+    buf.add(list(range(2500)))
+    assert buf.flush(10.0)
+    assert server.accepted == list(range(2500)) and buf.sent == 2500 and buf.pending == 0
+    buf.close()
+
+
+def test_outage_keeps_metrics_backs_off_and_catches_up():
+    server = FlakyServer()
+    server.down.set()
+    buf = MetricBuffer(server.log_batch, "run", max_backoff_s=0.2)
+    buf.add([1, 2, 3])
+    assert not buf.flush(1.0)  # still down: nothing lost, nothing claimed sent
+    assert buf.pending == 3 and buf.failures >= 2 and "refused" in buf.last_error
+    calls_during_outage = server.calls
+    assert calls_during_outage < 15  # backs off rather than spinning (1 s at >= 0.05 s per retry)
+    buf.add([4])
+    server.down.clear()
+    assert buf.flush(5.0)
+    assert server.accepted == [1, 2, 3, 4] and buf.last_error is None
+    buf.close()
+
+
+def test_close_stops_the_thread_even_while_backing_off():
+    server = FlakyServer()
+    server.down.set()
+    buf = MetricBuffer(server.log_batch, "run", max_backoff_s=30.0)
+    buf.add([1])
+    buf.close()
+    assert not buf._thread.is_alive()
