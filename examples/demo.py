@@ -2,8 +2,8 @@
 
 1. a private local Ray cluster (node address 127.0.0.1, token auth) with a ``training_pool`` slot;
 2. a Ray Serve app serving a CPU-bound model, exporting its own latency histogram;
-3. an open-loop load generator replaying one day of the real NASA July 1995 trace, compressed into
-   ``--seconds-per-day`` and scaled so its peak is ~75 % of the service's capacity;
+3. an open-loop load generator replaying the real NASA July 1995 trace from a Monday night, one day per
+   ``--seconds-per-day``, scaled so its peak is ~60 % of the service's measured capacity, until the job ends;
 4. a governed retraining job (``jobs/demo.yaml``: an MLP updated with ``partial_fit`` on fresh slices),
    which the governor pauses when the service's p99 nears its SLO and resumes when it recovers.
 
@@ -77,10 +77,12 @@ def main(argv=None) -> int:
         base["tracking"].update(uri=args.tracking_uri)
         spec = spec_from_dict(base, source=str(SPEC))
 
-        rate = trace_rate_fn(read_history_csv(TRACE), day_start_local=args.day_start, days=3,
+        # Up to a week of trace, stopped when the job ends: without traffic the serving histogram freezes,
+        # which the governor must read as "no headroom" (a hung server looks the same), so load must outlast the job.
+        rate = trace_rate_fn(read_history_csv(TRACE), day_start_local=args.day_start, days=7,
                              seconds_per_day=args.seconds_per_day, peak_rps=peak)
         load = OpenLoopLoad(endpoints.predict_url, rate, duration_s=rate.duration_s).start()
-        print(f"[demo] replaying one day of the NASA trace in {args.seconds_per_day:.0f} s; training {args.rows} rows "
+        print(f"[demo] replaying the NASA trace, one day every {args.seconds_per_day:.0f} s; training {args.rows} rows "
               f"under the governor (SLO p99 {spec.serving.slo_p99_ms:.0f} ms)", flush=True)
         line = StatusLine(sys.stdout, every_s=2.0)
         try:

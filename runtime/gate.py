@@ -28,6 +28,11 @@ import pandas as pd
 from mlflow.models import MetricThreshold, make_metric
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 
+# Imported now, on the thread that imports this module, not at the first evaluate(): that first import
+# registers MLflow's evaluators through its post-import hooks under a global lock, and a thread of the
+# caller importing at the same moment (an HTTP client, a load generator) could deadlock with it.
+import mlflow.models.evaluation.evaluator_registry  # noqa: E402,F401
+
 from .trainers.sklearn import score
 
 log = logging.getLogger("headroom.gate")

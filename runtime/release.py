@@ -114,19 +114,12 @@ def agreement(pairs: Sequence[tuple[float, float]], tolerance: float) -> float |
 
 def feedback_metric(metric: str, labels: Sequence[float], predictions: Sequence[float]) -> float | None:
     """The validation metric (greater is better) on labelled feedback; None when it cannot be computed."""
-    from sklearn import metrics
+    from .trainers.sklearn import PREDICTION_SCORERS
 
     y, p = np.asarray(labels, dtype=float), np.asarray(predictions, dtype=float)
     if y.size < 2:
         return None
-    scorers = {
-        "r2": metrics.r2_score,
-        "neg_mse": lambda t, q: -metrics.mean_squared_error(t, q),
-        "neg_mae": lambda t, q: -metrics.mean_absolute_error(t, q),
-        "accuracy": metrics.accuracy_score,
-        "f1": lambda t, q: metrics.f1_score(t, q, average="macro"),
-    }
-    scorer = scorers.get(metric)  # neg_log_loss needs probabilities, which the router does not keep
+    scorer = PREDICTION_SCORERS.get(metric)  # neg_log_loss needs probabilities, which the router does not keep
     return float(scorer(y, p)) if scorer else None
 
 

@@ -47,7 +47,8 @@ class SklearnTrainer:
         return dumps(self.model)
 
 
-_SCORERS = {
+# Metrics on predictions (greater is better); neg_log_loss needs probabilities, see score()
+PREDICTION_SCORERS = {
     "r2": skm.r2_score,
     "neg_mse": lambda y, p: -skm.mean_squared_error(y, p),
     "neg_mae": lambda y, p: -skm.mean_absolute_error(y, p),
@@ -60,7 +61,7 @@ def score(metric: str, model, x: np.ndarray, y: np.ndarray) -> float:
     """Holdout score, greater is better for every metric name."""
     if metric == "neg_log_loss":
         return -float(skm.log_loss(y, model.predict_proba(x), labels=getattr(model, "classes_", None)))
-    return float(_SCORERS[metric](y, model.predict(x)))
+    return float(PREDICTION_SCORERS[metric](y, model.predict(x)))
 
 
 def average_models(models: list, weights: list[float]):
