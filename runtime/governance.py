@@ -207,6 +207,7 @@ class JobGovernance:
         spec = self.spec
         if state is None:
             return {"skipped": "no model state (nothing trained and no warm start)"}
+        self.tracker.flush()  # the gate and the registration need the server: wait for it, or one TrackingError
         table = read_table_file(spec.validation.holdout)
         x, y, _ = to_xy(table, spec.data.target, spec.data.features, spec.data.id_column)
         names = spec.data.features or [c for c in table.column_names if c not in (spec.data.target, spec.data.id_column)]

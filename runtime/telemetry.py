@@ -266,6 +266,8 @@ class PromQLSource(_HTTPSource):
             if isinstance(latency, str):
                 return Sample.failed(now, latency)
             p99_s, latency_ts = latency
+            if p99_s < 0:
+                return Sample.failed(now, f"{self.base_url}: latency query returned {p99_s} < 0")
             utilization, staleness_s = None, max(0.0, now - latency_ts)
             if self.utilization_query:
                 util = self._query(self.utilization_query)
@@ -308,6 +310,8 @@ class PromQLSource(_HTTPSource):
             return f"{url}: query {query!r} returned no series (metric missing or no traffic in the range)"
         if any(math.isinf(v) for v, _ in values):
             return f"{url}: query {query!r} returned an infinite value"
+        if any(not math.isfinite(ts) for _, ts in values):  # an unknown age cannot be judged fresh
+            return f"{url}: query {query!r} returned a sample without a valid timestamp"
         finite = [(v, ts) for v, ts in values if not math.isnan(v)]
         if not finite:  # histogram_quantile over a window with no observations is NaN
             return f"{url}: query {query!r} returned NaN (no observations in the range)"

@@ -27,14 +27,25 @@ def _governor_pid(dashboard_url: str) -> int:
     return alive[0].pid
 
 
-def _train_stops_s(dashboard_url: str, frozen_at: float) -> list[float]:
-    """When each worker that was training at ``frozen_at`` stopped, from Ray's own task events."""
+def _live_workers(dashboard_url: str) -> list[str]:
+    from ray.util.state import list_actors
+
+    alive = list_actors(address=dashboard_url, filters=[("class_name", "=", "TrainerWorker"), ("state", "=", "ALIVE")])
+    return [a.actor_id for a in alive]
+
+
+def _train_stops_s(dashboard_url: str, actor_ids: list[str], frozen_at: float) -> list[float]:
+    """When each worker that was training at ``frozen_at`` stopped, from Ray's own task events (asked
+    per worker: the session's cluster holds more train tasks than one state query returns)."""
     from ray.util.state import list_tasks
 
-    tasks = list_tasks(address=dashboard_url, filters=[("func_or_class_name", "=", "TrainerWorker.train")],
-                       detail=True, limit=10_000)
-    return [t.end_time_ms / 1000 - frozen_at for t in tasks
-            if t.start_time_ms and t.end_time_ms and t.start_time_ms / 1000 < frozen_at < t.end_time_ms / 1000]
+    stops = []
+    for actor_id in actor_ids:
+        tasks = list_tasks(address=dashboard_url, filters=[("actor_id", "=", actor_id)], detail=True, limit=10_000)
+        stops += [t.end_time_ms / 1000 - frozen_at for t in tasks
+                  if t.func_or_class_name == "TrainerWorker.train" and t.start_time_ms and t.end_time_ms
+                  and t.start_time_ms / 1000 < frozen_at < t.end_time_ms / 1000]
+    return stops
 
 
 def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray_session, tmp_path, capsys):
@@ -49,6 +60,7 @@ def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray
         gov = find_governor()
         groups_before = {slot: pg.id.hex() for slot, pg in ray.get(gov.lease.remote(spec.name))["ready"].items()}
         pid = _governor_pid(ray_session.dashboard_url)
+        workers = _live_workers(ray_session.dashboard_url)
 
         os.kill(pid, signal.SIGSTOP)  # hung: every call to it times out
         frozen_at = time.time()
@@ -62,7 +74,7 @@ def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray
         groups_after = {slot: pg.id.hex() for slot, pg in ray.get(find_governor().lease.remote(spec.name))["ready"].items()}
         summary = job.finish(timeout_s=240)
 
-    stops = _train_stops_s(ray_session.dashboard_url, frozen_at)
+    stops = _train_stops_s(ray_session.dashboard_url, workers, frozen_at)
     assert stops, "no worker was training when the governor hung"
     assert max(stops) < killed_at - frozen_at  # every worker paused itself while the governor was only hung
     assert _governor_pid(ray_session.dashboard_url) != pid

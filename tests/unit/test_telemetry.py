@@ -380,6 +380,9 @@ BAD_PROMQL = [
     ("utilization missing", {"p99": vector((100.0, "0.01")), "util": vector()}, 200, "utilization query"),
     ("utilization negative", {"p99": vector((100.0, "0.01")), "util": vector((100.0, "-1"))}, 200, "< 0"),
     ("value not a number", {"p99": vector((100.0, "abc"))}, 200, "internal error"),
+    # found by the property tests: a negative latency, and a timestamp of NaN that looked fresh
+    ("negative latency", {"p99": vector((100.0, "-1"))}, 200, "latency query returned -1.0 < 0"),
+    ("NaN timestamp", {"p99": vector(("NaN", "0.01"))}, 200, "without a valid timestamp"),
 ]
 
 
