@@ -29,7 +29,7 @@ def elastic_spec(tmp_path, kind: str, metrics_url: str):
         "model": MODELS[kind],
         "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": 100},
         "validation": {"holdout": str(holdout), "metric": "r2"},
-        "serving": {"url": metrics_url, "slo_p99_ms": 200, "window_s": 0.5, "stale_after_s": 3},
+        "serving": {"url": metrics_url, "slo_p99_ms": 400, "window_s": 0.5, "stale_after_s": 3},
         "budget": {"max_workers": 2, "max_rows_per_s": 600, "cooldown_s": 1.0, "holddown_s": 0.5, "park_s": 60},
         "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": 4},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "elastic"},
@@ -45,12 +45,13 @@ def test_two_workers_resize_pause_resume_exactly_once(ray_session, tmp_path, kin
         first = job.wait_for(lambda s: s["active"] == 2 and s["rows_consumed"] > 0, timeout_s=180)
         job.wait_for(lambda s: s["active"] == 2 and s["rows_consumed"] > first["rows_consumed"] + 400, timeout_s=120)
         t_shrink = time.time()
-        # p99 lands in the histogram's (150, 200] ms bucket, just under the SLO: small slack -> THROTTLE, 2 -> 1
-        # (the SLO is generous because the test's own server shares two cores with two training workers)
-        server.set_delay(0.16)
+        # p99 lands in the histogram's (300, 400] ms bucket, just under the SLO: small slack -> THROTTLE, 2 -> 1.
+        # A wide bucket under the SLO leaves ~90 ms for the noise of a server sharing two cores with two
+        # training workers: only a tail past 400 ms would turn the throttle into a pause.
+        server.set_delay(0.31)
         job.wait_for(lambda s: s["seen"] > t_shrink and s["active"] == 1 and s["level"] == "THROTTLE")
         t_pause = time.time()
-        server.set_delay(0.35)  # over the SLO: PAUSE
+        server.set_delay(0.45)  # over the SLO: PAUSE
         job.wait_for(lambda s: s["seen"] > t_pause and s["level"] == "PAUSE" and s["active"] == 0)
         t_back = time.time()
         server.set_delay(0.002)
