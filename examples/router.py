@@ -47,9 +47,10 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from runtime.tracking import CHALLENGER, CHAMPION
+
 APP_NAME = "headroom-router"
 DEPLOYMENT = "Router"
-CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_MIRRORS_IN_FLIGHT = 8  # a slow challenger drops mirrors instead of piling them up
 MAX_RECORDS = 200_000
 

@@ -33,7 +33,7 @@ from mlflow.models.evaluation.validation import ModelValidationFailedException
 # caller importing at the same moment (an HTTP client, a load generator) could deadlock with it.
 import mlflow.models.evaluation.evaluator_registry  # noqa: E402,F401
 
-from .trainers.sklearn import score
+from .trainers.sklearn import PREDICTION_SCORERS, score
 
 log = logging.getLogger("headroom.gate")
 _EVALUATOR_CONFIG = {"log_model_explainability": False, "log_explainer": False}
@@ -76,11 +76,18 @@ def evaluate_model(model, x: np.ndarray, y: np.ndarray, validation, *, classifie
     data = pd.DataFrame(x, columns=feature_names)
     data["target"] = y
     data["prediction"] = np.asarray(model.predict(x)).ravel()
-    spec_metric = make_metric(eval_fn=lambda predictions, targets, metrics: score(validation.metric, model, x, y),
+    spec_metric = make_metric(eval_fn=lambda predictions, targets, metrics: _spec_score(validation.metric, model, x, y, predictions),
                               greater_is_better=True, name=metric_name(validation))
     return mlflow.models.evaluate(data=data, targets="target", predictions="prediction",
                                   model_type="classifier" if classifier else "regressor",
                                   extra_metrics=[spec_metric], evaluator_config=_EVALUATOR_CONFIG)
+
+
+def _spec_score(metric: str, model, x, y, predictions) -> float:
+    """The spec's metric on the predictions MLflow already holds; only log loss needs the model again."""
+    if metric == "neg_log_loss":
+        return score(metric, model, x, y)
+    return float(PREDICTION_SCORERS[metric](y, np.asarray(predictions)))
 
 
 def run_gate(candidate, champion, champion_version: int | None, x, y, *, validation, classifier: bool,

@@ -32,7 +32,8 @@ from .ingest import read_table_file, to_xy
 from .lineage import consumed_slices, log_lineage, rows_in, start_point, tag_model_version
 from .postmortem import ARTIFACT_DIR, REPORT, compute_cost, write_postmortem
 from .summary import reaction_stats
-from .tracking import load_champion, register_model
+from .registry import alias_version
+from .tracking import CHAMPION, load_champion, register_model
 
 log = logging.getLogger("headroom.governance")
 
@@ -40,12 +41,8 @@ log = logging.getLogger("headroom.governance")
 def champion_version(uri: str, name: str) -> int | None:
     """The version under alias ``champion`` now, without loading the model."""
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
-    try:
-        return int(MlflowClient(uri).get_model_version_by_alias(name, "champion").version)
-    except MlflowException:
-        return None
+    return alias_version(MlflowClient(uri), name, CHAMPION)
 
 
 class JobGovernance:
@@ -64,18 +61,17 @@ class JobGovernance:
         """Run the enabled items and record them in MLflow (tags, metrics, a param, ``checklist.json``)."""
         now_s = time.time() if now_s is None else now_s
         items = self.spec.checklist.items
-        new = self._new_slices()
         reference, ref_error = self._reference()
-        results, drift = [], []
+        schemas, drift = self._scan_new_slices(reference, "drift" in items) if {"schema", "drift"} & set(items) else ({}, [])
+        results = []
         if "data_fresh" in items:
             results.append(cl.check_freshness(self._newest_mtime_s(), now_s, self.spec.checklist.max_data_age_s))
         if "schema" in items:
-            results.append(self._schema(reference, ref_error, new))
+            results.append(self._schema(reference, ref_error, schemas))
         if "drift" in items:
-            drift, result = self._drift(reference, ref_error, new)
-            results.append(result)
+            results.append(cl.CheckResult("drift", False, ref_error) if ref_error else cl.check_drift(drift, self.spec.checklist))
         if "harness" in items:
-            results.append(self._harness())
+            results.append(self._harness(None if self.spec.checklist.reference else reference))
         self.outcome = cl.ChecklistOutcome(tuple(results), tuple(drift))
         self._record_checklist(self.outcome)
         return self.outcome
@@ -102,18 +98,31 @@ class JobGovernance:
                     if c in reference.column_names}
         return features, expected
 
-    def _schema(self, reference, ref_error, new) -> cl.CheckResult:
+    def _scan_new_slices(self, reference, drift: bool) -> tuple[dict[str, dict[str, str]], list[dict]]:
+        """One read of every new slice: its schema (column -> type kind) and, with ``drift``, the PSI/KS
+        drift rows of its numeric features against ``reference``."""
+        schemas, rows = {}, []
+        numeric, ref = [], {}
+        if reference is not None and drift:
+            features, expected = self._columns(reference)
+            numeric = [f for f in features if expected.get(f) == "numeric"]
+            ref = {f: reference.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in numeric}
+        for s in self._new_slices():
+            table = self.dataset.read(s.base, s.base + s.rows)
+            name = os.path.basename(s.path)
+            schemas[name] = {f.name: cl.type_kind(f.type) for f in table.schema if f.name != self.spec.data.id_column}
+            present = {f: ref[f] for f in numeric if schemas[name].get(f) == "numeric"}
+            sample = {f: table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in present}
+            rows += cl.drift_rows(present, name, sample, self.spec.checklist)
+        return schemas, rows
+
+    def _schema(self, reference, ref_error, schemas: dict[str, dict[str, str]]) -> cl.CheckResult:
         if ref_error:
             return cl.CheckResult("schema", False, ref_error)
         features, expected = self._columns(reference)
         missing_in_ref = [c for c in [*features, self.spec.data.target] if c not in expected]
         if missing_in_ref:
             return cl.CheckResult("schema", False, f"reference lacks {', '.join(missing_in_ref)}")
-        schemas = {}
-        for s in new:
-            table = self.dataset.read(s.base, s.base + s.rows)
-            schemas[os.path.basename(s.path)] = {f.name: cl.type_kind(f.type) for f in table.schema
-                                                 if f.name != self.spec.data.id_column}
         champion_features = self._champion_features()
         return cl.check_schema(expected, schemas, exact=self.spec.data.features is None,
                                model_features=champion_features, n_features=len(features))
@@ -131,25 +140,13 @@ class JobGovernance:
                 self._champion_loaded = (None, f"{type(exc).__name__}: {exc}")
         return self._champion_loaded
 
-    def _drift(self, reference, ref_error, new) -> tuple[list[dict], cl.CheckResult]:
-        if ref_error:
-            return [], cl.CheckResult("drift", False, ref_error)
-        features, expected = self._columns(reference)
-        numeric = [f for f in features if expected.get(f) == "numeric"]
-        ref = {f: reference.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in numeric}
-        rows = []
-        for s in new:
-            table = self.dataset.read(s.base, s.base + s.rows)
-            present = {f: ref[f] for f in numeric if f in table.column_names and cl.type_kind(table.schema.field(f).type) == "numeric"}
-            sample = {f: table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in present}
-            rows += cl.drift_rows(present, os.path.basename(s.path), sample, self.spec.checklist)
-        return rows, cl.check_drift(rows, self.spec.checklist)
-
-    def _harness(self) -> cl.CheckResult:
+    def _harness(self, holdout=None) -> cl.CheckResult:
+        """Holdout readable (``holdout``: the table already read as the drift reference) and champion loadable."""
         d = self.spec.data
         rows, holdout_error = None, None
         try:
-            x, _, _ = to_xy(read_table_file(self.spec.validation.holdout), d.target, d.features, d.id_column)
+            table = holdout if holdout is not None else read_table_file(self.spec.validation.holdout)
+            x, _, _ = to_xy(table, d.target, d.features, d.id_column)
             rows = len(x)
         except HeadroomError as exc:
             holdout_error = exc.what

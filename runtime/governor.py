@@ -73,7 +73,7 @@ class Governor:
         self._loop_task: asyncio.Task | None = None
         self._metrics = _Metrics()
         self._store = state_store or GcsStateStore()
-        self._saved: dict | None = None
+        self._saved: tuple | None = None  # (poll interval, records) last written
         self.recovered: list[str] = []  # jobs restored from saved state when this process started
         self._recover()
 
@@ -250,9 +250,13 @@ class Governor:
     def _persist(self) -> None:
         """Save every job's record, when anything in them changed since the last save."""
         records = {name: _restart_record(e, self.laws.get(e.source_key, LawState())) for name, e in self.jobs.items()}
-        if records != self._saved:  # most ticks change nothing worth keeping: no write
+        if (self.poll_interval_s, records) == self._saved:  # most ticks change nothing worth keeping: no write
+            return
+        try:
             self._store.save(encode(self.poll_interval_s, records))
-            self._saved = records
+            self._saved = (self.poll_interval_s, records)
+        except Exception:  # GCS busy: the change is applied in memory; the next tick saves it again
+            log.warning("cannot save the governor's state; retrying on the next tick", exc_info=True)
 
     def _recover(self) -> None:
         """Start from the saved records: same leases, directives, priorities, law states, manual pauses, counters."""

@@ -10,7 +10,10 @@ node address 127.0.0.1 and every one of those servers bind to loopback; it also 
 Ray reads the variable once, when it is first imported, so this module must run before anything
 imports Ray: ``runtime/__init__.py`` imports it first. It is set only when no ``RAY_ADDRESS`` is given
 (a driver that joins an existing cluster, e.g. under ``ray job submit``, is left alone, and joining
-does not depend on it), and never overrides a value the operator set.
+does not depend on it), and never overrides a value the operator set. The same goes for token
+authentication: a private cluster gets ``RAY_AUTH_MODE=token`` and a fresh random token, which its
+own processes inherit (the one listener Ray 2.60 cannot bind to loopback, a Serve replica's gRPC
+port, then refuses callers without it).
 
 >>> import runtime  # doctest: +SKIP
 >>> os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # doctest: +SKIP
@@ -21,15 +24,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def close_by_default(environ: dict | None = None) -> None:
-    """Ask Ray for a loopback-only local cluster unless a cluster address or an explicit choice is set."""
+    """Ask Ray for a loopback-only local cluster with token authentication (a token of this process's
+    own) unless a cluster address or an explicit choice is set."""
     env = os.environ if environ is None else environ
     if not env.get("RAY_ADDRESS"):
         env.setdefault(SINGLE_NODE_ENV, "0")
+        if "RAY_AUTH_MODE" not in env:  # the one port Ray binds beyond loopback still needs the token
+            env["RAY_AUTH_MODE"] = "token"
+            env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 def is_loopback(ip: str) -> bool:

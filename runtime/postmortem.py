@@ -156,6 +156,12 @@ def _ms(v) -> str:
 
 # --- plots --------------------------------------------------------------------------------------
 
+def _save(fig, out: Path) -> Path:
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def plot_drift(drift: list[dict], out: Path, psi_max: float) -> Path:
     """Worst PSI per feature across the new slices, with the bound."""
     worst: dict[str, float] = {}
@@ -168,9 +174,7 @@ def plot_drift(drift: list[dict], out: Path, psi_max: float) -> Path:
     ax.set_ylabel("worst PSI over new slices")
     ax.set_title("feature drift against the reference")
     ax.legend()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_validation(v: dict, out: Path) -> Path:
@@ -185,9 +189,7 @@ def plot_validation(v: dict, out: Path) -> Path:
         ax.legend()
     ax.set_ylabel(f"holdout {v['metric']}")
     ax.set_title("validation gate")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_latency(decisions: list[dict], out: Path, slo_p99_ms: float) -> Path:
@@ -203,9 +205,7 @@ def plot_latency(decisions: list[dict], out: Path, slo_p99_ms: float) -> Path:
     ax.set_ylabel("serving p99 (ms)")
     ax.set_title("serving p99 without and with the job's workers running")
     ax.legend()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def write_postmortem(out_dir: Path, summary: dict, decisions: list[dict], progress: list[dict], *,

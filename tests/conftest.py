@@ -31,11 +31,7 @@ os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 RAY = Path(sys.executable).with_name("ray")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port  # noqa: E402  -- after the environment above: nothing before it may load Ray
 
 
 @dataclass

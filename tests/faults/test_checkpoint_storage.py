@@ -87,6 +87,6 @@ def test_storage_full_then_read_only_stops_cleanly_and_resumes(ray_session, smal
     assert intact_full is not None and intact_ro is not None and intact_ro.step >= intact_full.step
     assert leftovers == []  # a failed write leaves no temporary file behind
     assert summary["warm_start"] == f"checkpoint:step-{intact_ro.step}"
-    assert_exactly_once(summary)
     fault_line(capsys, "checkpoint-storage-full-then-read-only", summary, stop_after_full_s=full_s,
                stop_after_ro_s=ro_s)
+    assert_exactly_once(summary)

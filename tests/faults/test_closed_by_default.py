@@ -27,7 +27,8 @@ SERVE_REPLICA = "ray::ServeReplica"
 def test_demo_stack_listens_on_loopback_only(capsys):
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # the runtime itself must close the doors, not the test
+    for var in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        env.pop(var, None)  # the runtime itself must close the doors (loopback, token auth), not the test
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.demo_stack", str(free_port())], cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -46,7 +47,7 @@ def test_demo_stack_listens_on_loopback_only(capsys):
     assert len(seen) >= 6 and any("gcs_server" in n for n in names) and any("raylet" in n for n in names), seen
     unbindable = [row for row in exposed if row[3].startswith(SERVE_REPLICA)]
     assert [row for row in exposed if row not in unbindable] == [], f"listening beyond loopback: {exposed}"
-    assert len(unbindable) <= 1 and env.get("RAY_AUTH_MODE") == "token"  # one replica; its port needs the token
+    assert len(unbindable) <= 1 and line.split()[-1] == "auth=token"  # one replica; its port needs the token
     with capsys.disabled():
         print(f"\nFAULT closed-by-default: listeners={len(seen)} on_loopback={len(seen) - len(exposed)} "
               f"exposed={len(exposed)} (Serve replica gRPC, token-auth: {unbindable})")

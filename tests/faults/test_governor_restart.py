@@ -80,6 +80,7 @@ def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray
     assert _governor_pid(ray_session.dashboard_url) != pid
     assert spec.name in status["recovered"]  # from saved state, before any driver re-registered it
     assert groups_before and set(groups_before.values()) & set(groups_after.values())  # same lease, not a new one
-    assert_exactly_once(summary)
     fault_line(capsys, "governor-hang-kill", summary, workers_paused_s=max(stops), bound_s=SILENCE_S,
-               recover_s=back["seen"] - killed_at, lease_recovered=True)
+               recover_s=back["seen"] - killed_at,
+               groups_kept=len(set(groups_before.values()) & set(groups_after.values())))
+    assert_exactly_once(summary)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from runtime.loopback import SINGLE_NODE_ENV
-from tests.integration.test_governed_job import assert_exactly_once
+from tests.faults.harness import assert_exactly_once, fault_line
 from tests.support import ServingProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -111,13 +111,10 @@ def test_job_survives_removal_of_a_training_node_and_never_lands_on_serving(tmp_
     assert events["two_workers"], "the job never ran two workers on the two training nodes"
     assert events["progress_after_removal"], "no progress after the training node was removed"
     summary = events["summary"]
+    fault_line(capsys, "node-removal", summary, recover_s=events["recover_s"], crashes=summary["worker_crashes"],
+               training_nodes_used=len(events["pg_nodes"]))  # recover_s: removal -> 2,000 more rows
     assert_exactly_once(summary)
     assert summary["worker_crashes"] >= 1  # the removed node's worker died with it
     assert events["pg_nodes"] and set(events["pg_nodes"]) <= set(events["training_nodes"]), \
         "a lease landed outside the training pool"
     assert events["checkpoint_files"] > 0
-    with capsys.disabled():
-        print(f"\nFAULT node-removal: rows_lost={summary['rows_total'] - summary['rows_consumed']} "
-              f"rows_duplicated={summary['rows_duplicated']} recover_s={events['recover_s']:.1f} "
-              f"(removal -> 2,000 more rows) crashes={summary['worker_crashes']} "
-              f"leases on {len(events['pg_nodes'])} training node(s), 0 on serving/head")

@@ -45,6 +45,6 @@ def test_endpoint_down_hanging_garbage_frozen_each_pause_with_the_cause(ray_sess
         seen = sorted({d.get("error") for d in decisions if d["level"] == "PAUSE"} - {None})
         assert hits, f"no PAUSE decision recorded with cause {cause!r} for mode {mode!r}; causes seen: {seen}"
         assert {d["reason"] for d in hits} <= {"TELEMETRY_MISSING", "TELEMETRY_STALE", "COOLDOWN", "HYSTERESIS"}
-    assert_exactly_once(summary)
     fault_line(capsys, "telemetry-down-hang-garbage-frozen", summary,
                **{f"pause_{m}_s": round(v, 2) for m, v in pauses_s.items()}, pauses=summary["pauses"])
+    assert_exactly_once(summary)

@@ -39,8 +39,8 @@ def test_worker_sigkill_mid_step(ray_session, tmp_path, capsys):
         back = first_snap_after(job, killed_at, rows_at_kill)
         summary = job.finish()
     assert summary["worker_crashes"] >= 1
-    assert_exactly_once(summary)
     fault_line(capsys, "worker-sigkill", summary, recover_s=back["seen"] - killed_at, crashes=summary["worker_crashes"])
+    assert_exactly_once(summary)
 
 
 @pytest.mark.slow
@@ -78,9 +78,9 @@ def test_driver_killed_mid_run_and_torn_checkpoint_resumes_from_newest_complete(
         back = first_snap_after(rerun, restarted_at, len_ledger(newest_valid.ledger))
         summary = rerun.finish()
     assert summary["warm_start"] == f"checkpoint:step-{newest_valid.step}"
-    assert_exactly_once(summary)  # ids add up across both runs: the torn round was trained again, once
     fault_line(capsys, "driver-kill-torn-checkpoint", summary, recover_s=back["seen"] - restarted_at,
                resumed_from_step=newest_valid.step, torn_step=complete.step)
+    assert_exactly_once(summary)  # ids add up across both runs: the torn round was trained again, once
 
 
 def _checkpoints(folder: str) -> list[str]:

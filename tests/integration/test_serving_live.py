@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,17 +15,12 @@ serve = pytest.importorskip("ray.serve")
 from examples.loadgen import OpenLoopLoad, trace_rate_fn  # noqa: E402
 from examples.serving import ServingEndpoints, start_serving, stop_serving  # noqa: E402
 from runtime.history import read_history_csv  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 TRACE = Path(__file__).resolve().parents[2] / "data" / "nasa-http-1995-07.csv"
 COUNT_RE = re.compile(r"^serving_latency_seconds_count\s+([0-9.eE+]+)$", re.MULTILINE)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _latency_count(metrics_url: str) -> float:
@@ -38,7 +32,7 @@ def _latency_count(metrics_url: str) -> float:
 @pytest.fixture(scope="module")
 def endpoints(ray_session) -> Iterator[ServingEndpoints]:
     try:
-        yield start_serving(http_port=_free_port())
+        yield start_serving(http_port=free_port())
     finally:
         stop_serving()  # also shuts Serve down; the session's Ray cluster stays for the other tests
 

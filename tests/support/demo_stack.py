@@ -9,6 +9,7 @@ runs this in a child process and lists the sockets of its process tree.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -24,7 +25,7 @@ def main() -> None:
     try:
         endpoints = start_serving(http_port=int(sys.argv[1]))
         ray.get(get_or_create_governor().status.remote())
-        print(f"ready {endpoints.predict_url}", flush=True)
+        print(f"ready {endpoints.predict_url} auth={os.environ.get('RAY_AUTH_MODE')}", flush=True)
         sys.stdin.read()  # until the test closes our stdin
         stop_serving()
     finally:

@@ -110,7 +110,8 @@ def test_runbook_cli_prints_writes_and_fails_in_one_line(tmp_path, capsys):
 def test_demo_spec_loads_and_names_its_contacts():
     spec = load_spec("jobs/demo.yaml", check_paths=False)
     assert spec.contacts and spec.cost.price_per_cpu_hour > 0
-    assert "## Contacts" in render_runbook(spec)
+    text = render_runbook(spec)
+    assert spec.contacts[0].name in text and "None in the spec" not in text  # the heading alone is always there
 
 
 def test_latency_comparison_splits_by_workers_held():

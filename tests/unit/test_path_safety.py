@@ -34,3 +34,4 @@ def test_a_valid_name_stays_inside_the_root(tmp_path):
     spec = spec_from_dict(dict(valid_raw(tmp_path), name="job-1.v2_x"))
     store = CheckpointStore(str(tmp_path / "root"), spec.name)
     assert Path(store.dir).resolve().parent == (tmp_path / "root").resolve()
+
