@@ -76,18 +76,19 @@ def evaluate_model(model, x: np.ndarray, y: np.ndarray, validation, *, classifie
     data = pd.DataFrame(x, columns=feature_names)
     data["target"] = y
     data["prediction"] = np.asarray(model.predict(x)).ravel()
-    spec_metric = make_metric(eval_fn=lambda predictions, targets, metrics: _spec_score(validation.metric, model, x, y, predictions),
+    spec_metric = make_metric(eval_fn=lambda predictions, targets, metrics: _spec_score(validation.metric, model, x, targets, predictions),
                               greater_is_better=True, name=metric_name(validation))
     return mlflow.models.evaluate(data=data, targets="target", predictions="prediction",
                                   model_type="classifier" if classifier else "regressor",
                                   extra_metrics=[spec_metric], evaluator_config=_EVALUATOR_CONFIG)
 
 
-def _spec_score(metric: str, model, x, y, predictions) -> float:
-    """The spec's metric on the predictions MLflow already holds; only log loss needs the model again."""
+def _spec_score(metric: str, model, x, targets, predictions) -> float:
+    """The spec's metric on the targets and predictions MLflow passes (all rows, or one when it tries the
+    metric on the first row); only log loss needs the model again, for probabilities."""
     if metric == "neg_log_loss":
-        return score(metric, model, x, y)
-    return float(PREDICTION_SCORERS[metric](y, np.asarray(predictions)))
+        return score(metric, model, x[:len(targets)], np.asarray(targets))
+    return float(PREDICTION_SCORERS[metric](np.asarray(targets), np.asarray(predictions)))
 
 
 def run_gate(candidate, champion, champion_version: int | None, x, y, *, validation, classifier: bool,
