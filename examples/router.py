@@ -47,6 +47,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from runtime.loopback import serve_replica_on_loopback
 from runtime.tracking import CHALLENGER, CHAMPION
 
 APP_NAME = "headroom-router"
@@ -215,6 +216,7 @@ class Router:
     """Ray Serve deployment wrapping :class:`_RouterCore`."""
 
     def __init__(self, tracking_uri: str, model_name: str, seed: int = 0):
+        serve_replica_on_loopback()  # before the replica's gRPC server starts (after this constructor)
         self._core = _RouterCore(tracking_uri, model_name, seed=seed)
 
     async def __call__(self, request: Request) -> Response:

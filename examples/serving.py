@@ -47,6 +47,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from runtime.loopback import serve_replica_on_loopback
+
 APP_NAME = "headroom-serving"
 N_FEATURES = 16
 MEASURED_CAPACITY_RPS = 80.0  # closed-loop, one replica, the 2-core dev box (see module docstring)
@@ -135,6 +137,7 @@ class Predictor:
     """Ray Serve deployment wrapping :class:`_PredictorImpl` (plain Starlette request in, response out)."""
 
     def __init__(self, batch_rows: int = 512, n_estimators: int = 200):
+        serve_replica_on_loopback()  # before the replica's gRPC server starts (after this constructor)
         self._impl = _PredictorImpl(batch_rows=batch_rows, n_estimators=n_estimators)
 
     async def __call__(self, request: Request) -> Response:

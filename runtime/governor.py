@@ -1,14 +1,22 @@
 """The governor: a detached, named Ray actor that turns serving telemetry into directives.
 
-A thin shell around pure parts: every ``poll_interval_s`` it takes one :class:`Sample` per telemetry
-source (in a thread, so a hanging endpoint never blocks heartbeats), runs :func:`runtime.law.decide`
-once per source on the pooled budget of the jobs that watch it, divides the result among them by
-priority (:mod:`runtime.shares`), records each job's decision, and applies it to the job's :class:`Lease`. Workers
-ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which slots of
-the lease are ready (:meth:`Governor.lease`). Nothing in the loop may stop it: a failed tick is
-counted and logged, and the next one runs. After every change it saves each job's record (lease,
-directive, law state, manual pause, counters) to Ray's GCS key-value store, and a restarted governor
-starts from those records (runtime/governor_state.py).
+A thin shell around pure parts, on one asyncio event loop:
+
+- one **scraper** task per telemetry source takes a :class:`Sample` every ``poll_interval_s`` (in a
+  thread, so a hanging endpoint blocks nothing) and, the moment it lands, runs
+  :func:`runtime.law.decide` once on the pooled budget of the jobs that watch that source, divides the
+  result among them by priority (:mod:`runtime.shares`), records each job's decision and applies it to
+  the job's :class:`Lease`;
+- the **tick**, every ``poll_interval_s``, does everything else: the training pool's size, a
+  backstop for a scraper stuck past its source's timeout (its jobs pause), lease upkeep (groups
+  becoming ready, drains and parks expiring), saving state, metrics. It never waits for a scrape, so
+  its time is the governor's own work: deciding and applying for 50 jobs is a few milliseconds.
+
+Workers ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which
+slots of the lease are ready (:meth:`Governor.lease`). Nothing may stop the loops: a failed decision
+or tick is counted and logged, and the next one runs. After every change the tick saves each job's
+record (lease, directive, law state, manual pause, counters) to Ray's GCS key-value store, and a
+restarted governor starts from those records (runtime/governor_state.py).
 
 >>> gov = get_or_create_governor()  # doctest: +SKIP
 >>> ray.get(gov.status.remote())
@@ -71,6 +79,9 @@ class Governor:
         self.tick_errors = 0
         self.last_tick_ms = 0.0
         self._loop_task: asyncio.Task | None = None
+        self._scrapers: dict[tuple, asyncio.Task] = {}  # one per telemetry source
+        self._sampled_at: dict[tuple, float] = {}  # monotonic time each source's latest scrape landed
+        self._decide_ms = 0.0  # time spent deciding since the last tick (part of that tick's work)
         self._metrics = _Metrics()
         self._store = state_store or GcsStateStore()
         self._saved: tuple | None = None  # (poll interval, records) last written
@@ -82,7 +93,6 @@ class Governor:
                        poll_interval_s: float | None = None, park_s: float = 30.0, priority: int = 0) -> dict:
         """Add a job (idempotent: a driver that restarts re-registers and keeps its entry). Higher
         ``priority`` gets workers first when the pooled headroom is short."""
-        self._ensure_loop()
         if poll_interval_s:
             self.poll_interval_s = min(self.poll_interval_s, poll_interval_s) if self.jobs else poll_interval_s
         if job not in self.jobs:
@@ -90,6 +100,7 @@ class Governor:
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
             self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s), priority)
+        self._ensure_loop()  # and a scraper for a new source
         self._persist()
         return {"job": job, "poll_interval_s": self.poll_interval_s}
 
@@ -103,6 +114,10 @@ class Governor:
         if not any(e.source_key == entry.source_key for e in self.jobs.values()):
             self.sources.pop(entry.source_key, None)
             self.laws.pop(entry.source_key, None)
+            self._sampled_at.pop(entry.source_key, None)
+            scraper = self._scrapers.pop(entry.source_key, None)
+            if scraper is not None:
+                scraper.cancel()
         self._persist()
         return self._record(entry)
 
@@ -162,34 +177,75 @@ class Governor:
                 "last_tick_ms": self.last_tick_ms, "pool_slots": self.pool_slots, "recovered": list(self.recovered),
                 "jobs": [self._summary(e) for e in self.jobs.values()]}
 
-    # ---- the loop -------------------------------------------------------------------------------
+    # ---- the loops ------------------------------------------------------------------------------
     def _ensure_loop(self) -> None:
+        """Start the tick and a scraper for every source that has none (a restarted governor starts
+        them at the first call it gets)."""
+        loop = asyncio.get_running_loop()
         if self._loop_task is None or self._loop_task.done():
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+            self._loop_task = loop.create_task(self._run())
+        for key in self.sources:
+            if key not in self._scrapers or self._scrapers[key].done():
+                self._sampled_at.setdefault(key, time.monotonic())
+                self._scrapers[key] = loop.create_task(self._scrape_loop(key))
+
+    async def _scrape_loop(self, key: tuple) -> None:
+        """Sample one source every poll interval and decide for its jobs as soon as the sample lands."""
+        source = self.sources.get(key)
+        while source is not None and self.sources.get(key) is source:  # until its last job leaves
+            started = time.perf_counter()
+            sample = await asyncio.to_thread(_safe_sample, source)
+            if self.sources.get(key) is source:  # still watched (its last job may have left meanwhile)
+                self._landed(key, sample)
+            await asyncio.sleep(max(0.0, self.poll_interval_s - (time.perf_counter() - started)))
+
+    def _landed(self, key: tuple, sample: Sample) -> None:
+        """A scrape of ``key`` came back: decide now; the time it takes counts in the next tick's."""
+        self._sampled_at[key] = time.monotonic()
+        deciding = time.perf_counter()
+        self._on_sample(key, sample)
+        self._decide_ms += (time.perf_counter() - deciding) * 1000
+
+    def _on_sample(self, key: tuple, sample: Sample) -> None:
+        try:
+            members = [e for e in self.jobs.values() if e.source_key == key]  # in registration order
+            if members:
+                self._decide_pooled(key, members, sample)
+        except Exception:  # the scraper must outlive any bug in one decision
+            self.tick_errors += 1
+            log.exception("governor decision failed")
 
     async def _run(self) -> None:
         while True:
             started = time.perf_counter()
+            slots = await asyncio.to_thread(_pool_slots)  # a GCS round trip, off the loop
+            work_started = time.perf_counter()
             try:
-                await self._tick()
+                self._tick(slots, time.time())
                 self._persist()
             except Exception:  # the loop must outlive any bug in one tick
                 self.tick_errors += 1
                 log.exception("governor tick failed")
             self.ticks += 1
-            self.last_tick_ms = (time.perf_counter() - started) * 1000
+            self.last_tick_ms = (time.perf_counter() - work_started) * 1000 + self._decide_ms
+            self._decide_ms = 0.0
             self._metrics.tick(self.last_tick_ms, self.jobs.values())
             await asyncio.sleep(max(0.0, self.poll_interval_s - (time.perf_counter() - started)))
 
-    async def _tick(self) -> None:
-        keys = list(self.sources)
-        slots, *samples = await asyncio.gather(asyncio.to_thread(_pool_slots),
-                                               *(asyncio.to_thread(_safe_sample, self.sources[k]) for k in keys))
+    def _tick(self, slots: int | None, now: float) -> None:
+        """Everything but the decisions: pool size, stuck scrapers, lease upkeep."""
         self.pool_slots = slots if slots is not None else self.pool_slots
-        for key, sample in zip(keys, samples):
-            members = [e for e in self.jobs.values() if e.source_key == key]  # in registration order
-            if members:
-                self._decide_pooled(key, members, sample)
+        for key, source in list(self.sources.items()):
+            # A source enforces its own timeout, so a scrape this late is stuck beyond it (a thread
+            # blocked where no timeout reaches): without fresh telemetry there is no headroom.
+            overdue_s = getattr(source, "timeout_s", 1.0) + 2 * self.poll_interval_s
+            silent_s = time.monotonic() - self._sampled_at.get(key, time.monotonic())
+            if silent_s > overdue_s:
+                self._on_sample(key, Sample.failed(now, f"no sample for {silent_s:.1f} s: the scrape is stuck"))
+        for entry in self.jobs.values():
+            entry.lease.poll_ready()
+            entry.lease.expire(now)
+            self._note_release(entry, now)
 
     def _decide_pooled(self, key: tuple, members: list[JobEntry], sample: Sample) -> None:
         """One law decision for the serving cluster behind ``key``, divided among its jobs by priority."""
@@ -218,7 +274,6 @@ class Governor:
             entry.started = True
         entry.lease.resize(min(d.workers, entry.law.max_workers), now)
         entry.lease.poll_ready()
-        entry.lease.expire(now)
         self._note_release(entry, now)
         entry.decisions.append(dict(d.as_dict(), t=sample.time_s, job=entry.job, p99_ms=sample.p99_ms, rps=sample.rps,
                                     utilization=sample.utilization, error=sample.error, lease=len(entry.lease),
@@ -269,7 +324,7 @@ class Governor:
                 log.exception("cannot restore job %s; its driver will register it again", name)
         self.recovered = sorted(self.jobs)
         for source in self.sources.values():
-            _safe_sample(source)  # a scrape baseline now, so the first tick decides on fresh data
+            _safe_sample(source)  # a scrape baseline now, so the first decision is on fresh data
         if self.recovered:
             log.warning("governor restarted: recovered %s", ", ".join(self.recovered))
 
@@ -314,23 +369,25 @@ class _Metrics:
         self.tick_ms = Gauge("headroom_governor_tick_ms", "Duration of the last governor tick")
         self.reaction_s = Histogram("headroom_reaction_seconds", "Headroom lost -> workers stopped",
                                     boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10], tag_keys=tags)
+        self._last: dict[str, tuple] = {}  # job -> the gauge values last set
 
     def tick(self, tick_ms: float, entries) -> None:
         self.tick_ms.set(tick_ms)
         for e in entries:
+            d, s = e.directive, e.sample
+            values = (LEVEL_VALUE[d.level], e.lease.active_count(), d.rows_per_s,
+                      1.0 if s is not None and s.ok else 0.0, d.slack, s.p99_ms if s is not None else None)
+            if self._last.get(e.job) == values:  # a gauge keeps its value: only changes cost a call into Ray
+                continue
+            self._last[e.job] = values
             tags = {"job": e.job}
-            d = e.directive
-            self.level.set(LEVEL_VALUE[d.level], tags)
-            self.workers.set(e.lease.active_count(), tags)
-            self.rows.set(d.rows_per_s, tags)
-            self.stale.set(1.0 if e.sample is not None and e.sample.ok else 0.0, tags)
-            if d.slack is not None:
-                self.slack.set(d.slack, tags)
-            if e.sample is not None and e.sample.p99_ms is not None:
-                self.p99.set(e.sample.p99_ms, tags)
+            for gauge, value in zip((self.level, self.workers, self.rows, self.stale, self.slack, self.p99), values):
+                if value is not None:
+                    gauge.set(value, tags)
 
     def forget(self, job: str) -> None:
         """A finished job: Ray cannot drop a series, so leave it at 'no workers, level -1 (not registered)'."""
+        self._last.pop(job, None)
         tags = {"job": job}
         self.level.set(-1, tags)
         self.workers.set(0, tags)

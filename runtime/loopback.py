@@ -12,8 +12,13 @@ imports Ray: ``runtime/__init__.py`` imports it first. It is set only when no ``
 (a driver that joins an existing cluster, e.g. under ``ray job submit``, is left alone, and joining
 does not depend on it), and never overrides a value the operator set. The same goes for token
 authentication: a private cluster gets ``RAY_AUTH_MODE=token`` and a fresh random token, which its
-own processes inherit (the one listener Ray 2.60 cannot bind to loopback, a Serve replica's gRPC
-port, then refuses callers without it).
+own processes inherit.
+
+One listener is left that no setting reaches: every Serve replica binds its inter-deployment gRPC
+server to ``[::]:0`` (hard-coded in ``ray/serve/_private/replica.py``). A deployment of the embedded
+default calls :func:`serve_replica_on_loopback` in its constructor, which runs before that server
+starts, so on a loopback node the port binds to 127.0.0.1 too. Callers reach the replica at the node's
+address (127.0.0.1 here), so nothing else changes.
 
 >>> import runtime  # doctest: +SKIP
 >>> os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # doctest: +SKIP
@@ -33,11 +38,40 @@ def close_by_default(environ: dict | None = None) -> None:
     """Ask Ray for a loopback-only local cluster with token authentication (a token of this process's
     own) unless a cluster address or an explicit choice is set."""
     env = os.environ if environ is None else environ
-    if not env.get("RAY_ADDRESS"):
+    # RAY_RAYLET_PID: this is a Ray worker process, whose cluster already exists with its own settings.
+    if not env.get("RAY_ADDRESS") and not env.get("RAY_RAYLET_PID"):
         env.setdefault(SINGLE_NODE_ENV, "0")
         if "RAY_AUTH_MODE" not in env:  # the one port Ray binds beyond loopback still needs the token
             env["RAY_AUTH_MODE"] = "token"
             env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+
+
+def serve_replica_on_loopback() -> bool:
+    """In a Serve replica on a loopback-only node, bind the replica's gRPC server to 127.0.0.1 instead of
+    every interface. Call it from the deployment's ``__init__``; True when the bind was redirected.
+
+    Ray looks ``add_port_to_grpc_server`` up in the replica module when the replica finishes
+    initialising, so wrapping that name is enough; on a Ray without it this does nothing (and the
+    closed-by-default test says so).
+    """
+    import ray
+    from ray.serve._private import replica
+
+    if not is_loopback(ray.util.get_node_ip_address()):
+        return False  # a routable node: callers on other nodes must reach the replica
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None:
+        return False
+    if getattr(bind, "headroom_loopback", False):
+        return True
+
+    def bind_on_loopback(server, address: str):
+        host, _, port = address.rpartition(":")
+        return bind(server, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0", "") else address)
+
+    bind_on_loopback.headroom_loopback = True
+    replica.add_port_to_grpc_server = bind_on_loopback
+    return True
 
 
 def is_loopback(ip: str) -> bool:

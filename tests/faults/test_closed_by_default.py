@@ -16,11 +16,9 @@ from tests.support.sockets import exposed_listeners, listeners
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
-# The one listener Ray 2.60 gives no way to bind: every Serve replica starts its inter-deployment gRPC
-# server on "[::]:0", hard-coded (ray/serve/_private/replica.py, Replica._on_initialized:
-# add_port_to_grpc_server(self._server, "[::]:0")). The server is built with Ray's token-auth
-# interceptors (create_grpc_server_with_interceptors), so with RAY_AUTH_MODE=token it refuses callers
-# without the cluster's token; a host firewall is the only way to close the port itself.
+# Ray 2.60 binds every Serve replica's inter-deployment gRPC server to "[::]:0", hard-coded; the demo's
+# deployments redirect it to loopback (runtime.loopback.serve_replica_on_loopback). The replica must be
+# among the listeners, or this test would pass without checking that port at all.
 SERVE_REPLICA = "ray::ServeReplica"
 
 
@@ -45,10 +43,11 @@ def test_demo_stack_listens_on_loopback_only(capsys):
             proc.kill()
     names = {name for _, _, _, name in seen}
     assert len(seen) >= 6 and any("gcs_server" in n for n in names) and any("raylet" in n for n in names), seen
-    unbindable = [row for row in exposed if row[3].startswith(SERVE_REPLICA)]
-    assert [row for row in exposed if row not in unbindable] == [], f"listening beyond loopback: {exposed}"
-    assert len(unbindable) <= 1 and line.split()[-1] == "auth=token"  # one replica; its port needs the token
+    replica = [row for row in seen if row[3].startswith(SERVE_REPLICA)]
+    assert replica, f"no Serve replica among the listeners: {seen}"
+    assert exposed == [], f"listening beyond loopback: {exposed}"
+    assert line.split()[-1] == "auth=token"  # and the private cluster asks callers for its token
     with capsys.disabled():
         print(f"\nFAULT closed-by-default: listeners={len(seen)} on_loopback={len(seen) - len(exposed)} "
-              f"exposed={len(exposed)} (Serve replica gRPC, token-auth: {unbindable})")
+              f"exposed={len(exposed)} serve_replica={[(ip, port) for ip, port, *_ in replica]}")
 

@@ -230,7 +230,8 @@ def headroom(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
 def watch_json_lines(address: str, job: str, refreshes: int = 2, timeout_s: float = 90) -> tuple[list[dict], int]:
     """``headroom status --watch --json`` until ``refreshes`` objects list ``job``, then Ctrl-C (SIGINT).
     Run through cmd_status itself, so it does not depend on how the flag is spelled on the parser."""
-    code = ("import argparse, sys; from runtime.job_cli import cmd_status; "
+    code = ("import argparse, faulthandler, signal, sys; from runtime.job_cli import cmd_status; "
+            "faulthandler.register(signal.SIGUSR1); "  # a hang after Ctrl-C shows every thread's stack
             "sys.exit(cmd_status(argparse.Namespace(address=sys.argv[1], json=True, watch=True)))")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, "-c", code, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -249,7 +250,13 @@ def watch_json_lines(address: str, job: str, refreshes: int = 2, timeout_s: floa
                 seen.append(status)
         assert len(seen) >= refreshes, f"status --watch --json showed {job!r} {len(seen)} times in {timeout_s}s"
         proc.send_signal(signal.SIGINT)
-        return seen, proc.wait(timeout=30)
+        try:
+            return seen, proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2.0)
+            proc.kill()
+            raise AssertionError(f"status --watch still running 60 s after Ctrl-C; its stacks:\n{proc.communicate()[1][-6000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

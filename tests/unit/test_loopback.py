@@ -15,3 +15,6 @@ def test_a_private_cluster_is_closed_by_default_and_an_operator_choice_is_kept()
     joining = {"RAY_ADDRESS": "10.0.0.1:6379"}
     close_by_default(joining)
     assert joining == {"RAY_ADDRESS": "10.0.0.1:6379"}  # a cluster's own settings decide
+    in_a_worker = {"RAY_RAYLET_PID": "4242"}  # a Ray worker importing the runtime: its cluster exists
+    close_by_default(in_a_worker)
+    assert in_a_worker == {"RAY_RAYLET_PID": "4242"}
