@@ -9,7 +9,7 @@ as jobs beside one service do). One benchmark tick is what the actor's loops do 
 through the same methods: every source scraped concurrently in threads (``_safe_sample``, as the
 scrapers do; timed apart, since the governor's loop does not wait for it), then, timed as the tick,
 a decision per landed sample (``_landed``) and the tick's own work (``_tick``: pool size, stuck
-scrapers, lease upkeep; ``_persist``; metrics). Ticks run back to back, not every 0.25 s: the cost of a
+scrapes, lease upkeep; ``_persist``; metrics). Ticks run back to back, not every 0.25 s: the cost of a
 tick does not depend on the gap, and 10,000 ticks then take minutes instead of 42.
 
 Reported: tick time p50/p95/p99/max (the target is < 50 ms, i.e. a fifth of the poll interval), over
@@ -74,7 +74,7 @@ async def cycle(gov, args, url: str, ticks: int, law: dict) -> dict:
     """Register ``args.jobs`` jobs, run ``ticks`` timed ticks, unregister them all."""
     import psutil
 
-    from runtime.governor import _pool_slots, _safe_sample
+    from runtime.governor import _safe_sample
 
     for j in range(args.jobs):
         serving = {"kind": "prometheus", "url": url, "histogram": f"svc{j % SOURCES}_latency_seconds",
@@ -87,12 +87,11 @@ async def cycle(gov, args, url: str, ticks: int, law: dict) -> dict:
     for i in range(1, ticks + 1):
         t0 = time.perf_counter()
         keys = list(gov.sources)
-        slots, *samples = await asyncio.gather(asyncio.to_thread(_pool_slots),
-                                               *(asyncio.to_thread(_safe_sample, gov.sources[k]) for k in keys))
+        samples = await asyncio.gather(*(asyncio.to_thread(_safe_sample, gov.sources[k]) for k in keys))
         t1 = time.perf_counter()
         for key, sample in zip(keys, samples):
             gov._landed(key, sample)
-        gov._tick(slots, time.time())
+        gov._tick(time.time())
         gov._persist()
         gov._metrics.tick(0.0, gov.jobs.values())
         t2 = time.perf_counter()
@@ -117,11 +116,13 @@ async def cycle(gov, args, url: str, ticks: int, law: dict) -> dict:
 
 
 def _stop_loops(gov) -> None:
-    """Cancel the tick and scraper tasks the governor started on registration."""
-    for task in [gov._loop_task, *gov._scrapers.values()]:
-        if task is not None:
-            task.cancel()
-    gov._scrapers.clear()
+    """Stop the tick and scraper tasks the governor started on registration (the scrapers stay listed,
+    idle, so the tick still looks at each)."""
+    if gov._loop_task is not None:
+        gov._loop_task.cancel()
+    for scraper in gov._scrapers.values():
+        scraper.close()
+        scraper.started_s = None
 
 
 def _percentiles(values: list[float]) -> dict:

@@ -7,10 +7,11 @@ A thin shell around pure parts, on one asyncio event loop:
   :func:`runtime.law.decide` once on the pooled budget of the jobs that watch that source, divides the
   result among them by priority (:mod:`runtime.shares`), records each job's decision and applies it to
   the job's :class:`Lease`;
-- the **tick**, every ``poll_interval_s``, does everything else: the training pool's size, a
-  backstop for a scraper stuck past its source's timeout (its jobs pause), lease upkeep (groups
-  becoming ready, drains and parks expiring), saving state, metrics. It never waits for a scrape, so
-  its time is the governor's own work: deciding and applying for 50 jobs is a few milliseconds.
+- the **tick**, every ``poll_interval_s``, does everything else: the training pool's size (queried
+  in a thread of its own), a backstop for a scrape stuck for ``STUCK_AFTER_TIMEOUTS`` of its source's
+  timeouts (its jobs pause; the late sample is dropped), lease upkeep (groups becoming ready, drains
+  and parks expiring), saving state, metrics. It waits for no scrape and no query, so its time is the
+  governor's own work: deciding and applying for 50 jobs is a few milliseconds.
 
 Workers ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which
 slots of the lease are ready (:meth:`Governor.lease`). Nothing may stop the loops: a failed decision
@@ -28,6 +29,7 @@ import asyncio
 import collections
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import ray
@@ -44,6 +46,9 @@ LEVEL_VALUE = {Level.PAUSE: 0, Level.THROTTLE: 1, Level.RUN: 2}
 NAME = "headroom-governor"
 NAMESPACE = "headroom"
 HEAD_RESOURCE = "node:__internal_head__"  # Ray puts this resource on the head node only
+# A scrape in flight longer than this many of its source's ``timeout_s`` is stuck: httpx's timeout
+# bounds each phase (connect, read), and a PromQL source makes two requests (latency, utilization).
+STUCK_AFTER_TIMEOUTS = 4
 log = logging.getLogger("headroom.governor")
 
 
@@ -67,6 +72,24 @@ class JobEntry:
     progress: dict = field(default_factory=dict)  # slot -> latest heartbeat payload
 
 
+@dataclass
+class _Scraper:
+    """One telemetry source's sampling task, with a thread of its own: a scrape stuck there holds up
+    no other source, and not the tick."""
+
+    baseline_first: bool = False  # a restarted governor's first scrape only sets the source's baseline
+    task: asyncio.Task | None = None
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="scrape"))
+    started_s: float | None = None  # monotonic start of the scrape in flight
+    stuck: bool = False  # the tick paused this source's jobs during the scrape in flight
+
+    def close(self) -> None:
+        """Stop sampling; a thread stuck in a scrape is left to finish on its own (Python cannot kill it)."""
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class Governor:
     def __init__(self, poll_interval_s: float = 0.25, state_store: StateStore | None = None):
@@ -79,8 +102,9 @@ class Governor:
         self.tick_errors = 0
         self.last_tick_ms = 0.0
         self._loop_task: asyncio.Task | None = None
-        self._scrapers: dict[tuple, asyncio.Task] = {}  # one per telemetry source
-        self._sampled_at: dict[tuple, float] = {}  # monotonic time each source's latest scrape landed
+        self._scrapers: dict[tuple, _Scraper] = {}  # one per telemetry source
+        self._pool_reader = ThreadPoolExecutor(1, thread_name_prefix="pool-slots")
+        self._pool_read: Future | None = None  # the pool-size query in flight
         self._decide_ms = 0.0  # time spent deciding since the last tick (part of that tick's work)
         self._metrics = _Metrics()
         self._store = state_store or GcsStateStore()
@@ -114,10 +138,9 @@ class Governor:
         if not any(e.source_key == entry.source_key for e in self.jobs.values()):
             self.sources.pop(entry.source_key, None)
             self.laws.pop(entry.source_key, None)
-            self._sampled_at.pop(entry.source_key, None)
             scraper = self._scrapers.pop(entry.source_key, None)
             if scraper is not None:
-                scraper.cancel()
+                scraper.close()
         self._persist()
         return self._record(entry)
 
@@ -185,23 +208,26 @@ class Governor:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = loop.create_task(self._run())
         for key in self.sources:
-            if key not in self._scrapers or self._scrapers[key].done():
-                self._sampled_at.setdefault(key, time.monotonic())
-                self._scrapers[key] = loop.create_task(self._scrape_loop(key))
+            scraper = self._scrapers.setdefault(key, _Scraper())
+            if scraper.task is None or scraper.task.done():
+                scraper.task = loop.create_task(self._scrape_loop(key, scraper))
 
-    async def _scrape_loop(self, key: tuple) -> None:
-        """Sample one source every poll interval and decide for its jobs as soon as the sample lands."""
-        source = self.sources.get(key)
+    async def _scrape_loop(self, key: tuple, scraper: _Scraper) -> None:
+        """Sample one source every poll interval, in the scraper's own thread, and decide for its jobs
+        as soon as the sample lands."""
+        source, loop = self.sources.get(key), asyncio.get_running_loop()
         while source is not None and self.sources.get(key) is source:  # until its last job leaves
-            started = time.perf_counter()
-            sample = await asyncio.to_thread(_safe_sample, source)
-            if self.sources.get(key) is source:  # still watched (its last job may have left meanwhile)
+            scraper.started_s = time.monotonic()
+            sample = await loop.run_in_executor(scraper.executor, _safe_sample, source)
+            took_s, scraper.started_s = time.monotonic() - scraper.started_s, None
+            decide = self.sources.get(key) is source and not scraper.stuck and not scraper.baseline_first
+            scraper.stuck = scraper.baseline_first = False  # a stuck scrape's late sample is stale: dropped
+            if decide:
                 self._landed(key, sample)
-            await asyncio.sleep(max(0.0, self.poll_interval_s - (time.perf_counter() - started)))
+            await asyncio.sleep(max(0.0, self.poll_interval_s - took_s))
 
     def _landed(self, key: tuple, sample: Sample) -> None:
         """A scrape of ``key`` came back: decide now; the time it takes counts in the next tick's."""
-        self._sampled_at[key] = time.monotonic()
         deciding = time.perf_counter()
         self._on_sample(key, sample)
         self._decide_ms += (time.perf_counter() - deciding) * 1000
@@ -218,30 +244,34 @@ class Governor:
     async def _run(self) -> None:
         while True:
             started = time.perf_counter()
-            slots = await asyncio.to_thread(_pool_slots)  # a GCS round trip, off the loop
-            work_started = time.perf_counter()
             try:
-                self._tick(slots, time.time())
+                self._tick(time.time())
                 self._persist()
+                self.last_tick_ms = (time.perf_counter() - started) * 1000 + self._decide_ms
+                self._metrics.tick(self.last_tick_ms, self.jobs.values())
             except Exception:  # the loop must outlive any bug in one tick
                 self.tick_errors += 1
                 log.exception("governor tick failed")
             self.ticks += 1
-            self.last_tick_ms = (time.perf_counter() - work_started) * 1000 + self._decide_ms
             self._decide_ms = 0.0
-            self._metrics.tick(self.last_tick_ms, self.jobs.values())
             await asyncio.sleep(max(0.0, self.poll_interval_s - (time.perf_counter() - started)))
 
-    def _tick(self, slots: int | None, now: float) -> None:
-        """Everything but the decisions: pool size, stuck scrapers, lease upkeep."""
-        self.pool_slots = slots if slots is not None else self.pool_slots
-        for key, source in list(self.sources.items()):
-            # A source enforces its own timeout, so a scrape this late is stuck beyond it (a thread
-            # blocked where no timeout reaches): without fresh telemetry there is no headroom.
-            overdue_s = getattr(source, "timeout_s", 1.0) + 2 * self.poll_interval_s
-            silent_s = time.monotonic() - self._sampled_at.get(key, time.monotonic())
-            if silent_s > overdue_s:
-                self._on_sample(key, Sample.failed(now, f"no sample for {silent_s:.1f} s: the scrape is stuck"))
+    def _tick(self, now: float) -> None:
+        """Everything but the decisions: pool size, stuck scrapes, lease upkeep. Nothing here waits."""
+        if self._pool_read is None or self._pool_read.done():  # the GCS query runs in its own thread
+            slots = self._pool_read.result() if self._pool_read is not None else None
+            self.pool_slots = slots if slots is not None else self.pool_slots
+            self._pool_read = self._pool_reader.submit(_pool_slots)
+        for key, scraper in self._scrapers.items():
+            source = self.sources.get(key)
+            if source is None or scraper.started_s is None:
+                continue
+            # Blocked where no timeout reaches (a stuck thread): without fresh telemetry there is no headroom.
+            in_flight_s = time.monotonic() - scraper.started_s
+            if in_flight_s > STUCK_AFTER_TIMEOUTS * getattr(source, "timeout_s", 1.0):
+                scraper.stuck = True
+                self._on_sample(key, Sample.failed(now, f"scrape in flight for {in_flight_s:.1f} s, "
+                                                        f"{STUCK_AFTER_TIMEOUTS}x its timeout: the scrape is stuck"))
         for entry in self.jobs.values():
             entry.lease.poll_ready()
             entry.lease.expire(now)
@@ -323,8 +353,8 @@ class Governor:
             except Exception:  # one bad record must not cost the others their state
                 log.exception("cannot restore job %s; its driver will register it again", name)
         self.recovered = sorted(self.jobs)
-        for source in self.sources.values():
-            _safe_sample(source)  # a scrape baseline now, so the first decision is on fresh data
+        for key in self.sources:  # the first scrape sets a baseline (histogram deltas need two scrapes)
+            self._scrapers[key] = _Scraper(baseline_first=True)
         if self.recovered:
             log.warning("governor restarted: recovered %s", ", ".join(self.recovered))
 
@@ -369,25 +399,25 @@ class _Metrics:
         self.tick_ms = Gauge("headroom_governor_tick_ms", "Duration of the last governor tick")
         self.reaction_s = Histogram("headroom_reaction_seconds", "Headroom lost -> workers stopped",
                                     boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10], tag_keys=tags)
-        self._last: dict[str, tuple] = {}  # job -> the gauge values last set
 
     def tick(self, tick_ms: float, entries) -> None:
+        # Every gauge every tick: Ray (OpenTelemetry) forgets a gauge's value after each export, and
+        # its metrics agent drops a series not set again within two export intervals.
         self.tick_ms.set(tick_ms)
         for e in entries:
             d, s = e.directive, e.sample
-            values = (LEVEL_VALUE[d.level], e.lease.active_count(), d.rows_per_s,
-                      1.0 if s is not None and s.ok else 0.0, d.slack, s.p99_ms if s is not None else None)
-            if self._last.get(e.job) == values:  # a gauge keeps its value: only changes cost a call into Ray
-                continue
-            self._last[e.job] = values
             tags = {"job": e.job}
-            for gauge, value in zip((self.level, self.workers, self.rows, self.stale, self.slack, self.p99), values):
-                if value is not None:
-                    gauge.set(value, tags)
+            self.level.set(LEVEL_VALUE[d.level], tags)
+            self.workers.set(e.lease.active_count(), tags)
+            self.rows.set(d.rows_per_s, tags)
+            self.stale.set(1.0 if s is not None and s.ok else 0.0, tags)
+            if d.slack is not None:
+                self.slack.set(d.slack, tags)
+            if s is not None and s.p99_ms is not None:
+                self.p99.set(s.p99_ms, tags)
 
     def forget(self, job: str) -> None:
         """A finished job: Ray cannot drop a series, so leave it at 'no workers, level -1 (not registered)'."""
-        self._last.pop(job, None)
         tags = {"job": job}
         self.level.set(-1, tags)
         self.workers.set(0, tags)

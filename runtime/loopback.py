@@ -17,8 +17,8 @@ own processes inherit.
 One listener is left that no setting reaches: every Serve replica binds its inter-deployment gRPC
 server to ``[::]:0`` (hard-coded in ``ray/serve/_private/replica.py``). A deployment of the embedded
 default calls :func:`serve_replica_on_loopback` in its constructor, which runs before that server
-starts, so on a loopback node the port binds to 127.0.0.1 too. Callers reach the replica at the node's
-address (127.0.0.1 here), so nothing else changes.
+starts, so on a loopback node the port binds to the node's address (127.0.0.1) too, which is where
+callers dial a replica: nothing else changes.
 
 >>> import runtime  # doctest: +SKIP
 >>> os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # doctest: +SKIP
@@ -41,14 +41,15 @@ def close_by_default(environ: dict | None = None) -> None:
     # RAY_RAYLET_PID: this is a Ray worker process, whose cluster already exists with its own settings.
     if not env.get("RAY_ADDRESS") and not env.get("RAY_RAYLET_PID"):
         env.setdefault(SINGLE_NODE_ENV, "0")
-        if "RAY_AUTH_MODE" not in env:  # the one port Ray binds beyond loopback still needs the token
+        if "RAY_AUTH_MODE" not in env:  # every Ray server then asks callers for the token
             env["RAY_AUTH_MODE"] = "token"
             env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 def serve_replica_on_loopback() -> bool:
-    """In a Serve replica on a loopback-only node, bind the replica's gRPC server to 127.0.0.1 instead of
-    every interface. Call it from the deployment's ``__init__``; True when the bind was redirected.
+    """In a Serve replica on a loopback-only node, bind the replica's gRPC server to the node's own
+    (loopback) address instead of every interface. Call it from the deployment's ``__init__``; True
+    when the bind is redirected.
 
     Ray looks ``add_port_to_grpc_server`` up in the replica module when the replica finishes
     initialising, so wrapping that name is enough; on a Ray without it this does nothing (and the
@@ -57,7 +58,8 @@ def serve_replica_on_loopback() -> bool:
     import ray
     from ray.serve._private import replica
 
-    if not is_loopback(ray.util.get_node_ip_address()):
+    node_ip = ray.util.get_node_ip_address()
+    if not is_loopback(node_ip):
         return False  # a routable node: callers on other nodes must reach the replica
     bind = getattr(replica, "add_port_to_grpc_server", None)
     if bind is None:
@@ -65,9 +67,11 @@ def serve_replica_on_loopback() -> bool:
     if getattr(bind, "headroom_loopback", False):
         return True
 
+    host = f"[{node_ip}]" if ":" in node_ip else node_ip  # where callers dial the replica: its node's address
+
     def bind_on_loopback(server, address: str):
-        host, _, port = address.rpartition(":")
-        return bind(server, f"127.0.0.1:{port}" if host in ("[::]", "0.0.0.0", "") else address)
+        wildcard, _, port = address.rpartition(":")
+        return bind(server, f"{host}:{port}" if wildcard in ("[::]", "0.0.0.0", "") else address)
 
     bind_on_loopback.headroom_loopback = True
     replica.add_port_to_grpc_server = bind_on_loopback

@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -234,17 +235,23 @@ def watch_json_lines(address: str, job: str, refreshes: int = 2, timeout_s: floa
             "faulthandler.register(signal.SIGUSR1); "  # a hang after Ctrl-C shows every thread's stack
             "sys.exit(cmd_status(argparse.Namespace(address=sys.argv[1], json=True, watch=True)))")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-c", code, address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe nobody reads would block the child
+    proc = subprocess.Popen([sys.executable, "-c", code, address], stdout=subprocess.PIPE, stderr=stderr,
                             text=True, env=env, cwd=ROOT)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+
+    def stderr_tail() -> str:
+        stderr.seek(0)
+        return stderr.read()[-6000:]
+
     seen, deadline = [], time.monotonic() + timeout_s
     try:
         while len(seen) < refreshes and time.monotonic() < deadline:
             try:
                 status = json.loads(lines.get(timeout=1.0))
             except queue.Empty:
-                assert proc.poll() is None, f"status --watch exited early: {proc.stderr.read()}"
+                assert proc.poll() is None, f"status --watch exited early: {stderr_tail()}"
                 continue
             if any(j["job"] == job for j in status.get("jobs", [])):
                 seen.append(status)
@@ -256,11 +263,12 @@ def watch_json_lines(address: str, job: str, refreshes: int = 2, timeout_s: floa
             proc.send_signal(signal.SIGUSR1)
             time.sleep(2.0)
             proc.kill()
-            raise AssertionError(f"status --watch still running 60 s after Ctrl-C; its stacks:\n{proc.communicate()[1][-6000:]}")
+            raise AssertionError(f"status --watch still running 60 s after Ctrl-C; its stacks:\n{stderr_tail()}")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        stderr.close()
 
 
 def test_live_governor_exports_metrics_and_status_lists_the_job(ray_session, tmp_path):

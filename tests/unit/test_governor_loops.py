@@ -1,8 +1,10 @@
-"""The governor's two loops, without Ray: scrapers decide when a sample lands, the tick never waits for
-a scrape, and a scrape stuck past its source's timeout pauses the jobs that depend on it.
+"""The governor's loops, without Ray: each telemetry source's scraper decides when its sample lands, in
+a thread of its own; the tick never waits for a scrape; a scrape stuck for several of its source's
+timeouts pauses the jobs that depend on it, and its late sample is dropped; a restarted governor
+takes a baseline scrape first and does not scrape in its constructor.
 
 The actor's own class runs on an asyncio loop here, with an in-memory state store and fake telemetry
-sources (no placement group is ever asked for: the jobs stay paused or the law grants nothing yet)."""
+sources (no placement group is ever asked for: every job stays paused, its p99 above the SLO)."""
 
 from __future__ import annotations
 
@@ -14,55 +16,52 @@ import pytest
 
 import ray
 import runtime.governor as governor_module
-from runtime.governor import Governor
+from runtime.governor import STUCK_AFTER_TIMEOUTS, Governor
 from runtime.governor_state import MemoryStateStore
-from runtime.law import LawConfig, Level, Reason
+from runtime.law import LawConfig, Reason
 from runtime.sample import Sample
 
 POLL_S = 0.05
-SERVING = {"kind": "prometheus", "url": "http://127.0.0.1:9/metrics", "histogram": "h"}
+STUCK = "the scrape is stuck"
 
 
-class StuckSource:
-    """A scrape that never returns, as if blocked where the source's own timeout cannot reach."""
+class FakeSource:
+    """A scrape that takes ``takes_s`` and reports ``p99_ms`` (above the 100 ms SLO: the law pauses);
+    with ``hang`` set, scrapes block until ``release`` is set."""
 
-    timeout_s = 0.1
-
-    def __init__(self) -> None:
+    def __init__(self, p99_ms: float = 150.0, takes_s: float = 0.0, timeout_s: float = 1.0, hang: bool = False):
+        self.p99_ms, self.takes_s, self.timeout_s = p99_ms, takes_s, timeout_s
         self.release = threading.Event()
+        if not hang:
+            self.release.set()
         self.scrapes = 0
 
     def sample(self, now_s=None) -> Sample:
         self.scrapes += 1
         self.release.wait(30)
-        return Sample.failed(time.time(), "released")
+        time.sleep(self.takes_s)
+        return Sample(time.time(), p99_ms=self.p99_ms, rps=50.0)
 
 
-class SlowSource:
-    """A healthy service whose scrape takes six poll intervals."""
-
-    timeout_s = 1.0
-
-    def __init__(self) -> None:
-        self.scrapes = 0
-
-    def sample(self, now_s=None) -> Sample:
-        self.scrapes += 1
-        time.sleep(6 * POLL_S)
-        return Sample(time.time(), p99_ms=150.0, rps=50.0)  # far above the SLO: the law pauses
+def _governor(monkeypatch, sources: dict, store=None):
+    """A governor whose sources come from ``sources`` by URL (each registration takes the next one)."""
+    monkeypatch.setattr(governor_module, "build_source", lambda url, **_: sources[url].pop(0))
+    return Governor.__ray_metadata__.modified_class(POLL_S, state_store=store or MemoryStateStore())
 
 
-def _governor(monkeypatch, source):
-    monkeypatch.setattr(governor_module, "build_source", lambda **_: source)
-    return Governor.__ray_metadata__.modified_class(POLL_S, state_store=MemoryStateStore())
-
-
-async def _register(gov) -> None:
+async def _register(gov, job: str, url: str = "http://127.0.0.1:9/metrics") -> None:
     law = vars(LawConfig(slo_p99_ms=100, max_workers=1, max_rows_per_s=100, holddown_s=0.0, cooldown_s=0.0))
-    await gov.register("job-a", law, SERVING, {"CPU": 0.1, "training_pool": 1}, poll_interval_s=POLL_S)
+    await gov.register(job, law, {"kind": "prometheus", "url": url, "histogram": "h"},
+                       {"CPU": 0.1, "training_pool": 1}, poll_interval_s=POLL_S)
 
 
-async def _until(predicate, timeout_s: float = 10.0) -> bool:
+def _stop(gov) -> None:
+    gov._loop_task.cancel()
+    for scraper in gov._scrapers.values():
+        scraper.close()
+
+
+async def _until(predicate, timeout_s: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
@@ -71,71 +70,138 @@ async def _until(predicate, timeout_s: float = 10.0) -> bool:
     return False
 
 
-def test_a_scrape_stuck_past_its_timeout_pauses_the_job_and_the_tick_goes_on(monkeypatch):
-    source = StuckSource()
+def _p99s(entry) -> list:
+    return [d["p99_ms"] for d in entry.decisions]
+
+
+def _stuck(entry) -> list:
+    return [d for d in entry.decisions if STUCK in (d["error"] or "")]
+
+
+def test_a_stuck_scrape_pauses_its_jobs_not_before_its_bound_and_its_late_sample_is_dropped(monkeypatch):
+    hung = FakeSource(p99_ms=999.0, timeout_s=0.05, hang=True)
 
     async def scenario():
-        gov = _governor(monkeypatch, source)
-        await _register(gov)
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [hung]})
+        started = time.time()
+        await _register(gov, "job-a")
         entry = gov.jobs["job-a"]
-        stuck = await _until(lambda: any("the scrape is stuck" in (d["error"] or "") for d in entry.decisions))
-        ticks_then = gov.ticks
-        await _until(lambda: gov.ticks >= ticks_then + 3)
-        source.release.set()
-        gov._loop_task.cancel()
-        for task in gov._scrapers.values():
-            task.cancel()
-        return stuck, entry, gov.ticks - ticks_then
+        assert await _until(lambda: len(_stuck(entry)) >= 3), list(entry.decisions)
+        ticks_while_stuck = gov.ticks
+        hung.release.set()  # the stuck scrape returns, late, with p99 999 ms
+        hung.p99_ms = 120.0  # and every scrape after it is fresh again (still above the SLO: no lease)
+        assert await _until(lambda: 120.0 in _p99s(entry)), list(entry.decisions)
+        _stop(gov)
+        return started, entry, ticks_while_stuck
 
-    stuck, entry, later_ticks = asyncio.run(scenario())
-    assert stuck, list(entry.decisions)
-    assert entry.directive.level is Level.PAUSE and entry.directive.reason is Reason.TELEMETRY_MISSING
-    assert source.scrapes == 1  # one scrape, still blocked, while the tick kept deciding
-    assert later_ticks >= 3
-    assert not ray.is_initialized()
+    started, entry, ticks_while_stuck = asyncio.run(scenario())
+    first = _stuck(entry)[0]
+    assert first["t"] - started >= STUCK_AFTER_TIMEOUTS * hung.timeout_s  # never before the bound
+    assert first["reason"] == Reason.TELEMETRY_MISSING.value and first["level"] == "PAUSE"
+    assert ticks_while_stuck >= 3  # the tick kept running while the scrape hung
+    assert 999.0 not in _p99s(entry)  # the late sample described the past: dropped, not decided
 
 
-def test_the_tick_does_not_wait_for_a_slow_scrape_and_each_sample_is_decided_once(monkeypatch):
-    source = SlowSource()
+def test_hung_sources_hold_up_neither_a_healthy_one_nor_the_tick(monkeypatch):
+    """More hung sources than a shared default thread pool has threads (min(32, cores + 4))."""
+    hung = {f"http://127.0.0.1:9/hung{i}": FakeSource(timeout_s=0.05, hang=True) for i in range(8)}
+    healthy = FakeSource(p99_ms=150.0)
 
     async def scenario():
-        gov = _governor(monkeypatch, source)
-        await _register(gov)
+        gov = _governor(monkeypatch, {**{url: [source] for url, source in hung.items()},
+                                      "http://127.0.0.1:9/ok": [healthy]})
+        for i, url in enumerate(hung):
+            await _register(gov, f"hung-{i}", url)
+        await _register(gov, "healthy", "http://127.0.0.1:9/ok")
+        stuck_jobs = [gov.jobs[f"hung-{i}"] for i in range(len(hung))]
+        every_hung_paused = await _until(lambda: all(_stuck(e) for e in stuck_jobs))
+        fresh = await _until(lambda: len(gov.jobs["healthy"].decisions) >= 5)
+        _stop(gov)
+        return every_hung_paused, fresh, gov.jobs["healthy"]
+
+    try:
+        every_hung_paused, fresh, entry = asyncio.run(scenario())
+    finally:  # let the hung threads finish, or the interpreter waits for them at exit
+        for source in hung.values():
+            source.release.set()
+    assert every_hung_paused and fresh
+    assert _p99s(entry) == [150.0] * len(entry.decisions) and not _stuck(entry)
+
+
+def test_a_slow_but_healthy_source_is_not_called_stuck_and_each_sample_is_decided_once(monkeypatch):
+    slow = FakeSource(takes_s=0.2, timeout_s=0.1)  # twice its timeout per scrape (two requests), under the bound
+
+    async def scenario():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [slow]})
+        await _register(gov, "job-a")
         entry = gov.jobs["job-a"]
-        await _until(lambda: len(entry.decisions) >= 2)
-        ticks, scrapes, decisions = gov.ticks, source.scrapes, len(entry.decisions)
-        gov._loop_task.cancel()
-        for task in gov._scrapers.values():
-            task.cancel()
-        return entry, ticks, scrapes, decisions
+        await _until(lambda: len(entry.decisions) >= 4)
+        ticks, scrapes = gov.ticks, slow.scrapes
+        _stop(gov)
+        return entry, ticks, scrapes
 
-    entry, ticks, scrapes, decisions = asyncio.run(scenario())
-    assert decisions <= scrapes  # a decision per landed sample, never one per tick on an old sample
-    assert ticks > 2 * decisions, (ticks, decisions)  # ~6 ticks per scrape: the tick never waited for one
-    assert entry.directive.level is Level.PAUSE and entry.directive.reason is Reason.SLO_VIOLATED
-    assert [d["p99_ms"] for d in entry.decisions] == [150.0] * decisions
+    entry, ticks, scrapes = asyncio.run(scenario())
+    assert not _stuck(entry), list(entry.decisions)
+    assert len(entry.decisions) <= scrapes  # a decision per landed sample, never one per tick
+    assert ticks > len(entry.decisions) + 2, (ticks, len(entry.decisions))  # the tick did not wait for scrapes
+    assert entry.directive.level.value == "PAUSE" and entry.directive.reason is Reason.SLO_VIOLATED
 
 
-def test_the_last_job_leaving_stops_its_scraper(monkeypatch):
-    source = SlowSource()
+def test_a_source_dropped_mid_scrape_stops_its_scraper_and_its_late_sample_decides_nothing(monkeypatch):
+    old, new = FakeSource(p99_ms=150.0, takes_s=0.3), FakeSource(p99_ms=120.0)
 
     async def scenario():
-        gov = _governor(monkeypatch, source)
-        await _register(gov)
-        scraper = gov._scrapers[next(iter(gov.sources))]
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [old, new]})
+        await _register(gov, "job-a")
+        first = gov._scrapers[gov.jobs["job-a"].source_key]
+        assert await _until(lambda: old.scrapes == 1)  # a scrape in flight in the scraper's thread
         await gov.unregister("job-a")
-        await asyncio.sleep(POLL_S)
-        gov._loop_task.cancel()
-        return gov, scraper
+        await _register(gov, "job-b")  # same endpoint again: a new source, a new scraper
+        entry = gov.jobs["job-b"]
+        await asyncio.sleep(0.5)  # the old scrape lands meanwhile
+        await _until(lambda: len(entry.decisions) >= 2)
+        second = gov._scrapers[entry.source_key]
+        _stop(gov)
+        return first, second, entry
 
-    gov, scraper = asyncio.run(scenario())
-    assert scraper.cancelled() or scraper.done()
-    assert gov.sources == {} and gov._scrapers == {} and gov._sampled_at == {}
+    first, second, entry = asyncio.run(scenario())
+    assert first.task.done() and second is not first
+    assert old.scrapes == 1  # the dropped source was never scraped again
+    assert _p99s(entry) == [120.0] * len(entry.decisions)  # only the new source's samples decided
+
+
+def test_a_restarted_governor_scrapes_nothing_in_its_constructor_and_takes_a_baseline_first(monkeypatch):
+    store = MemoryStateStore()
+    before = FakeSource(p99_ms=150.0)
+    after = FakeSource(p99_ms=130.0, takes_s=0.1)
+
+    async def first_life():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [before]}, store)
+        await _register(gov, "job-a")
+        await _until(lambda: len(gov.jobs["job-a"].decisions) >= 2 and store.saves >= 2)
+        _stop(gov)
+
+    asyncio.run(first_life())
+
+    async def second_life():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [after]}, store)
+        scraped_in_constructor = after.scrapes
+        await gov.heartbeat("job-a", 0)  # the first call starts the loops
+        entry = gov.jobs["job-a"]
+        await _until(lambda: after.scrapes >= 1)
+        await _until(lambda: len(entry.decisions) >= 2)
+        _stop(gov)
+        return gov, entry, scraped_in_constructor
+
+    gov, entry, scraped_in_constructor = asyncio.run(second_life())
+    assert gov.recovered == ["job-a"] and scraped_in_constructor == 0
+    assert len(entry.decisions) <= after.scrapes - 1  # the first scrape after the restart is a baseline only
+    assert entry.directive.reason is Reason.SLO_VIOLATED and _p99s(entry) == [130.0] * len(entry.decisions)
 
 
 @pytest.fixture(autouse=True)
 def _no_ray_metrics(monkeypatch):
-    """ray.util.metrics needs a running Ray; the loops' logic does not."""
+    """ray.util.metrics needs a running Ray; the loops' logic does not (and must not start one)."""
 
     class Quiet:
         def __init__(self, *a, **k): ...
@@ -146,3 +212,5 @@ def _no_ray_metrics(monkeypatch):
 
     monkeypatch.setattr(metrics, "Gauge", Quiet)
     monkeypatch.setattr(metrics, "Histogram", Quiet)
+    yield
+    assert not ray.is_initialized(), "a unit test started Ray (a job was granted a placement group?)"
