@@ -225,6 +225,7 @@ class _RoundLoop:
         self.rows_at_start = len(truth.ledger)
         self._since = 0
         self._last_poll = 0.0
+        self._last_lease_check = 0.0
         self._slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
         self._spec_dict = spec.model_dump()
 
@@ -290,7 +291,7 @@ class _RoundLoop:
         self.gov.released.remote(self.spec.name, slot)
 
     def _collect(self, refs: dict) -> list[dict]:
-        results = []
+        results, withdrawn = [], set()
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
             for ref in done:
@@ -298,15 +299,39 @@ class _RoundLoop:
                 try:
                     result = ray.get(ref)
                 except (RayActorError, RayTaskError) as exc:
-                    self.crashes += 1
-                    log.warning("worker in slot %s died (%s); its shard goes back to pending", slot, type(exc).__name__)
+                    if slot in withdrawn:
+                        log.warning("slot %s left the lease before its worker returned; its shard goes back to pending", slot)
+                    else:
+                        self.crashes += 1
+                        log.warning("worker in slot %s died (%s); its shard goes back to pending", slot, type(exc).__name__)
                     self._drop(slot)
                     continue
                 results.append(result)
                 if result["stopped"]:  # yielded: hand the slot back now; the round's merge keeps its rows
                     self._yielded(slot)
             self._poll(force=False)
+            withdrawn |= self._withdraw_orphans(set(refs.values()))
         return results
+
+    def _withdraw_orphans(self, waiting: set[int]) -> set[int]:
+        """Stop the workers of slots the governor no longer leases: a group removed under a worker that
+        could not start (its node was lost and the pool shrank) would leave its task pending forever.
+        Their shards go back to pending: only returned rows ever reach the ledger. Checked once a second."""
+        now = time.time()
+        if not waiting or now - self._last_lease_check < 1.0:
+            return set()
+        self._last_lease_check = now
+        try:
+            view = ray.get(self.gov.lease.remote(self.spec.name), timeout=10)
+        except GOVERNOR_DOWN:
+            return set()
+        if view is None:
+            return set()
+        orphans = waiting - set(view["ready"]) - set(view["draining"]) - set(view["parked"])
+        for slot in orphans:
+            if slot in self.actors:
+                ray.kill(self.actors[slot], no_restart=True)
+        return orphans
 
     def _merge(self, results: list[dict]) -> None:
         self.worker_cpu_s += sum(r.get("cpu_s", 0.0) for r in results)

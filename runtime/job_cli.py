@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -179,6 +182,25 @@ def _watch_status(fetch, *, as_json: bool = False, interval_s: float = 1.0, stre
         except Exception as exc:  # keep watching: the governor actor restarts itself
             return None, f"governor unreachable ({type(exc).__name__}: {exc}); retrying"
 
+    with _interruptible():
+        return _watch_loop(snapshot, as_json, interval_s, stream)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C ends a watch even when the shell that started it ignores SIGINT (a background job in a
+    script inherits SIG_IGN, and Python then never raises KeyboardInterrupt); restored afterwards."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _watch_loop(snapshot, as_json: bool, interval_s: float, stream) -> int:
     try:
         if as_json:  # one compact object per refresh: pipeable into jq
             while True:
