@@ -251,7 +251,7 @@ class _RoundLoop:
     def _reconcile(self) -> None:
         """Follow the lease: start workers in new slots, hand back drained ones, drop the rest."""
         try:
-            view = ray.get(self.gov.lease.remote(self.spec.name), timeout=10)
+            view = self._lease_view(raise_down=True)
             if view is None:  # the governor restarted and forgot us: register again
                 self.register()
                 view = {"ready": {}, "draining": [], "parked": []}
@@ -313,6 +313,16 @@ class _RoundLoop:
             withdrawn |= self._withdraw_orphans(set(refs.values()))
         return results
 
+    def _lease_view(self, *, raise_down: bool = False) -> dict | None:
+        """The governor's view of this job's lease; ``None`` if it does not know the job (or, unless
+        ``raise_down``, cannot be reached)."""
+        try:
+            return ray.get(self.gov.lease.remote(self.spec.name), timeout=10)
+        except GOVERNOR_DOWN:
+            if raise_down:
+                raise
+            return None
+
     def _withdraw_orphans(self, waiting: set[int]) -> set[int]:
         """Stop the workers of slots the governor no longer leases: a group removed under a worker that
         could not start (its node was lost and the pool shrank) would leave its task pending forever.
@@ -321,10 +331,7 @@ class _RoundLoop:
         if not waiting or now - self._last_lease_check < 1.0:
             return set()
         self._last_lease_check = now
-        try:
-            view = ray.get(self.gov.lease.remote(self.spec.name), timeout=10)
-        except GOVERNOR_DOWN:
-            return set()
+        view = self._lease_view()
         if view is None:
             return set()
         orphans = waiting - set(view["ready"]) - set(view["draining"]) - set(view["parked"])
