@@ -23,7 +23,9 @@ tools: .tools/prometheus/usr/bin/prometheus
 demo: install
 	$(PY) -m examples.demo
 
+# lint-imports: the subsystem layering of runtime/ (pyproject.toml [tool.importlinter]) fails the build when broken.
 test: install tools
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Every fault test, the slow ones included (CI): each prints a "FAULT <name>: rows_lost=0 ..." line.

@@ -56,7 +56,7 @@ class QuietServing:
 
 
 def job_spec(workdir: Path, data: Path, holdout: Path, workers: int, rep: int, metrics_url: str):
-    from runtime.spec import spec_from_dict
+    from runtime.spec.job import spec_from_dict
 
     name = f"bench-scaling-w{workers}-r{rep}"
     return spec_from_dict({
@@ -86,7 +86,7 @@ def second_half_rate(snaps: list[dict], total: int) -> dict:
 
 
 def run_once(workdir: Path, data: Path, holdout: Path, workers: int, rep: int, metrics_url: str) -> dict:
-    from runtime.job import run_job
+    from runtime.driver.job import run_job
 
     snaps: list[dict] = []
     spec = job_spec(workdir, data, holdout, workers, rep, metrics_url)
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import ray
 
-    from runtime.datagen import write_regression_slices
+    from runtime.training.datagen import write_regression_slices
 
     ray.init(address="local", num_cpus=2, resources={"training_pool": 2}, include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False)

@@ -74,7 +74,7 @@ async def cycle(gov, args, url: str, ticks: int, law: dict) -> dict:
     """Register ``args.jobs`` jobs, run ``ticks`` timed ticks, unregister them all."""
     import psutil
 
-    from runtime.governor import _safe_sample
+    from runtime.control.governor import _safe_sample
 
     for j in range(args.jobs):
         serving = {"kind": "prometheus", "url": url, "histogram": f"svc{j % SOURCES}_latency_seconds",
@@ -136,8 +136,8 @@ async def run(args) -> dict:
     import ray
     from ray.util.placement_group import placement_group_table
 
-    from runtime.governor import Governor
-    from runtime.law import LawConfig
+    from runtime.control.governor import Governor
+    from runtime.control.law import LawConfig
 
     ray.init(address="local", num_cpus=2, resources={"training_pool": args.jobs}, include_dashboard=False,
              log_to_driver=False)

@@ -32,7 +32,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -200,7 +199,7 @@ class _WindowOver(Exception):
 
 
 def governed_spec(ctx: dict, checkpoint_dir: Path):
-    from runtime.spec import load_spec, spec_from_dict
+    from runtime.spec.job import load_spec, spec_from_dict
 
     base = load_spec(SPEC, check_paths=False).model_dump()
     base["name"] = "bench-governed"
@@ -218,10 +217,10 @@ def run_governed(ctx: dict, run_dir: Path, checkpoint_dir: Path, end_s: float) -
     """``run_job`` from now until ``end_s``; the governor's record of it (decisions, pauses, reactions)."""
     import ray
 
-    from runtime.checkpoint import CheckpointStore
-    from runtime.governor import get_or_create_governor
-    from runtime.job import run_job
-    from runtime.summary import reaction_stats
+    from runtime.training.checkpoint import CheckpointStore
+    from runtime.control.governor import get_or_create_governor
+    from runtime.driver.job import run_job
+    from runtime.control.reaction import reaction_stats
 
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a fresh job: no checkpoint to resume from
     spec = governed_spec(ctx, checkpoint_dir)
@@ -328,7 +327,7 @@ def calibrate(load: LoadProcess, endpoints, rate, seconds: float, window_s: floa
     15-s replays), but only the window it falls in. A replay rather than a steady peak rate, because a
     steady rate at the peak builds queues the trace's short peak never does.
     """
-    from runtime.telemetry import PrometheusScrapeSource
+    from runtime.control.telemetry import PrometheusScrapeSource
 
     source = PrometheusScrapeSource(endpoints.metrics_url)
     source.sample()
@@ -347,7 +346,7 @@ def calibrate(load: LoadProcess, endpoints, rate, seconds: float, window_s: floa
 def prepare_data(work: Path, seconds: float) -> dict:
     """Slices for both the governed job and the train loop, enough that neither runs out in a window."""
     from benchmarks.train_loop import measure_rows_per_s
-    from runtime.datagen import write_regression_slices
+    from runtime.training.datagen import write_regression_slices
 
     shutil.rmtree(work / "data", ignore_errors=True)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
@@ -508,7 +507,7 @@ def main(argv=None) -> int:
         load = LoadProcess()
         from examples.loadgen import trace_rate_fn
         from examples.serving import measure_capacity_rps, start_serving, stop_serving
-        from runtime.history import read_history_csv
+        from runtime.windows.history import read_history_csv
 
         log("starting a private Ray cluster (loopback) and the serving app ...")
         ray.init(address="local", num_cpus=4, resources={"training_pool": 1}, include_dashboard=False,

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.history import History, read_history_csv
-from runtime.plan_report import iso_local, plan_records, plot_plan
-from runtime.plan_spec import load_plan_spec
-from runtime.profile import ProfileConfig, fit_weekly_profile, forecast_load, observed_load, zone
-from runtime.profile import Forecast
-from runtime.windows import JobRequest, Plan, PlanConstraints, plan_windows, slot_costs
+from runtime.windows.history import History, read_history_csv
+from runtime.windows.plan_report import iso_local, plan_records, plot_plan
+from runtime.windows.plan import load_plan_spec
+from runtime.windows.profile import ProfileConfig, fit_weekly_profile, forecast_load, observed_load, zone
+from runtime.windows.profile import Forecast
+from runtime.windows.placement import JobRequest, Plan, PlanConstraints, plan_windows, slot_costs
 
 ROOT = Path(__file__).resolve().parents[1]
 TZ = "America/New_York"

@@ -2,8 +2,8 @@
 
 Same model and data path as ``jobs/demo.yaml`` under ``run_job``: the spec's estimator (an
 ``MLPRegressor`` updated with ``partial_fit``) through the same trainer (test-then-train on every
-batch), batches of ``data.batch_rows`` rows read with :class:`runtime.ingest.Dataset` from
-:func:`runtime.datagen.write_regression_slices` slices, one BLAS/OpenMP thread. No governor, no lease,
+batch), batches of ``data.batch_rows`` rows read with :class:`runtime.training.ingest.Dataset` from
+:func:`runtime.training.datagen.write_regression_slices` slices, one BLAS/OpenMP thread. No governor, no lease,
 no checkpoints: it trains at whatever speed the OS gives it, looping over the data as often as needed,
 until ``--seconds`` have passed, the data is exhausted (``--passes``), or it is killed (SIGTERM/SIGINT
 end it cleanly, with a last log line).
@@ -43,7 +43,7 @@ ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_N
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_loop", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True, help="folder of slices (runtime.datagen.write_regression_slices)")
+    p.add_argument("--data", required=True, help="folder of slices (runtime.training.datagen.write_regression_slices)")
     p.add_argument("--seconds", type=float, default=None, help="train this long, then exit (default: until killed)")
     p.add_argument("--log", required=True, help="JSON-lines progress log to write")
     p.add_argument("--spec", default=str(DEFAULT_SPEC), help="job spec whose model, target and batch size to use")
@@ -65,9 +65,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from threadpoolctl import threadpool_limits
 
-    from runtime.ingest import Dataset, to_xy
-    from runtime.spec import load_spec
-    from runtime.trainers import make_trainer
+    from runtime.training.ingest import Dataset, to_xy
+    from runtime.spec.job import load_spec
+    from runtime.training.trainers import make_trainer
 
     threadpool_limits(1)
     spec = load_spec(args.spec, check_paths=False)
@@ -126,9 +126,9 @@ def measure_rows_per_s(data: str, *, seconds: float = 4.0, spec_path: str | Path
     (the best, not the mean: on a shared host a neighbour's burst says nothing about this loop)."""
     from threadpoolctl import threadpool_limits
 
-    from runtime.ingest import Dataset, to_xy
-    from runtime.spec import load_spec
-    from runtime.trainers import make_trainer
+    from runtime.training.ingest import Dataset, to_xy
+    from runtime.spec.job import load_spec
+    from runtime.training.trainers import make_trainer
 
     spec = load_spec(spec_path, check_paths=False)
     dataset = Dataset(data, spec.data.format)

@@ -46,12 +46,12 @@ def main(argv=None) -> int:
 
     from examples.loadgen import OpenLoopLoad, trace_rate_fn
     from examples.serving import measure_capacity_rps, start_serving, stop_serving
-    from runtime.datagen import write_regression_slices
-    from runtime.history import read_history_csv
-    from runtime.job import run_job
-    from runtime.job_cli import StatusLine
+    from runtime.training.datagen import write_regression_slices
+    from runtime.windows.history import read_history_csv
+    from runtime.driver.job import run_job
+    from runtime.cli.jobs import StatusLine
     from runtime.plots import plot_timeline
-    from runtime.spec import load_spec, spec_from_dict
+    from runtime.spec.job import load_spec, spec_from_dict
 
     out = ROOT / args.out
     work = Path(args.workdir)

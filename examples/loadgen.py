@@ -6,7 +6,7 @@ returned, and measures each latency from the request's *intended* send time -- a
 is charged for the whole stall, not just for the requests that happened to be in flight
 (no coordinated omission).
 
->>> from runtime.history import read_history_csv
+>>> from runtime.windows.history import read_history_csv
 >>> rate = trace_rate_fn(read_history_csv("data/nasa-http-1995-07.csv"), seconds_per_day=240, peak_rps=60)  # doctest: +SKIP
 >>> load = OpenLoopLoad("http://127.0.0.1:8000/", rate, duration_s=240)  # doctest: +SKIP
 >>> load.start(); load.join(); load.window_stats(100, 140)  # doctest: +SKIP
@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from runtime.errors import DataError
-from runtime.history import History
+from runtime.windows.history import History
 
 SECONDS_PER_DAY = 86400.0
 

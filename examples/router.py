@@ -16,7 +16,7 @@ predictions); the draws come from one seeded RNG, so a replayed request sequence
 Each model runs in its own one-thread executor and its latency is timed around it, queueing included:
 a slow model shows up in its own numbers and cannot stall the other model's requests.
 
-The rollout controller (:mod:`runtime.rollout`) steers the router through its deployment handle, not
+The rollout controller (:mod:`runtime.release.rollout`) steers the router through its deployment handle, not
 HTTP -- the control surface is reachable only by an authenticated Ray driver::
 
     handle = serve.get_deployment_handle("Router", app_name=APP_NAME)
@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from runtime.loopback import serve_replica_on_loopback
-from runtime.tracking import CHALLENGER, CHAMPION
+from runtime.tracking.tracker import CHALLENGER, CHAMPION
 
 APP_NAME = "headroom-router"
 DEPLOYMENT = "Router"

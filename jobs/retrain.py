@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from runtime.cli import main
+from runtime.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["run", *sys.argv[1:]]))

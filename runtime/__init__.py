@@ -5,10 +5,10 @@
 """
 
 from . import loopback  # noqa: F401  -- first: Ray must not be imported before it (see runtime/loopback.py)
-from .errors import CheckpointError, DataError, GovernorError, HeadroomError, SpecError, TelemetryError, TrackingError
-from .law import Directive, LawConfig, LawState, Level, Reason, decide
-from .sample import Sample
-from .spec import JobSpec, load_spec, spec_from_dict
+from runtime.errors import CheckpointError, DataError, GovernorError, HeadroomError, SpecError, TelemetryError, TrackingError
+from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide
+from runtime.control.sample import Sample
+from runtime.spec.job import JobSpec, load_spec, spec_from_dict
 
 __all__ = [
     "CheckpointError", "DataError", "Directive", "GovernorError", "HeadroomError", "JobSpec", "LawConfig", "LawState",
@@ -20,11 +20,11 @@ __all__ = [
 def __getattr__(name: str):
     # Ray, MLflow and the planner's solver are imported only when asked for, so `import runtime` stays light.
     if name == "run_job":
-        from .job import run_job
+        from runtime.driver.job import run_job
 
         return run_job
     if name == "make_plan":
-        from .plan_spec import make_plan
+        from runtime.windows.plan import make_plan
 
         return make_plan
     raise AttributeError(name)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime.datagen import write_regression_slices
+from runtime.training.datagen import write_regression_slices
 from tests.support import LatencyServer, LoadThread
 
 pytestmark = pytest.mark.e2e

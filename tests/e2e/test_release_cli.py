@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import SGDRegressor
 
-from runtime.registry import PREVIOUS_CHAMPION, alias_version
-from runtime.tracking import CHALLENGER, CHAMPION, Tracker, register_model
+from runtime.release.registry import PREVIOUS_CHAMPION, alias_version
+from runtime.tracking.tracker import CHALLENGER, CHAMPION, Tracker, register_model
 
 pytestmark = pytest.mark.e2e
 

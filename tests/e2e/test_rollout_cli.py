@@ -17,8 +17,8 @@ pytest.importorskip("ray.serve")
 from mlflow import MlflowClient  # noqa: E402
 
 from examples.router import APP_NAME, start_router, stop_router  # noqa: E402
-from runtime.registry import PREVIOUS_CHAMPION, alias_version  # noqa: E402
-from runtime.tracking import CHAMPION  # noqa: E402
+from runtime.release.registry import PREVIOUS_CHAMPION, alias_version  # noqa: E402
+from runtime.tracking.tracker import CHAMPION  # noqa: E402
 from tests.support import free_port  # noqa: E402
 from tests.support.release import N_FEATURES, LabelledTraffic, fit_linear, register_sklearn  # noqa: E402
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from runtime.checkpoint import CheckpointStore
+from runtime.training.checkpoint import CheckpointStore
 from runtime.errors import CheckpointError
 from tests.faults.harness import JobThread, assert_exactly_once, fault_line, make_spec
 from tests.support import ServingProcess

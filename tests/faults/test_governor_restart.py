@@ -11,7 +11,7 @@ import time
 import pytest
 import ray
 
-from runtime.governor import find_governor
+from runtime.control.governor import find_governor
 from tests.faults.harness import JobThread, assert_exactly_once, fault_line, first_snap_after, make_spec
 from tests.support import ServingProcess
 

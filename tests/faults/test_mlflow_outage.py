@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from runtime.errors import TrackingError
-from runtime.tracking import Tracker, register_model
+from runtime.tracking.tracker import Tracker, register_model
 from tests.faults.harness import JobThread, assert_exactly_once, fault_line, make_spec
 from tests.support import ServingProcess
 from tests.support.mlflow_server import MlflowServer

@@ -29,9 +29,9 @@ def _scenario(tmp: str, metrics_url: str, out) -> None:
     from ray.cluster_utils import Cluster
     from ray.util import placement_group_table
 
-    from runtime.datagen import write_regression_slices
-    from runtime.job import run_job
-    from runtime.spec import spec_from_dict
+    from runtime.training.datagen import write_regression_slices
+    from runtime.driver.job import run_job
+    from runtime.spec.job import spec_from_dict
 
     events, cluster = {}, None
     try:

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from runtime.checkpoint import CheckpointStore
+from runtime.training.checkpoint import CheckpointStore
 from tests.conftest import ROOT
 from tests.faults.harness import JobThread, assert_exactly_once, fault_line, first_snap_after, make_spec
 from tests.support import ServingProcess

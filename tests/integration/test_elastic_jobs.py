@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from runtime.spec import spec_from_dict
+from runtime.spec.job import spec_from_dict
 from tests.integration.test_governed_job import JobThread, assert_exactly_once, logged_decisions
 from tests.support import ServingProcess
-from runtime.datagen import write_regression_slices
+from runtime.training.datagen import write_regression_slices
 
 pytestmark = pytest.mark.integration
 
@@ -74,10 +74,10 @@ def test_torch_champion_loads_back_by_alias_and_predicts_like_the_trained_model(
     import mlflow
     import numpy as np
 
-    from runtime.ingest import read_table_file, to_xy
-    from runtime.job import run_job
-    from runtime.trainers import model_from_state
-    from runtime.checkpoint import CheckpointStore
+    from runtime.training.ingest import read_table_file, to_xy
+    from runtime.driver.job import run_job
+    from runtime.training.trainers import model_from_state
+    from runtime.training.checkpoint import CheckpointStore
 
     with ServingProcess(delay_s=0.002, rps=30) as server:
         spec = elastic_spec(tmp_path, "torch", server.metrics_url)

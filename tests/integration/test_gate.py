@@ -7,8 +7,8 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import SGDClassifier, SGDRegressor
 
-from runtime.gate import run_gate
-from runtime.spec import ValidationSpec
+from runtime.governance.gate import run_gate
+from runtime.spec.job import ValidationSpec
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from runtime.datagen import write_regression_slices
-from runtime.job import run_job
+from runtime.training.datagen import write_regression_slices
+from runtime.driver.job import run_job
 from tests.integration.test_governed_job import JobThread, assert_exactly_once, make_spec
 from tests.support import LatencyServer, LoadThread
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from runtime.datagen import write_regression_slices
-from runtime.job import run_job
-from runtime.spec import spec_from_dict
+from runtime.training.datagen import write_regression_slices
+from runtime.driver.job import run_job
+from runtime.spec.job import spec_from_dict
 from tests.support import LatencyServer, LoadThread
 
 pytestmark = pytest.mark.integration

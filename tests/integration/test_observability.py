@@ -41,7 +41,7 @@ ALERTS = ROOT / "examples/alerts.yml"
 DASHBOARD = ROOT / "examples/grafana-dashboard.json"
 HEADROOM = Path(sys.executable).with_name("headroom")
 
-# runtime/governor.py's _Metrics as Ray's metrics agent exports them: every name gets a ``ray_`` prefix.
+# runtime/control/governor.py's _Metrics as Ray's metrics agent exports them: every name gets a ``ray_`` prefix.
 JOB_GAUGES = {"ray_headroom_directive_level", "ray_headroom_slack", "ray_headroom_workers_active",
               "ray_headroom_rows_per_s_allowed", "ray_headroom_serving_p99_ms", "ray_headroom_telemetry_ok"}
 TICK_GAUGE = "ray_headroom_governor_tick_ms"
@@ -231,7 +231,7 @@ def headroom(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
 def watch_json_lines(address: str, job: str, refreshes: int = 2, timeout_s: float = 90) -> tuple[list[dict], int]:
     """``headroom status --watch --json`` until ``refreshes`` objects list ``job``, then Ctrl-C (SIGINT).
     Run through cmd_status itself, so it does not depend on how the flag is spelled on the parser."""
-    code = ("import argparse, faulthandler, signal, sys; from runtime.job_cli import cmd_status; "
+    code = ("import argparse, faulthandler, signal, sys; from runtime.cli.jobs import cmd_status; "
             "faulthandler.register(signal.SIGUSR1); "  # a hang after Ctrl-C shows every thread's stack
             "sys.exit(cmd_status(argparse.Namespace(address=sys.argv[1], json=True, watch=True)))")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from runtime.datagen import write_regression_slices
-from runtime.spec import spec_from_dict
+from runtime.training.datagen import write_regression_slices
+from runtime.spec.job import spec_from_dict
 from tests.integration.test_governed_job import JobThread, assert_exactly_once, logged_decisions
 from tests.support import ServingProcess
 

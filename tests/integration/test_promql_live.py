@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from runtime.sample import Sample
-from runtime.telemetry import PrometheusScrapeSource, PromQLSource
+from runtime.control.sample import Sample
+from runtime.control.telemetry import PrometheusScrapeSource, PromQLSource
 from tests.support import LatencyServer, LoadThread, free_port
 
 pytestmark = pytest.mark.integration

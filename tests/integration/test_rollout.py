@@ -1,7 +1,7 @@
 """Shadow -> stages -> champion, and automatic rollback, on a real Ray Serve router and a real MLflow store.
 
 The router (examples/router.py) runs on the session's Ray cluster with Serve on 127.0.0.1; a client
-thread sends live requests with labelled feedback; the controller (runtime/rollout.py) steers the
+thread sends live requests with labelled feedback; the controller (runtime/release/rollout.py) steers the
 router through its deployment handle and moves aliases in an MLflow SQLite store in tmp_path.
 """
 
@@ -18,10 +18,10 @@ serve = pytest.importorskip("ray.serve")
 from mlflow import MlflowClient  # noqa: E402
 
 from examples.router import start_router, stop_router  # noqa: E402
-from runtime.registry import PREVIOUS_CHAMPION, alias_version  # noqa: E402
-from runtime.rollout import ServeRouter, run_rollout  # noqa: E402
-from runtime.release_spec import ReleaseSpec  # noqa: E402
-from runtime.tracking import CHALLENGER, CHAMPION  # noqa: E402
+from runtime.release.registry import PREVIOUS_CHAMPION, alias_version  # noqa: E402
+from runtime.release.rollout import ServeRouter, run_rollout  # noqa: E402
+from runtime.spec.release import ReleaseSpec  # noqa: E402
+from runtime.tracking.tracker import CHALLENGER, CHAMPION  # noqa: E402
 from tests.support import free_port  # noqa: E402
 from tests.support.release import N_FEATURES, LabelledTraffic, fit_linear, register_sklearn, register_slow  # noqa: E402
 

@@ -14,10 +14,10 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.linear_model import LinearRegression
 
-from runtime.registry import alias_version
-from runtime.rollout import run_rollout
-from runtime.release_spec import ReleaseSpec
-from runtime.tracking import CHALLENGER, CHAMPION, Tracker, register_model
+from runtime.release.registry import alias_version
+from runtime.release.rollout import run_rollout
+from runtime.spec.release import ReleaseSpec
+from runtime.tracking.tracker import CHALLENGER, CHAMPION, Tracker, register_model
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from examples.router import _RouterCore
-from runtime.tracking import CHALLENGER
+from runtime.tracking.tracker import CHALLENGER
 from tests.support.release import N_FEATURES, fit_linear, register_sklearn
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ NAME = "core-model"
 def uri(tmp_path_factory):
     import mlflow
 
-    from runtime.trainers.torch_trainer import TorchTrainer, log_torch_model
+    from runtime.training.trainers.torch_trainer import TorchTrainer, log_torch_model
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('router') / 'mlflow.db'}"
     spec = SimpleNamespace(estimator="examples.torch_models:make_mlp", params={"in_features": N_FEATURES, "hidden": 8},

@@ -13,7 +13,7 @@ import pytest
 import ray
 import yaml
 
-from runtime.scheduler import get_or_create_scheduler
+from runtime.windows.scheduler import get_or_create_scheduler
 from tests.integration.test_governed_job import assert_exactly_once, make_spec
 from tests.support import LatencyServer, LoadThread
 

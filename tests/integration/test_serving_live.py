@@ -14,7 +14,7 @@ serve = pytest.importorskip("ray.serve")
 
 from examples.loadgen import OpenLoopLoad, trace_rate_fn  # noqa: E402
 from examples.serving import ServingEndpoints, start_serving, stop_serving  # noqa: E402
-from runtime.history import read_history_csv  # noqa: E402
+from runtime.windows.history import read_history_csv  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 pytestmark = pytest.mark.integration

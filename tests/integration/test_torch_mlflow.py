@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from runtime.errors import TrackingError
-from runtime.trainers.torch_trainer import TorchTrainer, load_torch_model, log_torch_model
+from runtime.training.trainers.torch_trainer import TorchTrainer, load_torch_model, log_torch_model
 
 pytestmark = pytest.mark.integration
 

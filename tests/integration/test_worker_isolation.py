@@ -8,8 +8,8 @@ import os
 import pytest
 import ray
 
-from runtime.datagen import write_regression_slices
-from runtime.worker import TrainerWorker
+from runtime.training.datagen import write_regression_slices
+from runtime.training.worker import TrainerWorker
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The demo's long-running parts, started the way ``make demo`` starts them, then held until stdin closes.
 
-A private local Ray cluster (``runtime.job.connect``), the Ray Serve app with its latency histogram,
+A private local Ray cluster (``runtime.driver.job.connect``), the Ray Serve app with its latency histogram,
 and the governor (which exports its metrics through Ray's metrics agent). The closed-by-default test
 runs this in a child process and lists the sockets of its process tree.
 
@@ -14,12 +14,12 @@ import sys
 
 
 def main() -> None:
-    from runtime.job import connect  # first, as the demo does: the runtime closes Ray's ports before Ray loads
+    from runtime.driver.job import connect  # first, as the demo does: the runtime closes Ray's ports before Ray loads
 
     import ray
 
     from examples.serving import start_serving, stop_serving
-    from runtime.governor import get_or_create_governor
+    from runtime.control.governor import get_or_create_governor
 
     connect()
     try:

@@ -28,7 +28,7 @@ def fit_linear(rows: int, seed: int, label_noise: float = 0.0) -> LinearRegressi
 
 def register_sklearn(uri: str, name: str, model, *, has_champion: bool) -> int:
     """Register as a governed job does: first version champion, later ones challenger."""
-    from runtime.tracking import Tracker, register_model
+    from runtime.tracking.tracker import Tracker, register_model
 
     tracker = Tracker(uri, "jobs", "job")
     version = register_model(tracker, model, name, beats_champion=True, has_champion=has_champion)["version"]
@@ -41,7 +41,7 @@ def register_slow(uri: str, name: str, inner, workdir: Path, delay_s: float) -> 
     import mlflow
     from mlflow import MlflowClient
 
-    from runtime.tracking import CHALLENGER, PIP_REQUIREMENTS
+    from runtime.tracking.tracker import CHALLENGER, PIP_REQUIREMENTS
 
     inner_dir = workdir / "inner"
     mlflow.sklearn.save_model(inner, str(inner_dir), serialization_format="skops", pip_requirements=PIP_REQUIREMENTS,

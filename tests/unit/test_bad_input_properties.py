@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.errors import DataError
-from runtime.history import History, read_history_csv, read_history_prometheus
-from runtime.sample import Sample
-from runtime.telemetry import PrometheusScrapeSource, PromQLSource
+from runtime.windows.history import History, read_history_csv, read_history_prometheus
+from runtime.control.sample import Sample
+from runtime.control.telemetry import PrometheusScrapeSource, PromQLSource
 
 CASES: collections.Counter = collections.Counter()
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from scipy.stats import norm
 
-from runtime.checklist import (ChecklistOutcome, check_drift, check_freshness, check_harness, check_schema, drift_rows,
+from runtime.governance.checklist import (ChecklistOutcome, check_drift, check_freshness, check_harness, check_schema, drift_rows,
                                ks, psi, type_kind)
-from runtime.governance_spec import ChecklistSpec
+from runtime.spec.governance import ChecklistSpec
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.checkpoint import MAGIC, Checkpoint, CheckpointStore, decode, encode
+from runtime.training.checkpoint import MAGIC, Checkpoint, CheckpointStore, decode, encode
 from runtime.errors import CheckpointError
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from runtime.cli import main
+from runtime.cli.main import main
 from runtime.errors import SpecError
-from runtime.gate import thresholds_for
-from runtime.postmortem import compute_cost, latency_comparison, render_postmortem, write_postmortem
-from runtime.runbook import render_runbook
-from runtime.spec import ValidationSpec, load_spec, spec_from_dict
+from runtime.governance.gate import thresholds_for
+from runtime.governance.postmortem import compute_cost, latency_comparison, render_postmortem, write_postmortem
+from runtime.governance.runbook import render_runbook
+from runtime.spec.job import ValidationSpec, load_spec, spec_from_dict
 from tests.unit.test_spec import valid_raw
 
 

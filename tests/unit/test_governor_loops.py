@@ -15,11 +15,11 @@ import time
 import pytest
 
 import ray
-import runtime.governor as governor_module
-from runtime.governor import STUCK_AFTER_TIMEOUTS, Governor
-from runtime.governor_state import MemoryStateStore
-from runtime.law import LawConfig, Reason
-from runtime.sample import Sample
+import runtime.control.governor as governor_module
+from runtime.control.governor import STUCK_AFTER_TIMEOUTS, Governor
+from runtime.control.governor_state import MemoryStateStore
+from runtime.control.law import LawConfig, Reason
+from runtime.control.sample import Sample
 
 POLL_S = 0.05
 STUCK = "the scrape is stuck"

@@ -10,10 +10,10 @@ import pytest
 from ray.util.placement_group import PlacementGroup
 
 import ray
-from runtime.governor_state import (MemoryStateStore, decode, directive_from, directive_record, encode,
+from runtime.control.governor_state import (MemoryStateStore, decode, directive_from, directive_record, encode,
                                     law_state_from, law_state_record, lease_record, restore_lease)
-from runtime.law import Directive, LawState, Level, Reason
-from runtime.lease import Lease, Slot
+from runtime.control.law import Directive, LawState, Level, Reason
+from runtime.control.lease import Lease, Slot
 
 
 def _pg() -> PlacementGroup:

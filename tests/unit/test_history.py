@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import DataError
-from runtime.history import History, read_history_csv, read_history_prometheus
+from runtime.windows.history import History, read_history_csv, read_history_prometheus
 
 HEADER = "timestamp,requests\n"
 GOOD = "1995-07-01T00:00:00-04:00,42\n1995-07-01T00:01:00-04:00,61\n"

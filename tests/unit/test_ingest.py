@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.datagen import write_regression_slices
+from runtime.training.datagen import write_regression_slices
 from runtime.errors import DataError
-from runtime.ingest import Dataset, RangeSet, TokenBucket, read_table_file, take_batch, to_xy
+from runtime.training.ingest import Dataset, RangeSet, TokenBucket, read_table_file, take_batch, to_xy
 
 # --- RangeSet -----------------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from runtime.isolation import cpus_for_slot, isolate
-from runtime.spec import spec_from_dict
+from runtime.training.isolation import cpus_for_slot, isolate
+from runtime.spec.job import spec_from_dict
 from runtime.errors import SpecError
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.law import Directive, LawConfig, LawState, Level, Reason, decide, slack_of
-from runtime.sample import Sample
+from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide, slack_of
+from runtime.control.sample import Sample
 
 SLO_MS = 100.0
 CFG = LawConfig(slo_p99_ms=SLO_MS, max_workers=3, max_rows_per_s=1000.0, holddown_s=2.0, cooldown_s=3.0)
@@ -89,7 +89,7 @@ def test_one_tick(state, sample, reason, level, workers, rows):
 
 
 def test_every_reason_but_manual_is_in_the_table():
-    # MANUAL_PAUSE and PRIORITY come from the governor and runtime.shares, not from the law
+    # MANUAL_PAUSE and PRIORITY come from the governor and runtime.control.shares, not from the law
     assert {c[3] for c in CASES} == set(Reason) - {Reason.MANUAL_PAUSE, Reason.PRIORITY}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from examples.loadgen import OpenLoopLoad, trace_rate_fn
 from runtime.errors import DataError
-from runtime.history import History, read_history_csv
+from runtime.windows.history import History, read_history_csv
 
 TRACE = Path(__file__).resolve().parents[2] / "data" / "nasa-http-1995-07.csv"
 UTC_MINUS_4_S = -4 * 3600.0

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.checkpoint import CheckpointStore
+from runtime.training.checkpoint import CheckpointStore
 from runtime.errors import CheckpointError, SpecError
-from runtime.spec import spec_from_dict
+from runtime.spec.job import spec_from_dict
 from tests.unit.test_spec import valid_raw
 
 TRAVERSALS = ["../escape", "..", ".", "a/../../escape", "/etc/escape", "..\\escape", "a\\b", ".hidden",

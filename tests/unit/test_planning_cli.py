@@ -1,4 +1,4 @@
-"""``headroom plan`` in-process through ``runtime.cli.main``, the jobs file, and the plan's outputs."""
+"""``headroom plan`` in-process through ``runtime.cli.main.main``, the jobs file, and the plan's outputs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli import main
+from runtime.cli.main import main
 from runtime.errors import SpecError
-from runtime.plan_report import ics_text, plan_records, render_table
-from runtime.history import read_history_csv
-from runtime.plan_spec import load_plan_spec, make_plan
-from runtime.windows import Plan, Reason, Unplaced, Window
+from runtime.windows.plan_report import ics_text, plan_records, render_table
+from runtime.windows.history import read_history_csv
+from runtime.windows.plan import load_plan_spec, make_plan
+from runtime.windows.placement import Plan, Reason, Unplaced, Window
 
 ROOT = Path(__file__).resolve().parents[2]
 NASA = ROOT / "data" / "nasa-http-1995-07.csv"

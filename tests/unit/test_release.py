@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import SpecError
-from runtime.release import (
+from runtime.release.gates import (
     Action, LatencyStats, Observation, Phase, Reason, RolloutState, agreement, allowed_p99_ms, budget_breach,
     decide_release, feedback_metric, latency_stats, prediction_drift, start,
 )
-from runtime.release_spec import ReleaseSpec
-from runtime.spec import spec_from_dict
+from runtime.spec.release import ReleaseSpec
+from runtime.spec.job import spec_from_dict
 
 
 def plan(**overrides) -> ReleaseSpec:

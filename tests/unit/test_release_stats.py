@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.release import Phase
-from runtime.release_stats import labels_by_request, mirrored_pairs, observe, phase_summary, role_stats
-from runtime.rollout_report import write_report
-from runtime.release_spec import ReleaseSpec
+from runtime.release.gates import Phase
+from runtime.release.stats import labels_by_request, mirrored_pairs, observe, phase_summary, role_stats
+from runtime.release.report import write_report
+from runtime.spec.release import ReleaseSpec
 
 
 def rec(seq, served_by, *, champion=None, challenger=None, mirrored=False, t=0.0, rid=None, phase="shadow"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime.law import Directive, LawConfig, LawState, Level, Reason, decide
-from runtime.sample import Sample
-from runtime.shares import Claim, Share, clamp_state, divide, job_directive, pooled_config
+from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide
+from runtime.control.sample import Sample
+from runtime.control.shares import Claim, Share, clamp_state, divide, job_directive, pooled_config
 
 
 def claim(job, priority=0, workers=2, rows=100.0, floor=0.0):

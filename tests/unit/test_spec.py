@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.errors import SpecError
-from runtime.spec import JobSpec, estimator_class, load_spec, spec_from_dict
+from runtime.spec.job import JobSpec, estimator_class, load_spec, spec_from_dict
 
 
 def valid_raw(tmp_path: Path | None = None) -> dict:

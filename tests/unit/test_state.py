@@ -18,7 +18,7 @@ from sklearn.naive_bayes import MultinomialNB
 from sklearn.neural_network import MLPRegressor
 
 from runtime.errors import CheckpointError
-from runtime.trainers.state import dumps, loads
+from runtime.training.trainers.state import dumps, loads
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(64, 4))
@@ -145,7 +145,7 @@ def test_numpy_memmap_cannot_touch_the_filesystem(tmp_path):
 _LOAD_IN_CHILD = """
 import sys
 from runtime.errors import CheckpointError
-from runtime.trainers.state import loads
+from runtime.training.trainers.state import loads
 try:
     loads(sys.stdin.buffer.read())
 except CheckpointError:

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 
-from runtime.job_cli import _watch_status
+from runtime.cli.jobs import _watch_status
 
 
 class Runaway(BaseException):

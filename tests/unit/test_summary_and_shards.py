@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.ingest import RangeSet
-from runtime.law import LawConfig
-from runtime.spec import spec_from_dict
-from runtime.summary import law_config, reaction_stats
+from runtime.training.ingest import RangeSet
+from runtime.control.law import LawConfig
+from runtime.spec.job import spec_from_dict
+from runtime.control.reaction import reaction_stats
+from runtime.driver.summary import law_config
 
-import runtime.job as job  # imports Ray; must not start it
+import runtime.driver.job as job  # imports Ray; must not start it
 
 RAW = {
     "name": "shards-job",
@@ -132,7 +133,7 @@ def test_shards_properties(pending, slots, rows):
 
 # --- scheduler: the planner's windows, handed to the runtime -----------------------------------
 
-from runtime.scheduler import next_window  # noqa: E402
+from runtime.windows.scheduler import next_window  # noqa: E402
 
 _PLAN = [
     {"job": "a", "start": "2030-01-02T02:00:00+00:00", "end": "2030-01-02T04:00:00+00:00"},

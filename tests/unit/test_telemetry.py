@@ -1,4 +1,4 @@
-"""Unit tests for runtime.telemetry: quantile math, and every source against an httpx.MockTransport fake.
+"""Unit tests for runtime.control.telemetry: quantile math, and every source against an httpx.MockTransport fake.
 
 No Ray, no sockets: the fakes below are real httpx transports that answer from in-memory state.
 """
@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtime.errors import TelemetryError
-from runtime.sample import Sample
-from runtime.telemetry import (
+from runtime.control.sample import Sample
+from runtime.control.telemetry import (
     HostCPUSource,
     PrometheusScrapeSource,
     PromQLSource,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from runtime.errors import CheckpointError
-from runtime.trainers import torch_trainer as tt
-from runtime.trainers.torch_trainer import TorchModelWrapper, TorchTrainer, average_states, load_state
+from runtime.training.trainers import torch_trainer as tt
+from runtime.training.trainers.torch_trainer import TorchModelWrapper, TorchTrainer, average_states, load_state
 
 MLP = "examples.torch_models:make_mlp"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from runtime.tracking_buffer import MAX_BATCH, MetricBuffer
+from runtime.tracking.buffer import MAX_BATCH, MetricBuffer
 
 
 class FlakyServer:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from runtime.errors import SpecError
-from runtime.history import History
-from runtime.portfolio import Candidates, components, greedy, solve_portfolio
-from runtime.profile import (Forecast, ProfileConfig, fit_weekly_profile, forecast_load, horizon_end_epoch_s,
+from runtime.windows.history import History
+from runtime.windows.portfolio import Candidates, components, greedy, solve_portfolio
+from runtime.windows.profile import (Forecast, ProfileConfig, fit_weekly_profile, forecast_load, horizon_end_epoch_s,
                              local_calendar,
                              observed_load, robust_high_quantile, utc_offsets_s)
-from runtime.windows import (Blackout, JobRequest, PlanConstraints, PriceSchedule, Reason, estimate_duration_s,
+from runtime.windows.placement import (Blackout, JobRequest, PlanConstraints, PriceSchedule, Reason, estimate_duration_s,
                              expand_runs, plan_windows, pool_usage)
 
 NY = "America/New_York"

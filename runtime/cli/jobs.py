@@ -1,0 +1,259 @@
+"""``headroom run | status | pause | resume``: thin fronts over :mod:`runtime.driver.job` and the governor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from runtime.errors import GovernorError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run one governed retraining job to completion")
+    p.add_argument("spec", help="job spec (YAML)")
+    p.add_argument("--summary-out", help="also write the summary JSON here")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local cluster)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="queue a job for its next planned window (the governor still guards inside it)")
+    p.add_argument("spec", help="job spec (YAML)")
+    p.add_argument("--window", choices=["auto"], required=True, help="auto: the job's next window in --plan")
+    p.add_argument("--plan", required=True, help="plan.json written by headroom plan --out")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else the local one)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="jobs under the governor: level, lease, rows/s, last decision")
+    p.add_argument("--address")
+    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    p.set_defaults(func=cmd_status)
+
+    for verb in ("pause", "resume"):
+        p = sub.add_parser(verb, help=f"{verb} a running job by hand")
+        p.add_argument("job")
+        p.add_argument("--address")
+        p.set_defaults(func=cmd_manual)
+
+
+class StatusLine:
+    """One live line on a terminal; one line every few seconds in a log."""
+
+    def __init__(self, stream=sys.stderr, every_s: float = 3.0):
+        self.stream, self.every_s, self._last = stream, every_s, 0.0
+        self.tty = stream.isatty()
+
+    def __call__(self, snap: dict) -> None:
+        p99 = f"{snap['p99_ms']:.1f}ms" if snap.get("p99_ms") is not None else "n/a"
+        line = (f"[headroom] {snap['job']}: {snap['level']:<8} ({snap['reason']}) p99={p99} "
+                f"workers={snap['active']} rows={snap['rows_consumed']}/{snap['rows_total']} "
+                f"rows/s={snap['rows_per_s_observed']:.0f} pauses={snap['pauses']}")
+        if self.tty:
+            self.stream.write("\r" + line[:160].ljust(160))
+            self.stream.flush()
+        elif time.time() - self._last >= self.every_s:
+            self._last = time.time()
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def cmd_run(args) -> int:
+    from runtime.driver.job import run_job
+    from runtime.spec.job import load_spec
+
+    spec = load_spec(args.spec)
+    line = StatusLine()
+    try:
+        summary = run_job(spec, address=args.address, on_status=line)
+    finally:
+        line.close()
+    text = json.dumps(summary, indent=2)
+    if args.summary_out:
+        Path(args.summary_out).write_text(text)
+    print(text)
+    return 0 if summary["status"] == "completed" else 1
+
+
+def cmd_submit(args) -> int:
+    from datetime import datetime, timezone
+
+    from runtime.windows.scheduler import submit
+    from runtime.spec.job import load_spec
+
+    spec = load_spec(args.spec)
+    _connect(args.address)
+    entry = submit(spec, args.plan)
+    start = datetime.fromtimestamp(entry["start_s"], timezone.utc).isoformat(timespec="seconds")
+    end = datetime.fromtimestamp(entry["end_s"], timezone.utc).isoformat(timespec="seconds")
+    print(f"{spec.name}: queued for its window {start} .. {end} (UTC); the governor guards inside it")
+    return 0
+
+
+def _connect(address):
+    import os
+
+    from runtime.driver.job import connect
+
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = "auto"
+    try:
+        connect(address)
+    except ConnectionError as exc:
+        raise GovernorError(f"no Ray cluster to connect to ({exc})", where=str(address),
+                            fix="start one (ray start --head) or pass --address") from None
+
+
+def _governor(address):
+    import ray
+
+    from runtime.control.governor import find_governor
+
+    _connect(address)
+    gov = find_governor()
+    if gov is None:
+        raise GovernorError("no governor is running on this cluster", where=str(address),
+                            fix="start a job first (headroom run SPEC.yaml)")
+    return ray, gov
+
+
+def cmd_status(args) -> int:
+    """One table of the jobs under the governor; with ``--watch``, refreshed every second until Ctrl-C
+    (``rich.live`` when rich is installed, else a plain reprint). ``--json``: the raw status (under
+    ``--watch``, one compact JSON object per line)."""
+    ray, gov = _governor(args.address)
+    if getattr(args, "watch", False):
+        return _watch_status(lambda: ray.get(gov.status.remote(), timeout=10), as_json=args.json)
+    status = ray.get(gov.status.remote())
+    print(json.dumps(status, indent=2, default=str) if args.json else _status_table(status))
+    return 0
+
+
+# (heading, alignment, width) of the status table; workers = computing / slots leased;
+# share = workers the governor grants the job / slots in the training pool
+STATUS_COLUMNS = (("job", "<", 24), ("prio", ">", 4), ("level", "<", 9), ("workers", ">", 7), ("share", ">", 5),
+                  ("rows/s", ">", 8), ("p99 ms", ">", 8), ("slack", ">", 6), ("pauses", ">", 7), ("last reason", "<", 0))
+
+
+def _status_rows(status: dict) -> list[tuple[str, ...]]:
+    """Each job as display strings. The last reason is the last directive's, plus "(manual)" when
+    paused by hand and the telemetry error behind it, if any."""
+    rows = []
+    for j in status.get("jobs", []):
+        p99, slack = j.get("p99_ms"), j.get("slack")
+        reason = str(j.get("reason", "-")) + (" (manual)" if j.get("manual") else "")
+        if j.get("error"):
+            reason += f": {j['error']}"
+        pool = j.get("pool_slots")
+        rows.append((str(j["job"]), str(j.get("priority", 0)), str(j.get("level", "-")), f"{j.get('active', 0)}/{j.get('lease', 0)}",
+                     f"{j.get('workers', 0)}/{'?' if pool is None else pool}",
+                     f"{j.get('rows_per_s') or 0:.0f}", "-" if p99 is None else f"{p99:.1f}",
+                     "-" if slack is None else f"{slack:+.2f}", str(j.get("pauses", 0)), reason[:100]))
+    return rows
+
+
+def _status_header(status: dict) -> str:
+    return (f"governor: poll {status['poll_interval_s']}s, ticks {status['ticks']}, "
+            f"errors {status['tick_errors']}, last tick {status['last_tick_ms']:.1f} ms")
+
+
+def _status_table(status: dict) -> str:
+    def line(cells) -> str:
+        return " ".join(f"{c:{align}{width}}" for c, (_, align, width) in zip(cells, STATUS_COLUMNS)).rstrip()
+
+    rows = [line(row) for row in _status_rows(status)] or ["(no jobs under the governor)"]
+    return "\n".join([_status_header(status), line(name for name, _, _ in STATUS_COLUMNS), *rows])
+
+
+def _watch_status(fetch, *, as_json: bool = False, interval_s: float = 1.0, stream=None) -> int:
+    """``headroom status --watch``: refresh every ``interval_s`` until Ctrl-C. A failed fetch (the
+    governor restarting, a busy cluster) is shown and retried, not fatal."""
+    stream = stream or sys.stdout
+
+    def snapshot() -> tuple[dict | None, str | None]:
+        try:
+            return fetch(), None
+        except Exception as exc:  # keep watching: the governor actor restarts itself
+            return None, f"governor unreachable ({type(exc).__name__}: {exc}); retrying"
+
+    with _interruptible():
+        return _watch_loop(snapshot, as_json, interval_s, stream)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C ends a watch even when the shell that started it ignores SIGINT (a background job in a
+    script inherits SIG_IGN, and Python then never raises KeyboardInterrupt); restored afterwards."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _watch_loop(snapshot, as_json: bool, interval_s: float, stream) -> int:
+    try:
+        if as_json:  # one compact object per refresh: pipeable into jq
+            while True:
+                status, error = snapshot()
+                print(json.dumps(status if error is None else {"error": error}, default=str), file=stream, flush=True)
+                time.sleep(interval_s)
+        tty = stream.isatty()
+        try:  # rich.live redraws in place on a terminal; a pipe or log gets the plain tables
+            from rich.console import Console
+            from rich.live import Live
+        except ImportError:
+            Live = None
+        if Live is not None and tty:
+            with Live(_rich_status(*snapshot()), console=Console(file=stream), refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval_s)
+                    live.update(_rich_status(*snapshot()))
+        while True:
+            status, error = snapshot()
+            body = f"[{time.strftime('%H:%M:%S')}] " + (error or _status_table(status))
+            # a terminal: home the cursor and clear, then redraw; a pipe or log: one table per refresh
+            stream.write(("\x1b[H\x1b[2J" + body + "\n") if tty else (body + "\n\n"))
+            stream.flush()
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        stream.write("\n")
+        stream.flush()
+        return 0
+
+
+def _rich_status(status: dict | None, error: str | None):
+    """The status as a rich renderable for ``--watch``: the same columns, levels in colour."""
+    from rich.table import Table
+    from rich.text import Text
+
+    stamp = time.strftime("%H:%M:%S")
+    if error:
+        return Text(f"[{stamp}] {error}", style="bold red")
+    table = Table(title=f"[{stamp}] {_status_header(status)}", title_justify="left")
+    for name, align, _ in STATUS_COLUMNS:
+        table.add_column(name, justify="right" if align == ">" else "left", no_wrap=name != "last reason")
+    colour = {"RUN": "green", "THROTTLE": "yellow", "PAUSE": "red"}
+    for row in _status_rows(status):
+        table.add_row(row[0], row[1], Text(row[2], style=colour.get(row[2], "")), *row[3:])
+    return table
+
+
+def cmd_manual(args) -> int:
+    """``headroom pause JOB`` / ``headroom resume JOB``."""
+    ray, gov = _governor(args.address)
+    paused = args.command == "pause"
+    if not ray.get(gov.set_manual_pause.remote(args.job, paused)):
+        raise GovernorError(f"no job named {args.job!r} under the governor", where=f"headroom {args.command}",
+                            fix="see headroom status")
+    print(f"{args.job}: paused (manual)" if paused else f"{args.job}: manual pause lifted; the control law decides again")
+    return 0

@@ -1,0 +1,192 @@
+"""The control law: latency slack in, a directive for a training job out.
+
+A pure function in the style of Heracles (Lo et al., ISCA 2015)::
+
+    slack = (slo_p99_ms - p99_ms) / slo_p99_ms
+
+- no usable telemetry, load above the ceiling, or slack below zero -> PAUSE (checkpoint and release);
+- after a pause, stay paused for ``cooldown_s`` and until slack is ample again (hysteresis);
+- small slack -> THROTTLE: no growth, and multiplicative shrink of rows/s and workers;
+- ample slack held for ``holddown_s`` -> grow additively, one step per hold-down.
+
+No clocks, no I/O: the time is ``sample.time_s``, the memory is the frozen :class:`LawState` the caller
+stores and passes back. Every directive carries a :class:`Reason`.
+
+>>> cfg = LawConfig(slo_p99_ms=50, max_workers=2, max_rows_per_s=1000)
+>>> state, d = decide(LawState(), Sample(time_s=0, p99_ms=10, rps=5), cfg)
+>>> d.level, d.reason
+(<Level.RUN: 'RUN'>, <Reason.RESUME: 'RESUME'>)
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+from runtime.control.sample import Sample
+
+
+class Level(str, enum.Enum):
+    RUN = "RUN"
+    THROTTLE = "THROTTLE"
+    PAUSE = "PAUSE"
+
+
+class Reason(str, enum.Enum):
+    TELEMETRY_MISSING = "TELEMETRY_MISSING"  # source failed or said nothing usable
+    TELEMETRY_STALE = "TELEMETRY_STALE"  # newest observation older than the bound
+    LOAD_CEILING = "LOAD_CEILING"  # serving load above the utilization ceiling
+    SLO_VIOLATED = "SLO_VIOLATED"  # negative slack
+    COOLDOWN = "COOLDOWN"  # paused recently; wait before resuming
+    HYSTERESIS = "HYSTERESIS"  # paused; slack positive but not yet ample
+    SLACK_LOW = "SLACK_LOW"  # small slack: shrink multiplicatively
+    HOLD = "HOLD"  # moderate slack, or ample but not for long enough: keep the level
+    GROW = "GROW"  # ample slack held for the hold-down: grow additively
+    AT_MAX = "AT_MAX"  # ample slack, already at the budget
+    RESUME = "RESUME"  # paused -> running again at the resume level
+    MANUAL_PAUSE = "MANUAL_PAUSE"  # an operator paused the job
+    PRIORITY = "PRIORITY"  # the pooled headroom went to higher-priority jobs (runtime.control.shares)
+
+
+@dataclass(frozen=True)
+class LawConfig:
+    slo_p99_ms: float
+    max_workers: int = 1
+    max_rows_per_s: float = 1000.0
+    min_rows_per_s: float = 0.0  # 0 means: 5 % of the maximum
+    max_utilization: float = 0.85  # Heracles' load ceiling
+    stale_after_s: float = 5.0
+    pause_below_slack: float = 0.0
+    shrink_below_slack: float = 0.10
+    grow_above_slack: float = 0.30
+    shrink_factor: float = 0.5
+    grow_step_fraction: float = 0.25  # additive step, as a fraction of max_rows_per_s
+    resume_fraction: float = 0.25  # rows/s after a resume, as a fraction of max_rows_per_s
+    holddown_s: float = 2.0
+    cooldown_s: float = 3.0
+
+    @property
+    def floor_rows_per_s(self) -> float:
+        return self.min_rows_per_s or 0.05 * self.max_rows_per_s
+
+
+@dataclass(frozen=True)
+class LawState:
+    """What the law remembers between ticks. The initial state is paused with no cool-down."""
+
+    level: Level = Level.PAUSE
+    workers: int = 0
+    rows_per_s: float = 0.0
+    paused_at_s: float | None = None
+    ample_since_s: float | None = None
+    last_grow_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Directive:
+    level: Level
+    workers: int
+    rows_per_s: float
+    reason: Reason
+    slack: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"level": self.level.value, "workers": self.workers, "rows_per_s": self.rows_per_s,
+                "reason": self.reason.value, "slack": self.slack}
+
+
+def slack_of(sample: Sample, cfg: LawConfig) -> float | None:
+    """Latency slack in [-inf, 1]; ``None`` when the sample carries no latency."""
+    if sample.p99_ms is None or math.isnan(sample.p99_ms):
+        return None
+    if math.isinf(sample.p99_ms):  # an unbounded tail is the worst latency there is, not "unknown"
+        return -math.inf if sample.p99_ms > 0 else 1.0
+    return (cfg.slo_p99_ms - sample.p99_ms) / cfg.slo_p99_ms
+
+
+def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, Directive]:
+    """One tick of the law. Stages run in order; the first that decides wins."""
+    now = sample.time_s
+    slack = slack_of(sample, cfg)
+    for stage in (_must_pause, _stay_paused, _shrink, _grow_or_hold):
+        decided = stage(state, sample, slack, cfg, now)
+        if decided is not None:
+            return decided
+    raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
+
+
+def _pause(state: LawState, now: float, reason: Reason, slack: float | None):
+    # Every violation restarts the cool-down: resuming needs cooldown_s without one.
+    new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=now)
+    return new, Directive(Level.PAUSE, 0, 0.0, reason, slack)
+
+
+def _must_pause(state, sample: Sample, slack, cfg: LawConfig, now):
+    util = sample.utilization
+    util_missing = util is None or math.isnan(util)
+    if sample.error is not None or (slack is None and util_missing) or (util is not None and util_missing):
+        return _pause(state, now, Reason.TELEMETRY_MISSING, slack)
+    if not sample.staleness_s <= cfg.stale_after_s:  # NaN (unknown age) counts as stale
+        return _pause(state, now, Reason.TELEMETRY_STALE, slack)
+    if sample.utilization is not None and sample.utilization > cfg.max_utilization:
+        return _pause(state, now, Reason.LOAD_CEILING, slack)
+    if slack is not None and slack < cfg.pause_below_slack:
+        return _pause(state, now, Reason.SLO_VIOLATED, slack)
+    return None
+
+
+def _effective_slack(sample: Sample, slack, cfg: LawConfig) -> float:
+    """The tighter of latency slack and utilization slack (both are 'room left', 1 = idle)."""
+    candidates = [] if slack is None else [slack]
+    if sample.utilization is not None:
+        candidates.append((cfg.max_utilization - sample.utilization) / cfg.max_utilization)
+    return min(candidates)
+
+
+def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
+    if state.level is not Level.PAUSE:
+        return None
+    if state.paused_at_s is not None and now - state.paused_at_s < cfg.cooldown_s:
+        return state, Directive(Level.PAUSE, 0, 0.0, Reason.COOLDOWN, slack)
+    if _effective_slack(sample, slack, cfg) < cfg.grow_above_slack:
+        return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
+    rows = max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)
+    new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now)
+    return new, Directive(new.level, 1, rows, Reason.RESUME, slack)
+
+
+def _shrink(state: LawState, sample, slack, cfg: LawConfig, now):
+    if _effective_slack(sample, slack, cfg) >= cfg.shrink_below_slack:
+        return None
+    rows = max(cfg.floor_rows_per_s, state.rows_per_s * cfg.shrink_factor)
+    workers = max(1, math.floor(state.workers * cfg.shrink_factor)) if state.workers > 1 else 1
+    new = replace(state, level=Level.THROTTLE, workers=workers, rows_per_s=rows, ample_since_s=None)
+    return new, Directive(Level.THROTTLE, workers, rows, Reason.SLACK_LOW, slack)
+
+
+def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
+    eff = _effective_slack(sample, slack, cfg)
+    if eff < cfg.grow_above_slack:
+        new = replace(state, ample_since_s=None)
+        return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)
+    ample_since = state.ample_since_s if state.ample_since_s is not None else now
+    last_change = max(ample_since, state.last_grow_s if state.last_grow_s is not None else ample_since)
+    if now - last_change < cfg.holddown_s:
+        new = replace(state, ample_since_s=ample_since)
+        return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)
+    if state.rows_per_s >= cfg.max_rows_per_s and state.workers >= cfg.max_workers:
+        new = replace(state, ample_since_s=ample_since)
+        return new, Directive(state.level, state.workers, state.rows_per_s, Reason.AT_MAX, slack)
+    # Grow rows/s first; add a worker only once the current workers run at full rate.
+    if state.rows_per_s < cfg.max_rows_per_s:
+        rows, workers = min(cfg.max_rows_per_s, state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s), state.workers
+    else:
+        rows, workers = state.rows_per_s, state.workers + 1
+    new = replace(state, level=_level_for(rows, cfg), workers=workers, rows_per_s=rows,
+                  ample_since_s=ample_since, last_grow_s=now)
+    return new, Directive(new.level, workers, rows, Reason.GROW, slack)
+
+
+def _level_for(rows_per_s: float, cfg: LawConfig) -> Level:
+    return Level.RUN if rows_per_s >= cfg.max_rows_per_s else Level.THROTTLE

@@ -1,0 +1,395 @@
+"""One governed retraining job, start to finish: the driver behind ``jobs.retrain`` and ``headroom run``.
+
+The driver owns the job's truth — the model state, the ledger of consumed rows, the counters — and
+writes it to the checkpoint store after every round. A round hands each ready slot of the lease a
+shard of unconsumed rows; workers return what they consumed and their updated models, which are
+averaged (weighted by rows) and merged into the ledger. The governor decides how many slots exist and
+how fast each worker reads; the driver only follows the lease.
+
+>>> summary = run_job(load_spec("jobs/demo.yaml"))  # doctest: +SKIP
+>>> summary["rows_duplicated"]
+0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import ray
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from runtime.training.checkpoint import Checkpoint, CheckpointStore
+from runtime.errors import DataError, SpecError
+from runtime.governance.job import JobGovernance
+from runtime.control.governor import get_or_create_governor
+from runtime.training.ingest import Dataset, RangeSet
+from runtime.control.lease import POOL_RESOURCE
+from runtime.loopback import is_loopback
+from runtime.spec.job import JobSpec
+from runtime.driver.summary import build_summary, law_config
+from runtime.tracking.tracker import Tracker, load_champion
+from runtime.training.trainers import average_states, state_from_model
+from runtime.training.trainers.sklearn import can_average
+from runtime.training.worker import TrainerWorker
+
+log = logging.getLogger("headroom.job")
+# The governor restarting (or briefly unreachable) is survivable: the driver keeps its truth, the
+# workers pause themselves, and calls are retried on the next loop turn.
+GOVERNOR_DOWN = (RayActorError, ActorUnavailableError, GetTimeoutError)
+StatusFn = Callable[[dict], None]
+
+
+def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, else start a private local one (node address 127.0.0.1)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots},
+                 include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        node_ip = ray.util.get_node_ip_address()
+        if not is_loopback(node_ip):  # Ray was imported before runtime, or the operator chose otherwise
+            log.warning("the local Ray cluster listens on %s, not only on loopback (see runtime/loopback.py)", node_ip)
+
+
+def preflight(spec: JobSpec) -> None:
+    if spec.model.framework == "sklearn" and spec.budget.max_workers > 1 and not can_average(spec.model.estimator):
+        raise SpecError(f"budget.max_workers: {spec.model.estimator} cannot be averaged across workers",
+                        where=spec.name, fix="set budget.max_workers: 1, or use an SGD/MLP estimator")
+
+
+class _Truth:
+    """What the checkpoint holds: model state, ledger, counters, RNG."""
+
+    def __init__(self, state, ledger: RangeSet, counters: dict, rng: np.random.Generator, origin: str):
+        self.state, self.ledger, self.counters, self.rng, self.origin = state, ledger, counters, rng, origin
+
+    def to_checkpoint(self, slices: list, framework: str) -> Checkpoint:
+        return Checkpoint(step=self.counters["steps"], ledger=self.ledger.to_list(), counters=dict(self.counters),
+                          rng=self.rng.bit_generator.state, payload=self.state or b"",
+                          meta={"origin": self.origin, "slices": slices, "framework": framework})
+
+
+def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset) -> _Truth:
+    slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
+    ckpt = store.latest() if spec.model.warm_start in ("auto", "checkpoint") else None
+    if ckpt is not None:
+        old = ckpt.meta.get("slices", [])
+        if slices[:len(old)] != old:
+            raise DataError("the data slices changed under the job's checkpoint (a slice was edited, removed or "
+                            "inserted before the newest one)", where=spec.data.path,
+                            fix="add new data only as new slices that sort after the old ones, or clear the job's checkpoints")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = ckpt.rng
+        return _Truth(ckpt.payload or None, RangeSet.from_list(ckpt.ledger), dict(ckpt.counters), rng,
+                      f"checkpoint:step-{ckpt.step}")
+    counters = {"steps": 0, "rounds": 0, "rows_duplicated": 0, "id_sum": 0, "id_sq": 0}
+    rng = np.random.default_rng(0)
+    if spec.model.warm_start in ("auto", "champion"):
+        champ = load_champion(spec.tracking.uri, spec.name, spec.model.framework)
+        if champ is not None:
+            return _Truth(state_from_model(spec.model, champ[0]), RangeSet(), counters, rng, f"champion:v{champ[1]}")
+    return _Truth(None, RangeSet(), counters, rng, "fresh")
+
+
+def _shards(pending: list, slots: list[int], rows_per_shard: int) -> dict[int, list]:
+    """Disjoint shards of the pending ranges, up to ``rows_per_shard`` rows each, one per slot."""
+    out, queue = {}, list(pending)
+    for slot in slots:
+        shard, want = [], rows_per_shard
+        while queue and want > 0:
+            s, e = queue[0]
+            take = min(want, e - s)
+            shard.append((s, s + take))
+            want -= take
+            queue[0] = (s + take, e)
+            if queue[0][0] >= e:
+                queue.pop(0)
+        if shard:
+            out[slot] = shard
+    return out
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | None = None,
+            artifacts_dir: str | None = None) -> dict:
+    """Run ``spec`` under the governor to completion; returns the summary.
+
+    The summary, the governor's decision log, the progress series and a timeline plot are written to
+    ``artifacts_dir`` (a temporary folder if not given) and logged to the job's MLflow run.
+    """
+    preflight(spec)
+    started = time.time()
+    dataset = Dataset(spec.data.path, spec.data.format)
+    store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
+    truth = _warm_start(spec, store, dataset)
+    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    tracker.log_params(spec.model_dump())
+    tracker.set_tags({"headroom.job": spec.name, "headroom.warm_start": truth.origin})
+    governance = JobGovernance(spec, dataset, truth, tracker, checkpoint_dir=store.dir)
+    checklist = governance.run_checklist()
+    if not checklist.passed:  # stop before any lease is asked for
+        return governance.stop_before_training(checklist, started)
+    connect(address, pool_slots=spec.budget.max_workers)
+    gov = get_or_create_governor(spec.budget.poll_interval_s)
+    register = _registrar(gov, spec)
+    register()
+    loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
+    try:
+        loop.run()
+    except BaseException as exc:
+        record = _release(gov, spec, loop)
+        if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
+            summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, tracker.run_id)
+            governance.finish_failed(summary, exc, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s)
+        tracker.end("FAILED")
+        raise
+    record = _release(gov, spec, loop)
+    result = governance.validate_and_register(truth.state)
+    summary = build_summary(spec, truth, loop, record, result, dataset, started, tracker.run_id)
+    governance.finish(summary, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s, artifacts_dir=artifacts_dir)
+    _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
+    tracker.end("FINISHED")
+    return summary
+
+
+def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
+    """Give the lease back and keep the governor's full record of the job."""
+    try:
+        record = ray.get(gov.unregister.remote(spec.name), timeout=30) or {}
+    except GOVERNOR_DOWN:
+        record = {}
+    loop.stop_actors()
+    if record.get("decisions"):  # the governor's copy also holds the ticks after the last poll; after a
+        # governor restart it starts with the restart, and the driver's copy holds the ones before
+        first_t = record["decisions"][0]["t"]
+        loop.decisions = [d for d in loop.decisions if d["t"] < first_t] + record["decisions"]
+    return record
+
+
+def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: Tracker, artifacts_dir: str | None) -> None:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from runtime.plots import plot_timeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(artifacts_dir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"summary.json": summary, "decisions.json": loop.decisions, "progress.json": loop.progress}
+        for name, obj in files.items():
+            (out / name).write_text(json.dumps(obj, indent=1, default=str))
+        plot_timeline(loop.decisions, loop.progress, out / "timeline.png", slo_p99_ms=spec.serving.slo_p99_ms,
+                      title=f"{spec.name}: governed retraining")
+        for name in (*files, "timeline.png"):
+            tracker.log_file(out / name, "governor" if name != "summary.json" else None)
+
+
+def _registrar(gov, spec: JobSpec):
+    serving = {"kind": spec.serving.telemetry, "url": spec.serving.url, "histogram": spec.serving.histogram,
+               "window_s": spec.serving.window_s,
+               "query": spec.serving.query, "timeout_s": spec.serving.timeout_s,
+               "stale_after_s": spec.serving.stale_after_s, "capacity_rps": spec.serving.capacity_rps}
+    bundle = {"CPU": spec.budget.cpus_per_worker, POOL_RESOURCE: 1}
+    drain_s = spec.budget.governor_silence_s + 5.0
+
+    def register():
+        ray.get(gov.register.remote(spec.name, law_config(spec), serving, bundle, drain_s, spec.budget.poll_interval_s,
+                                    spec.budget.park_s, spec.priority))
+
+    return register
+
+
+class _RoundLoop:
+    """Rounds until every row is consumed; keeps the time series the summary and plots need."""
+
+    def __init__(self, spec, gov, register, truth: _Truth, store, dataset, tracker, on_status):
+        self.spec, self.gov, self.register, self.truth = spec, gov, register, truth
+        self.store, self.dataset, self.tracker, self.on_status = store, dataset, tracker, on_status
+        self.actors: dict[int, object] = {}
+        self._running: list[int] = []
+        self._round_started = 0.0
+        self._loss: float | None = None  # mean test-then-train loss of the last merged round
+        self.decisions: list[dict] = []
+        self.progress: list[dict] = []
+        self.checkpoints = 0
+        self.crashes = 0
+        self.worker_cpu_s = 0.0  # CPU time of the workers' returned rounds (for the post-mortem's cost)
+        self.rows_at_start = len(truth.ledger)
+        self._since = 0
+        self._last_poll = 0.0
+        self._last_lease_check = 0.0
+        self._slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
+        self._spec_dict = spec.model_dump()
+
+    def run(self) -> None:
+        total = self.dataset.total_rows
+        rows_per_shard = self.spec.checkpoint.every_steps * self.spec.data.batch_rows
+        while True:
+            pending = self.truth.ledger.complement(total)
+            if not pending:
+                return
+            self._reconcile()
+            if not self._running:
+                self._poll(force=False)
+                time.sleep(0.05)
+                continue
+            shards = _shards(pending, self._running, rows_per_shard)
+            state_ref = ray.put(self.truth.state)
+            self._round_started = time.time()
+            seed = int(self.truth.rng.integers(2**31))
+            refs = {self.actors[s].train.remote(state_ref, shard, seed + s): s for s, shard in shards.items()}
+            self._merge(self._collect(refs))
+
+    def _reconcile(self) -> None:
+        """Follow the lease: start workers in new slots, hand back drained ones, drop the rest."""
+        try:
+            view = self._lease_view(raise_down=True)
+            if view is None:  # the governor restarted and forgot us: register again
+                self.register()
+                view = {"ready": {}, "draining": [], "parked": []}
+        except GOVERNOR_DOWN as exc:
+            log.warning("governor unavailable (%s); training stays paused until it is back", type(exc).__name__)
+            self._running = []
+            time.sleep(0.5)
+            return
+        for slot in view["draining"]:
+            if slot in self.actors:  # idle between rounds: nothing to stop, just hand the slot back
+                self._yielded(slot)
+        keep = set(view["ready"]) | set(view["parked"])
+        for slot in [s for s in self.actors if s not in keep]:
+            self._drop(slot)
+        for slot, pg in view["ready"].items():
+            if slot not in self.actors:
+                strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+                self.actors[slot] = TrainerWorker.options(
+                    scheduling_strategy=strategy, num_cpus=self.spec.budget.cpus_per_worker,
+                    resources={POOL_RESOURCE: 1}).remote(self.spec.name, slot, self._spec_dict, self.gov,
+                                                         self.spec.budget.governor_silence_s)
+        self._running = sorted(view["ready"])
+
+    def _yielded(self, slot: int) -> None:
+        """The worker in ``slot`` stopped on the governor's word: keep it if the slot is parked or kept."""
+        try:
+            outcome = ray.get(self.gov.released.remote(self.spec.name, slot), timeout=10)
+        except GOVERNOR_DOWN:
+            outcome = "unknown"
+        if outcome not in ("parked", "kept", "running"):
+            self._drop(slot)
+
+    def _drop(self, slot: int) -> None:
+        actor = self.actors.pop(slot, None)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+        self.gov.released.remote(self.spec.name, slot)
+
+    def _collect(self, refs: dict) -> list[dict]:
+        results, withdrawn = [], set()
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
+            for ref in done:
+                slot = refs.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except (RayActorError, RayTaskError) as exc:
+                    if slot in withdrawn:
+                        log.warning("slot %s left the lease before its worker returned; its shard goes back to pending", slot)
+                    else:
+                        self.crashes += 1
+                        log.warning("worker in slot %s died (%s); its shard goes back to pending", slot, type(exc).__name__)
+                    self._drop(slot)
+                    continue
+                results.append(result)
+                if result["stopped"]:  # yielded: hand the slot back now; the round's merge keeps its rows
+                    self._yielded(slot)
+            self._poll(force=False)
+            withdrawn |= self._withdraw_orphans(set(refs.values()))
+        return results
+
+    def _lease_view(self, *, raise_down: bool = False) -> dict | None:
+        """The governor's view of this job's lease; ``None`` if it does not know the job (or, unless
+        ``raise_down``, cannot be reached)."""
+        try:
+            return ray.get(self.gov.lease.remote(self.spec.name), timeout=10)
+        except GOVERNOR_DOWN:
+            if raise_down:
+                raise
+            return None
+
+    def _withdraw_orphans(self, waiting: set[int]) -> set[int]:
+        """Stop the workers of slots the governor no longer leases: a group removed under a worker that
+        could not start (its node was lost and the pool shrank) would leave its task pending forever.
+        Their shards go back to pending: only returned rows ever reach the ledger. Checked once a second."""
+        now = time.time()
+        if not waiting or now - self._last_lease_check < 1.0:
+            return set()
+        self._last_lease_check = now
+        view = self._lease_view()
+        if view is None:
+            return set()
+        orphans = waiting - set(view["ready"]) - set(view["draining"]) - set(view["parked"])
+        for slot in orphans:
+            if slot in self.actors:
+                ray.kill(self.actors[slot], no_restart=True)
+        return orphans
+
+    def _merge(self, results: list[dict]) -> None:
+        self.worker_cpu_s += sum(r.get("cpu_s", 0.0) for r in results)
+        useful = [r for r in results if r["rows"] > 0]
+        if not useful:
+            return
+        t = self.truth
+        for r in useful:
+            for s, e in r["consumed"]:
+                t.counters["rows_duplicated"] += t.ledger.add(s, e)
+            t.counters["id_sum"] += r["id_sum"]
+            t.counters["id_sq"] += r["id_sq"]
+            t.counters["steps"] += r["steps"]
+        t.state = average_states(self.spec.model, [r["state"] for r in useful], [r["rows"] for r in useful])
+        t.counters["rounds"] += 1
+        self.store.save(t.to_checkpoint(self._slices, self.spec.model.framework))
+        self.checkpoints += 1
+        losses = [r["loss"] for r in useful if r["loss"] is not None]
+        self._loss = float(np.mean(losses)) if losses else None
+        self._round_started = time.time()  # the round's rows are in the ledger now, not in flight
+        self._poll(force=True)
+
+    def _poll(self, force: bool) -> None:
+        now = time.time()
+        if not force and now - self._last_poll < 1.0:
+            return
+        self._last_poll = now
+        try:
+            snap = ray.get(self.gov.snapshot.remote(self.spec.name, self._since), timeout=10)
+        except GOVERNOR_DOWN:
+            snap = None
+        if snap is None:
+            return
+        new = snap.pop("decisions")
+        self._since = snap.pop("next_since")
+        self.decisions.extend(new)
+        # Rows reported by workers in the current round only: earlier rounds are in the ledger already.
+        in_flight = sum(p.get("rows", 0) for p in snap["progress"].values() if p.get("t", 0) >= self._round_started)
+        consumed = len(self.truth.ledger) + in_flight
+        prev = self.progress[-1] if self.progress else None
+        rate = (consumed - prev["rows_consumed"]) / max(1e-6, now - prev["t"]) if prev else 0.0
+        point = {"t": now, "rows_consumed": consumed, "rows_per_s": max(0.0, rate), "loss": self._loss}
+        self.progress.append(point)
+        level_num = {"PAUSE": 0, "THROTTLE": 1, "RUN": 2}[snap["level"]]
+        self.tracker.log_metrics({"rows_consumed": consumed, "rows_per_s": point["rows_per_s"], "loss": point["loss"],
+                                  "directive_level": level_num, "serving_p99_ms": snap["p99_ms"],
+                                  "workers_active": snap["active"], "slack": snap["slack"]}, step=len(self.progress))
+        if self.on_status:
+            self.on_status(dict(snap, rows_consumed=consumed, rows_total=self.dataset.total_rows, rows_per_s_observed=point["rows_per_s"]))
+
+    def stop_actors(self) -> None:
+        for slot in list(self.actors):
+            self._drop(slot)
+

@@ -1,0 +1,60 @@
+"""Pure helpers of the job driver: the law's configuration from a spec, and the run summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+
+from runtime.control.law import LawConfig
+from runtime.control.reaction import reaction_stats
+
+
+def law_config(spec) -> dict:
+    """The control law's settings for ``spec``, as a plain dict (it crosses into the governor actor)."""
+    cfg = LawConfig(slo_p99_ms=spec.serving.slo_p99_ms, max_workers=spec.budget.max_workers,
+                    max_rows_per_s=spec.budget.max_rows_per_s, max_utilization=spec.serving.max_utilization,
+                    stale_after_s=spec.serving.stale_after_s, holddown_s=spec.budget.holddown_s,
+                    cooldown_s=spec.budget.cooldown_s)
+    return dataclasses.asdict(cfg)
+
+
+def expected_id_digest(dataset, id_column: str | None) -> tuple[int, int] | None:
+    """Sum and sum of squares of every row id in the data: what exactly-once consumption must reproduce."""
+    if not id_column:
+        return None
+    total, total_sq = 0, 0
+    for sl in dataset.slices:
+        ids = dataset.read(sl.base, sl.base + sl.rows).column(id_column).to_numpy().astype(object)
+        total += int(ids.sum())
+        total_sq += int((ids ** 2).sum())
+    return total, total_sq
+
+
+def build_summary(spec, truth, loop, record: dict, validation: dict, dataset, started_s: float, run_id: str) -> dict:
+    consumed = len(truth.ledger)
+    expected = expected_id_digest(dataset, spec.data.id_column)
+    ids_ok = None
+    if expected is not None and consumed == dataset.total_rows:
+        ids_ok = (truth.counters["id_sum"], truth.counters["id_sq"]) == expected
+    return {
+        "job": spec.name,
+        "status": "completed" if consumed == dataset.total_rows else "incomplete",
+        "mlflow_run_id": run_id,
+        "warm_start": truth.origin,
+        "rows_total": dataset.total_rows,
+        "rows_consumed": consumed,
+        "rows_consumed_this_run": consumed - loop.rows_at_start,
+        "rows_duplicated": truth.counters["rows_duplicated"],
+        "row_ids_verified": ids_ok,
+        "steps": truth.counters["steps"],
+        "pauses": record.get("pauses", 0),
+        "resumes": record.get("resumes", 0),
+        "checkpoints": loop.checkpoints,
+        "worker_crashes": loop.crashes,
+        "reaction": reaction_stats(record.get("reactions_s", [])),
+        "validation": validation,
+        "registered_version": validation.get("version"),
+        "registered_alias": validation.get("alias"),
+        "duration_s": round(time.time() - started_s, 2),
+    }

@@ -1,0 +1,243 @@
+"""The job spec: YAML in, a validated :class:`JobSpec` out, or one :class:`SpecError` line.
+
+>>> spec = load_spec("jobs/demo.yaml")  # doctest: +SKIP
+>>> spec.budget.max_workers
+
+Errors name the file, the field and the fix, e.g.::
+
+    jobs/x.yaml: budget.max_workers: Input should be greater than or equal to 1 (got 0)
+      -- fix: set budget.max_workers to a whole number >= 1
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from runtime.errors import SpecError
+from runtime.spec.governance import ChecklistSpec, Contact, CostSpec
+from runtime.spec.release import ReleaseSpec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    framework: Literal["sklearn", "torch"] = "sklearn"
+    estimator: str = Field(description="sklearn: import path of an estimator class with partial_fit, e.g. "
+                                       "sklearn.linear_model.SGDRegressor; torch: a model factory, e.g. examples.torch_models:make_mlp")
+    params: dict[str, Any] = Field(default_factory=dict)
+    classes: list[Any] | None = Field(default=None, description="all class labels (classifiers: partial_fit needs them up front)")
+    warm_start: Literal["auto", "checkpoint", "champion", "none"] = "auto"
+
+    @field_validator("estimator")
+    @classmethod
+    def _estimator_resolves(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("framework", "sklearn") == "sklearn":
+            estimator_class(value)  # raises ValueError with the fix
+        else:
+            resolve_factory(value)
+        return value
+
+
+class DataSpec(_Section):
+    path: str = Field(description="directory (or pyarrow.fs URI) of Parquet/CSV slices, read in name order")
+    format: Literal["parquet", "csv"] = "parquet"
+    target: str
+    features: list[str] | None = None  # default: every column but target and id_column
+    id_column: str | None = None  # a unique row id, used to prove exactly-once
+    batch_rows: int = Field(default=256, ge=1, le=1_000_000)
+
+
+class ValidationSpec(_Section):
+    holdout: str = Field(description="a Parquet/CSV file with the same columns as the training slices")
+    metric: Literal["r2", "neg_mse", "neg_mae", "accuracy", "f1", "neg_log_loss"] = "r2"
+    min_improvement: float = 0.0  # candidate must beat the champion by at least this much
+    min_score: float | None = None  # and score at least this on the holdout (the metric's own units)
+    min_relative_improvement: float | None = Field(default=None, ge=0, description="and beat the champion by this fraction of its score")
+
+
+class ServingSpec(_Section):
+    telemetry: Literal["prometheus", "promql", "host"] = "prometheus"
+    url: str | None = None  # /metrics endpoint (prometheus) or the Prometheus server (promql)
+    histogram: str = "serving_latency_seconds"
+    window_s: float = Field(default=2.0, ge=0, le=60, description="traffic behind each scraped p99 (prometheus kind)")
+    query: str | None = None
+    slo_p99_ms: float = Field(gt=0)
+    capacity_rps: float | None = Field(default=None, gt=0)
+    max_utilization: float = Field(default=0.85, gt=0, le=1)
+    timeout_s: float = Field(default=1.0, gt=0)
+    stale_after_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _source_complete(self) -> "ServingSpec":
+        if self.telemetry in ("prometheus", "promql") and not self.url:
+            raise ValueError(f"url is required when telemetry is {self.telemetry!r}")
+        if self.telemetry == "promql" and not self.query:
+            raise ValueError("query is required when telemetry is 'promql'")
+        return self
+
+
+class BudgetSpec(_Section):
+    max_workers: int = Field(default=1, ge=1, le=64)
+    max_rows_per_s: float = Field(default=1000.0, gt=0)
+    poll_interval_s: float = Field(default=0.25, gt=0, le=60)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    worker_nice: int = Field(default=10, ge=0, le=19, description="workers lower their CPU priority by this much (second line of defence)")
+    pin_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="host CPU ids kept for training: each worker pins itself "
+                                                                 "to its share of them where the host allows (second line of defence)")
+    governor_silence_s: float = Field(default=3.0, gt=0, description="a worker that cannot hear the governor this long pauses itself")
+    park_s: float = Field(default=30.0, ge=0, description="a paused worker keeps its slot and warm process this long")
+    cooldown_s: float = Field(default=3.0, ge=0)
+    holddown_s: float = Field(default=2.0, ge=0)
+
+
+class CheckpointSpec(_Section):
+    storage: str = ".headroom/checkpoints"  # local path or pyarrow.fs URI
+    every_steps: int = Field(default=20, ge=1)
+    keep: int = Field(default=3, ge=1)
+
+
+class TrackingSpec(_Section):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "headroom"
+
+
+class JobSpec(_Section):
+    name: str
+    priority: int = Field(default=0, ge=0, le=1000, description="jobs beside the same serving cluster share its headroom: "
+                                                                 "higher priority gets workers first, equal priorities share")
+    model: ModelSpec
+    data: DataSpec
+    validation: ValidationSpec
+    serving: ServingSpec
+    budget: BudgetSpec = BudgetSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    checklist: ChecklistSpec = ChecklistSpec()
+    cost: CostSpec = CostSpec()
+    owner: str | None = None
+    contacts: list[Contact] = Field(default_factory=list)
+    release: ReleaseSpec = ReleaseSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not NAME_RE.fullmatch(value):  # fullmatch: "$" alone would accept a trailing newline
+            raise ValueError("must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        return value
+
+
+def estimator_class(path: str) -> type:
+    """Import ``package.module.Class`` and check it can learn incrementally."""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{path!r} is not an import path like sklearn.linear_model.SGDRegressor")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        raise ValueError(f"cannot import estimator {path!r}: check the spelling of the module and class") from None
+    if not callable(getattr(cls, "partial_fit", None)):
+        raise ValueError(f"{path!r} has no partial_fit, so it cannot be updated incrementally "
+                         "(use e.g. SGDRegressor, SGDClassifier, MLPRegressor, MultinomialNB)")
+    return cls
+
+
+def resolve_factory(path: str) -> Callable[..., Any]:
+    """Import a torch model factory ``package.module:make_model`` (or the dotted form); ``ValueError``
+    names the path. Plain importlib: the spec checks it without importing torch."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"model.estimator: {path!r} is not an import path like examples.torch_models:make_mlp")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"model.estimator: cannot import model factory {path!r} ({exc})") from None
+    if not callable(obj):
+        raise ValueError(f"model.estimator: {path!r} is not callable; name a function that returns a torch.nn.Module")
+    return obj
+
+
+_FIXES = {
+    "missing": "add the field",
+    "extra_forbidden": "remove it or check its spelling",
+    "literal_error": "use one of the listed values",
+    "value_error": "see the spec reference in README.md",
+    "greater_than_equal": "raise the value",
+    "greater_than": "raise the value",
+    "less_than_equal": "lower the value",
+}
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-after")) or "(top level)"
+
+
+def spec_from_dict(raw: Any, *, source: str = "<spec>") -> JobSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"expected a mapping of sections, got {type(raw).__name__}", where=source,
+                        fix="write YAML with top-level keys name, model, data, validation, serving")
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _field_path(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r:.60})"
+        fix = _FIXES.get(err["type"], "see the spec reference in README.md")
+        more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+        raise SpecError(f"{field}: {message}{got}{more}", where=source, fix=fix) from None
+    if spec.model.framework == "sklearn" and spec.model.classes is None and _is_classifier(spec.model.estimator):
+        raise SpecError("model.classes: a classifier needs every class label up front for partial_fit",
+                        where=source, fix="add model.classes, e.g. [0, 1]")
+    return spec
+
+
+def _is_classifier(path: str) -> bool:
+    from sklearn.base import is_classifier
+
+    try:
+        return bool(is_classifier(estimator_class(path)()))
+    except Exception:  # an estimator that cannot be built without arguments: let the trainer decide
+        return False
+
+
+def load_spec(path: str | Path, *, check_paths: bool = True) -> JobSpec:
+    """Read and validate a YAML job spec. Relative paths resolve against the current directory
+    (the uploaded working directory under ``ray job submit``)."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise SpecError("spec file not found", where=where, fix="pass the path of a YAML job spec")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise SpecError(f"not valid YAML ({getattr(exc, 'problem', exc)})", where=at, fix="check indentation and quoting") from None
+    spec = spec_from_dict(raw, source=where)
+    if check_paths:
+        check_data_paths(spec, source=where)
+    return spec
+
+
+def check_data_paths(spec: JobSpec, *, source: str) -> None:
+    """Local data paths must exist before a job asks for a lease (URIs are checked when read)."""
+    if "://" not in spec.data.path and not Path(spec.data.path).is_dir():
+        raise SpecError(f"data.path: directory {spec.data.path!r} not found", where=source,
+                        fix="point data.path at a directory of Parquet/CSV slices")
+    if "://" not in spec.validation.holdout and not Path(spec.validation.holdout).is_file():
+        raise SpecError(f"validation.holdout: file {spec.validation.holdout!r} not found", where=source,
+                        fix="point validation.holdout at a Parquet/CSV file")

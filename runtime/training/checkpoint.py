@@ -1,0 +1,147 @@
+"""Atomic, checksummed checkpoints on a local path or any ``pyarrow.fs`` URI.
+
+One file per checkpoint: ``MAGIC | header length | header JSON | payload | sha256 of all before``.
+The header holds the step, the ledger of consumed rows, counters and RNG state; the payload is the
+model state (the trainer's bytes). Writing goes to a temporary name, is flushed and fsynced, then
+renamed into place, so a crash at any instant leaves either the old set of checkpoints or the new one;
+a torn or corrupt file fails its checksum and :meth:`CheckpointStore.latest` skips it.
+
+>>> store = CheckpointStore("/tmp/ckpts", "my-job")  # doctest: +SKIP
+>>> store.save(Checkpoint(step=10, ledger=[[0, 2560]], counters={}, rng={}, payload=b"..."))
+>>> store.latest().step
+10
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from runtime.errors import CheckpointError
+from runtime.training.ingest import resolve_fs
+
+MAGIC = b"HRCK1\n"
+_LEN = struct.Struct(">Q")
+_DIGEST_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    ledger: list  # consumed row positions as [[start, end), ...]
+    counters: dict[str, Any]
+    rng: dict[str, Any]
+    payload: bytes  # model (and optimizer) state, as the trainer serialized it
+    meta: dict[str, Any] = field(default_factory=dict)  # origin (warm start), framework, ...
+
+
+def encode(ckpt: Checkpoint) -> bytes:
+    header = json.dumps({"step": ckpt.step, "ledger": ckpt.ledger, "counters": ckpt.counters,
+                         "rng": ckpt.rng, "meta": ckpt.meta}, sort_keys=True).encode()
+    body = MAGIC + _LEN.pack(len(header)) + header + ckpt.payload
+    return body + hashlib.sha256(body).digest()
+
+
+def decode(blob: bytes, *, where: str = "checkpoint") -> Checkpoint:
+    """Parse and verify; raises :class:`CheckpointError` for a torn, truncated or altered file."""
+    if len(blob) < len(MAGIC) + _LEN.size + _DIGEST_BYTES or not blob.startswith(MAGIC):
+        raise CheckpointError("not a checkpoint (bad magic or truncated)", where=where)
+    body, digest = blob[:-_DIGEST_BYTES], blob[-_DIGEST_BYTES:]
+    if hashlib.sha256(body).digest() != digest:
+        raise CheckpointError("checksum mismatch (torn or altered file)", where=where)
+    (hlen,) = _LEN.unpack_from(body, len(MAGIC))
+    start = len(MAGIC) + _LEN.size
+    header = json.loads(body[start:start + hlen])
+    return Checkpoint(step=header["step"], ledger=header["ledger"], counters=header["counters"],
+                      rng=header["rng"], payload=body[start + hlen:], meta=header.get("meta", {}))
+
+
+class CheckpointStore:
+    """The checkpoints of one job under ``<storage>/<job>/``, newest first by step."""
+
+    def __init__(self, storage: str, job: str, *, keep: int = 3):
+        if not job or "/" in job or job in (".", "..") or "\\" in job:
+            raise CheckpointError(f"job name {job!r} cannot be used as a folder", where="checkpoint",
+                                  fix="use letters, digits, '_', '.' or '-'")
+        self.fs, root = resolve_fs(storage)
+        self.dir = f"{root.rstrip('/')}/{job}"
+        self.keep = keep
+        self.skipped: list[str] = []  # corrupt files met by latest(), for the summary
+        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+        try:
+            self.fs.create_dir(self.dir, recursive=True)
+        except OSError as exc:
+            raise CheckpointError(f"cannot create checkpoint folder ({exc})", where=self.dir,
+                                  fix="check checkpoint.storage exists and is writable") from None
+
+    def _names(self) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
+        return sorted((i.path for i in infos if i.base_name.startswith("ckpt-") and i.base_name.endswith(".hrc")),
+                      reverse=True)
+
+    def save(self, ckpt: Checkpoint) -> str:
+        """Write atomically and prune to the newest ``keep``; returns the final path."""
+        final = f"{self.dir}/ckpt-{ckpt.step:012d}-{uuid.uuid4().hex[:8]}.hrc"
+        tmp = f"{self.dir}/.tmp-{uuid.uuid4().hex}"
+        blob = encode(ckpt)
+        try:
+            if self._local:
+                _write_local_durably(tmp, final, blob)
+            else:  # object stores: a PUT is atomic, the move is a server-side copy
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(blob)
+                self.fs.move(tmp, final)
+        except OSError as exc:
+            _remove_quietly(self.fs, tmp)
+            raise CheckpointError(f"cannot write checkpoint ({exc})", where=self.dir,
+                                  fix="free space or fix permissions on checkpoint.storage; the previous checkpoint is intact") from None
+        # Never prune the file just written, whatever names sort above it (e.g. corrupt higher steps).
+        for old in [n for n in self._names() if n != final][self.keep - 1:]:
+            _remove_quietly(self.fs, old)
+        return final
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies, or ``None`` when there is none."""
+        for name in self._names():
+            try:
+                with self.fs.open_input_file(name) as fh:
+                    return decode(fh.read(), where=name)
+            except (CheckpointError, OSError, ValueError, KeyError):
+                if name not in self.skipped:
+                    self.skipped.append(name)
+        return None
+
+    def clear(self) -> None:
+        for name in self._names():
+            _remove_quietly(self.fs, name)
+
+
+def _write_local_durably(tmp: str, final: str, blob: bytes) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    dir_fd = os.open(os.path.dirname(final), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except OSError:
+        pass
