@@ -35,8 +35,10 @@ test-faults: install tools
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
+# `make benchmark` is the quick interference run (~5 min); BENCH_ARGS="--reps 3" gives the full one.
+BENCH_ARGS ?= --quick
 benchmark: install
-	$(PY) -m benchmarks.interference --quick
+	$(PY) -m benchmarks.interference $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .headroom demo-out bench-out mlflow.db mlartifacts

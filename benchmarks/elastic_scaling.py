@@ -100,10 +100,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import ray
 
+    from runtime.loopback import start_private_cluster
     from runtime.training.datagen import write_regression_slices
 
-    ray.init(address="local", num_cpus=2, resources={"training_pool": 2}, include_dashboard=False,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+    start_private_cluster(num_cpus=2, resources={"training_pool": 2})
     serving = QuietServing()
     results = []
     try:

@@ -37,7 +37,6 @@ import threading
 import time
 from pathlib import Path
 
-import runtime  # noqa: F401  -- first: a loopback-only local Ray (runtime/loopback.py)
 
 SOURCES = 5
 TARGET_MS = 50.0
@@ -139,8 +138,9 @@ async def run(args) -> dict:
     from runtime.control.governor import Governor
     from runtime.control.law import LawConfig
 
-    ray.init(address="local", num_cpus=2, resources={"training_pool": args.jobs}, include_dashboard=False,
-             log_to_driver=False)
+    from runtime.loopback import start_private_cluster
+
+    start_private_cluster(num_cpus=2, resources={"training_pool": args.jobs})
     stop = threading.Event()
     url = start_metrics_server(stop)
     gov = Governor.__ray_metadata__.modified_class(0.25)  # the actor's class, driven in-process

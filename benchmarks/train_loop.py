@@ -202,8 +202,9 @@ def release_limit(static: dict) -> None:
 class TrainProcess:
     """This loop as a process under one policy, started ahead (imports excluded), told when to start over stdin.
 
-    ``policy``: ``unmanaged`` (plain), ``nice`` (``nice -n 19``), ``static`` (the confinement
-    :func:`static_limit` returned), ``cron`` (plain; the caller picks the start time and ``seconds``).
+    ``policy``: ``unmanaged`` (plain), ``nice`` (``nice -n 19``), ``idle`` (Linux's ``SCHED_IDLE`` class,
+    as the governed job's workers run by default), ``static`` (the confinement :func:`static_limit`
+    returned), ``cron`` (plain; the caller picks the start time and ``seconds``).
     """
 
     def __init__(self, policy: str, data_dir: Path, log: Path, seconds: float, static: dict | None = None):
@@ -212,6 +213,8 @@ class TrainProcess:
         preexec = None
         if policy == "nice":
             cmd = ["nice", "-n", "19", *cmd]
+        elif policy == "idle":
+            preexec = lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # noqa: E731
         elif policy == "static":
             cmd = [*static["prefix"], *cmd]
             if static["kind"].startswith("cgroup"):

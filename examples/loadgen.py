@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing as mp
 import threading
 import time
 from collections.abc import Callable
@@ -94,6 +95,18 @@ def trace_rate_fn(
     scale = seconds_per_day / SECONDS_PER_DAY
     return TraceRate(t_s=offset_s * scale, rate_rps=counts / peak * peak_rps,
                      duration_s=span_s * scale, peak_rps=float(peak_rps))
+
+
+def repeat_days(day: TraceRate, days: int) -> TraceRate:
+    """``day`` replayed ``days`` times back to back: the same hours come round again, so a phase of a
+    later day can be compared with the same hours of the first.
+
+    >>> r = repeat_days(TraceRate(np.array([0.0, 9.9]), np.array([1.0, 2.0]), 10.0, 2.0), 3)
+    >>> r.duration_s, r(10.0), r(29.9)
+    (30.0, 1.0, 2.0)
+    """
+    return TraceRate(t_s=np.concatenate([day.t_s + k * day.duration_s for k in range(days)]),
+                     rate_rps=np.tile(day.rate_rps, days), duration_s=days * day.duration_s, peak_rps=day.peak_rps)
 
 
 class OpenLoopLoad:
@@ -252,3 +265,74 @@ class OpenLoopLoad:
         """``(epoch_s of the intended send, latency_s or None)`` per request: ``plot_timeline``'s ``client_latency``."""
         base_s = self.start_epoch_s or 0.0
         return [(base_s + t, lat if ok else None) for t, lat, ok in self.records]
+
+
+def sleep_until(epoch_s: float, slice_s: float = 0.2) -> None:
+    while (delay_s := epoch_s - time.time()) > 0:
+        time.sleep(min(delay_s, slice_s))
+
+
+def _loadgen_server(conn) -> None:
+    """Child process: one OpenLoopLoad per request, so the driver's work never shares its GIL.
+
+    A request is ``(url, rate, duration_s, seed, start_at_s, warmup_s)``. With ``warmup_s``, steady
+    traffic at the replay's opening rate runs for that long before ``start_at_s`` (not recorded). A
+    ``"stop"`` while a load runs ends it early; either way the records go back.
+    """
+    conn.send("ready")
+    while (msg := conn.recv()) is not None:
+        url, rate, duration_s, seed, start_at_s, warmup_s = msg
+        warm = None
+        if warmup_s > 0:
+            r0 = max(rate(0.0), 1.0)
+            warm = OpenLoopLoad(url, TraceRate(np.array([0.0, warmup_s]), np.array([r0, r0]), warmup_s, r0),
+                                duration_s=warmup_s + 1.0, seed=seed + 10_000)
+            sleep_until(start_at_s - warmup_s, 0.02)
+            warm.start()
+        load = OpenLoopLoad(url, rate, duration_s=duration_s, seed=seed)
+        sleep_until(start_at_s, 0.02)
+        if warm is not None:
+            warm.stop()
+        load.start()
+        while load.is_alive():
+            if conn.poll(0.1) and conn.recv() == "stop":
+                load.stop()
+        load.join()
+        if warm is not None:
+            warm.join()
+        conn.send({"start_epoch_s": load.start_epoch_s, "records": load.records, "stats": load.window_stats(),
+                   "error": repr(load.error) if load.error else None})
+
+
+class LoadProcess:
+    """An :class:`OpenLoopLoad` in a process of its own: the caller's CPU work (a job driver, an MLflow
+    evaluation) never shares a GIL with the load, so the latencies it records are the service's.
+
+    >>> load = LoadProcess()  # doctest: +SKIP
+    >>> load.begin(url, rate, duration_s=60, seed=0, start_at_s=time.time() + 1); ...; load.stop()
+    >>> load.result(timeout_s=30)["records"]  # [(intended_t_s, latency_s or None, ok), ...]
+    """
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_loadgen_server, args=(child,), daemon=True, name="headroom-loadgen")
+        self.proc.start()
+        if not self.conn.poll(60) or self.conn.recv() != "ready":
+            raise RuntimeError("the load generator process did not start")
+
+    def begin(self, url: str, rate, duration_s: float, seed: int, start_at_s: float, warmup_s: float = 0.0) -> None:
+        self.conn.send((url, rate, duration_s, seed, start_at_s, warmup_s))
+
+    def stop(self) -> None:
+        """End the running load now (its records still come back through :meth:`result`)."""
+        self.conn.send("stop")
+
+    def result(self, timeout_s: float) -> dict:
+        if not self.conn.poll(timeout_s):
+            raise RuntimeError("the load generator did not report back")
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(10)

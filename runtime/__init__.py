@@ -4,7 +4,6 @@
 >>> summary = run_job(load_spec("jobs/demo.yaml"))
 """
 
-from . import loopback  # noqa: F401  -- first: Ray must not be imported before it (see runtime/loopback.py)
 from runtime.errors import CheckpointError, DataError, GovernorError, HeadroomError, SpecError, TelemetryError, TrackingError
 from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide
 from runtime.control.sample import Sample

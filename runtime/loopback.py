@@ -1,4 +1,4 @@
-"""Closed by default: a private local Ray cluster listens on 127.0.0.1 only.
+"""Closed by default: a private local Ray cluster listens on 127.0.0.1 only and asks for a token.
 
 Ray 2.60 turns ``--node-ip-address 127.0.0.1`` (and ``ray.init(_node_ip_address="127.0.0.1")``) back
 into the host's routable address (``services.resolve_ip_for_localhost``), and its GCS, raylets, core
@@ -7,12 +7,14 @@ single-node mode, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (the default on Window
 node address 127.0.0.1 and every one of those servers bind to loopback; it also refuses
 ``ray start --address`` (joining other nodes), which a private cluster never does.
 
-Ray reads the variable once, when it is first imported, so this module must run before anything
-imports Ray: ``runtime/__init__.py`` imports it first. It is set only when no ``RAY_ADDRESS`` is given
-(a driver that joins an existing cluster, e.g. under ``ray job submit``, is left alone, and joining
-does not depend on it), and never overrides a value the operator set. The same goes for token
-authentication: a private cluster gets ``RAY_AUTH_MODE=token`` and a fresh random token, which its
-own processes inherit.
+:func:`start_private_cluster` is where that happens, and nothing else here touches the environment:
+importing :mod:`runtime` changes nothing. It gives the new cluster's processes (which inherit this
+process's environment) single-node mode, token authentication with a fresh random token, Ray Serve
+latency buckets fine enough for a p99 (:data:`SERVE_LATENCY_BUCKETS_MS`) and a metrics export every
+0.5 s (Ray's default is 10 s, which would leave the ingress signal 10 s old). Ray reads the first two
+when it is first imported, so a caller that imported Ray already would otherwise get a cluster whose
+processes want a token its driver never sends: the function also refreshes Ray's cached settings in
+this process. Values the operator set are kept.
 
 One listener is left that no setting reaches: every Serve replica binds its inter-deployment gRPC
 server to ``[::]:0`` (hard-coded in ``ray/serve/_private/replica.py``). A deployment of the embedded
@@ -20,9 +22,9 @@ default calls :func:`serve_replica_on_loopback` in its constructor, which runs b
 starts, so on a loopback node the port binds to the node's address (127.0.0.1) too, which is where
 callers dial a replica: nothing else changes.
 
->>> import runtime  # doctest: +SKIP
->>> os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # doctest: +SKIP
-'0'
+>>> start_private_cluster(num_cpus=4, resources={"training_pool": 1})  # doctest: +SKIP
+>>> os.environ["RAY_AUTH_MODE"]  # doctest: +SKIP
+'token'
 """
 
 from __future__ import annotations
@@ -32,18 +34,55 @@ import os
 import secrets
 
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+SERVE_BUCKETS_ENV = "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS"
+# Serve's default latency buckets jump 100 -> 200 -> 500 ms; a p99 interpolated inside one is a guess.
+SERVE_LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150, 200, 250, 300,
+                            400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
+METRICS_REPORT_INTERVAL_MS = 500  # Ray refreshes its metrics endpoint every ~1 s at this setting (no faster)
 
 
-def close_by_default(environ: dict | None = None) -> None:
-    """Ask Ray for a loopback-only local cluster with token authentication (a token of this process's
-    own) unless a cluster address or an explicit choice is set."""
+def private_cluster_env(environ: dict | None = None) -> dict[str, str]:
+    """The variables a private cluster's processes need that ``environ`` (default: this process's) does
+    not set already: single-node mode, token authentication and its token, fine Serve latency buckets."""
     env = os.environ if environ is None else environ
-    # RAY_RAYLET_PID: this is a Ray worker process, whose cluster already exists with its own settings.
-    if not env.get("RAY_ADDRESS") and not env.get("RAY_RAYLET_PID"):
-        env.setdefault(SINGLE_NODE_ENV, "0")
-        if "RAY_AUTH_MODE" not in env:  # every Ray server then asks callers for the token
-            env["RAY_AUTH_MODE"] = "token"
-            env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    out = {}
+    if SINGLE_NODE_ENV not in env:
+        out[SINGLE_NODE_ENV] = "0"
+    if "RAY_AUTH_MODE" not in env:  # every Ray server then asks callers for the token
+        out["RAY_AUTH_MODE"] = "token"
+        if "RAY_AUTH_TOKEN" not in env:
+            out["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    if SERVE_BUCKETS_ENV not in env:
+        out[SERVE_BUCKETS_ENV] = ",".join(f"{b:g}" for b in SERVE_LATENCY_BUCKETS_MS)
+    return out
+
+
+def start_private_cluster(*, num_cpus: int, resources: dict | None = None, metrics_export_port: int | None = None,
+                          **init_kwargs) -> dict:
+    """Start a local Ray cluster on loopback with token authentication; returns ``ray.init``'s context.
+
+    The variables of :func:`private_cluster_env` go into this process's environment, which the
+    cluster's processes inherit (and so does a ``ray`` CLI this process runs later).
+    """
+    os.environ.update(private_cluster_env())
+    import ray
+
+    _refresh_ray_settings()
+    system_config = dict(init_kwargs.pop("_system_config", None) or {})
+    system_config.setdefault("metrics_report_interval_ms", METRICS_REPORT_INTERVAL_MS)
+    return ray.init(address="local", num_cpus=num_cpus, resources=resources or {}, include_dashboard=False,
+                    _node_ip_address="127.0.0.1", log_to_driver=False, _system_config=system_config,
+                    _metrics_export_port=metrics_export_port, **init_kwargs)
+
+
+def _refresh_ray_settings() -> None:
+    """Make this process see the environment as it is now, even if it imported Ray before it was set."""
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ.get(SINGLE_NODE_ENV, "1").lower() in ("1", "true")
+    Config.initialize("")  # Ray's cached config holds the auth mode it read at import
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def serve_replica_on_loopback() -> bool:
@@ -87,5 +126,3 @@ def is_loopback(ip: str) -> bool:
     mapped = getattr(addr, "ipv4_mapped", None)
     return addr.is_loopback or bool(mapped and mapped.is_loopback)
 
-
-close_by_default()

@@ -49,7 +49,8 @@ class StatusLine:
 
     def __call__(self, snap: dict) -> None:
         p99 = f"{snap['p99_ms']:.1f}ms" if snap.get("p99_ms") is not None else "n/a"
-        line = (f"[headroom] {snap['job']}: {snap['level']:<8} ({snap['reason']}) p99={p99} "
+        queue = f" in_flight={snap['in_flight']:g}" if snap.get("in_flight") is not None else ""
+        line = (f"[headroom] {snap['job']}: {snap['level']:<8} ({snap['reason']}) p99={p99}{queue} "
                 f"workers={snap['active']} rows={snap['rows_consumed']}/{snap['rows_total']} "
                 f"rows/s={snap['rows_per_s_observed']:.0f} pauses={snap['pauses']}")
         if self.tty:

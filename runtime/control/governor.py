@@ -13,8 +13,9 @@ A thin shell around pure parts, on one asyncio event loop:
   and parks expiring), saving state, metrics. It waits for no scrape and no query, so its time is the
   governor's own work: deciding and applying for 50 jobs is a few milliseconds.
 
-Workers ask for their directive on every step (:meth:`Governor.heartbeat`); the job driver asks which
-slots of the lease are ready (:meth:`Governor.lease`). Nothing may stop the loops: a failed decision
+Workers keep their directive fresh with a long poll (:meth:`Governor.heartbeat`: answered at once
+when the job's directive changes); the job driver asks which slots of the lease are ready
+(:meth:`Governor.lease`). Nothing may stop the loops: a failed decision
 or tick is counted and logged, and the next one runs. After every change the tick saves each job's
 record (lease, directive, law state, manual pause, counters) to Ray's GCS key-value store, and a
 restarted governor starts from those records (runtime/control/governor_state.py).
@@ -27,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ray
 
@@ -49,6 +51,8 @@ HEAD_RESOURCE = "node:__internal_head__"  # Ray puts this resource on the head n
 # A scrape in flight longer than this many of its source's ``timeout_s`` is stuck: httpx's timeout
 # bounds each phase (connect, read), and a PromQL source makes two requests (latency, utilization).
 STUCK_AFTER_TIMEOUTS = 4
+PHASES = ("training", "finishing")
+LONG_POLL_MAX_S = 1.0  # the longest a worker's heartbeat waits for a change before it is answered anyway
 log = logging.getLogger("headroom.governor")
 
 
@@ -56,7 +60,7 @@ log = logging.getLogger("headroom.governor")
 class JobEntry:
     job: str
     law: LawConfig
-    source_key: tuple
+    source_key: str  # the telemetry source's config as canonical JSON (jobs with the same one share it)
     lease: Lease
     priority: int = 0
     directive: Directive = field(default_factory=lambda: Directive(Level.PAUSE, 0, 0.0, Reason.TELEMETRY_MISSING))
@@ -68,8 +72,12 @@ class JobEntry:
     resumes: int = 0
     started: bool = False
     manual: bool = False
+    phase: str = "training"  # finishing: no slots, only "is there headroom" for the driver's own work
     sample: Sample | None = None
     progress: dict = field(default_factory=dict)  # slot -> latest heartbeat payload
+    version: int = 0  # bumped whenever what a worker would be told changes (the workers' long polls wake)
+    answer_sig: tuple | None = None
+    changed: asyncio.Event | None = None  # set, then replaced, at each bump
 
 
 @dataclass
@@ -95,14 +103,14 @@ class Governor:
     def __init__(self, poll_interval_s: float = 0.25, state_store: StateStore | None = None):
         self.poll_interval_s = poll_interval_s
         self.jobs: dict[str, JobEntry] = {}
-        self.sources: dict[tuple, object] = {}
-        self.laws: dict[tuple, LawState] = {}  # the pooled law's memory, one per telemetry source
+        self.sources: dict[str, object] = {}
+        self.laws: dict[str, LawState] = {}  # the pooled law's memory, one per telemetry source
         self.pool_slots: int | None = None  # training_pool slots in the cluster (None: unknown)
         self.ticks = 0
         self.tick_errors = 0
         self.last_tick_ms = 0.0
         self._loop_task: asyncio.Task | None = None
-        self._scrapers: dict[tuple, _Scraper] = {}  # one per telemetry source
+        self._scrapers: dict[str, _Scraper] = {}  # one per telemetry source
         self._pool_reader = ThreadPoolExecutor(1, thread_name_prefix="pool-slots")
         self._pool_read: Future | None = None  # the pool-size query in flight
         self._decide_ms = 0.0  # time spent deciding since the last tick (part of that tick's work)
@@ -114,16 +122,20 @@ class Governor:
 
     # ---- registration -------------------------------------------------------------------------
     async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
-                       poll_interval_s: float | None = None, park_s: float = 30.0, priority: int = 0) -> dict:
+                       poll_interval_s: float | None = None, park_s: float = 30.0, priority: int = 0,
+                       phase: str = "training") -> dict:
         """Add a job (idempotent: a driver that restarts re-registers and keeps its entry). Higher
-        ``priority`` gets workers first when the pooled headroom is short."""
+        ``priority`` gets workers first when the pooled headroom is short; ``phase`` as in :meth:`set_phase`."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; use one of {PHASES}")
         if poll_interval_s:
             self.poll_interval_s = min(self.poll_interval_s, poll_interval_s) if self.jobs else poll_interval_s
         if job not in self.jobs:
-            key = tuple(sorted(serving.items()))
+            key = source_key(serving)
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
-            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s), priority)
+            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s), priority,
+                                      phase=phase)
         self._ensure_loop()  # and a scraper for a new source
         self._persist()
         return {"job": job, "poll_interval_s": self.poll_interval_s}
@@ -134,9 +146,12 @@ class Governor:
         if entry is None:
             return {}
         entry.lease.release_all()
+        if entry.changed is not None:  # waiting heartbeats answer now: the job is gone
+            entry.changed.set()
         self._metrics.forget(job)
         if not any(e.source_key == entry.source_key for e in self.jobs.values()):
-            self.sources.pop(entry.source_key, None)
+            source = self.sources.pop(entry.source_key, None)
+            getattr(source, "close", lambda: None)()  # a probe's thread, an HTTP client
             self.laws.pop(entry.source_key, None)
             scraper = self._scrapers.pop(entry.source_key, None)
             if scraper is not None:
@@ -145,18 +160,45 @@ class Governor:
         return self._record(entry)
 
     # ---- calls from workers and drivers ---------------------------------------------------------
-    async def heartbeat(self, job: str, slot: int, progress: dict | None = None) -> dict:
+    async def heartbeat(self, job: str, slot: int, progress: dict | None = None, known: int | None = None,
+                        wait_s: float = 0.0) -> dict:
+        """A worker's directive. A long poll: when ``known`` is the job's current ``version`` the answer
+        waits up to ``wait_s`` (at most ``LONG_POLL_MAX_S``) for a change, so a pause reaches a worker at once while a
+        steady directive costs one call per ``wait_s`` (runtime/training/directive.py)."""
         self._ensure_loop()  # a restarted governor ticks again at the first call it gets
         entry = self.jobs.get(job)
-        if entry is None:
-            return {"action": "stop", "rows_per_s": 0.0, "why": "unknown job"}
-        if progress is not None:
+        if entry is not None and progress is not None:
             entry.progress[slot] = dict(progress, t=time.time())
+        if entry is not None and wait_s > 0 and known == entry.version:
+            if entry.changed is None:
+                entry.changed = asyncio.Event()
+            try:
+                await asyncio.wait_for(entry.changed.wait(), timeout=min(wait_s, LONG_POLL_MAX_S))
+            except asyncio.TimeoutError:
+                pass
+            entry = self.jobs.get(job)
+        return self._answer(entry, slot)
+
+    def _answer(self, entry: "JobEntry | None", slot: int) -> dict:
+        if entry is None:
+            return {"action": "stop", "rows_per_s": 0.0, "why": "unknown job", "version": None}
         d = entry.directive
         if d.level is Level.PAUSE or not entry.lease.should_run(slot):
-            return {"action": "stop", "rows_per_s": 0.0, "why": d.reason.value}
+            return {"action": "stop", "rows_per_s": 0.0, "why": d.reason.value, "version": entry.version}
         running = max(1, len(entry.lease.view()["ready"]))
-        return {"action": "run", "rows_per_s": d.rows_per_s / running, "level": d.level.value}
+        return {"action": "run", "rows_per_s": d.rows_per_s / running, "level": d.level.value, "version": entry.version}
+
+    def _notify(self, entry: JobEntry) -> None:
+        """Wake the job's waiting heartbeats if what a worker would be told changed."""
+        d, lease = entry.directive, entry.lease
+        sig = (d.level, round(d.rows_per_s, 3), tuple(sorted(i for i in lease.slots if lease.should_run(i))))
+        if sig == entry.answer_sig:
+            return
+        entry.answer_sig = sig
+        entry.version += 1
+        if entry.changed is not None:
+            entry.changed.set()
+            entry.changed = None
 
     async def lease(self, job: str) -> dict | None:
         """The job's lease as ``{"ready": {slot: PlacementGroup}, "draining": [...], "parked": [...]}``."""
@@ -169,20 +211,50 @@ class Governor:
         entry = self.jobs.get(job)
         if entry is None:
             return "unknown"
-        outcome = entry.lease.release(slot, time.time(), park=entry.directive.level is Level.PAUSE)
+        outcome = entry.lease.release(slot, time.time(), park=entry.directive.level is Level.PAUSE and entry.phase == "training")
         entry.progress.pop(slot, None)
         self._note_release(entry, time.time())
+        self._notify(entry)
         self._persist()
         return outcome
 
+    async def set_phase(self, job: str, phase: str) -> bool:
+        """``training``: the job's workers get slots. ``finishing`` (validation, registration, the
+        post-mortem): no slots, and the directive only says whether serving has headroom for the
+        driver's own work, which the driver holds while it is PAUSE. False if the job is unknown."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; use one of {PHASES}")
+        entry = self.jobs.get(job)
+        if entry is None:
+            return False
+        entry.phase = phase
+        if phase != "training":
+            entry.lease.resize(0, time.time())
+        self._notify(entry)
+        self._persist()
+        return True
+
     async def set_manual_pause(self, job: str, paused: bool) -> bool:
-        """An operator's pause (or its end: the control law decides again). False if the job is unknown."""
+        """An operator's pause, in force at once (its end: the control law decides again at the next
+        sample). False if the job is unknown."""
         entry = self.jobs.get(job)
         if entry is None:
             return False
         entry.manual = paused
+        if paused and entry.directive.level is not Level.PAUSE:
+            now = time.time()
+            sample = replace(entry.sample, time_s=now) if entry.sample else Sample.failed(now, "no sample yet")
+            self._apply(entry, Directive(Level.PAUSE, 0, 0.0, Reason.MANUAL_PAUSE, entry.directive.slack), sample)
         self._persist()
         return True
+
+    async def directive(self, job: str) -> dict | None:
+        """The job's directive now (level, reason, phase), or ``None`` if the job is unknown."""
+        entry = self.jobs.get(job)
+        if entry is None:
+            return None
+        d = entry.directive
+        return {"level": d.level.value, "reason": d.reason.value, "phase": entry.phase}
 
     async def snapshot(self, job: str, since: int = 0) -> dict | None:
         """The job's state, plus its decisions from index ``since`` on (for the driver's MLflow log)."""
@@ -212,7 +284,7 @@ class Governor:
             if scraper.task is None or scraper.task.done():
                 scraper.task = loop.create_task(self._scrape_loop(key, scraper))
 
-    async def _scrape_loop(self, key: tuple, scraper: _Scraper) -> None:
+    async def _scrape_loop(self, key: str, scraper: _Scraper) -> None:
         """Sample one source every poll interval, in the scraper's own thread, and decide for its jobs
         as soon as the sample lands."""
         source, loop = self.sources.get(key), asyncio.get_running_loop()
@@ -226,13 +298,13 @@ class Governor:
                 self._landed(key, sample)
             await asyncio.sleep(max(0.0, self.poll_interval_s - took_s))
 
-    def _landed(self, key: tuple, sample: Sample) -> None:
+    def _landed(self, key: str, sample: Sample) -> None:
         """A scrape of ``key`` came back: decide now; the time it takes counts in the next tick's."""
         deciding = time.perf_counter()
         self._on_sample(key, sample)
         self._decide_ms += (time.perf_counter() - deciding) * 1000
 
-    def _on_sample(self, key: tuple, sample: Sample) -> None:
+    def _on_sample(self, key: str, sample: Sample) -> None:
         try:
             members = [e for e in self.jobs.values() if e.source_key == key]  # in registration order
             if members:
@@ -276,10 +348,11 @@ class Governor:
             entry.lease.poll_ready()
             entry.lease.expire(now)
             self._note_release(entry, now)
+            self._notify(entry)
 
-    def _decide_pooled(self, key: tuple, members: list[JobEntry], sample: Sample) -> None:
+    def _decide_pooled(self, key: str, members: list[JobEntry], sample: Sample) -> None:
         """One law decision for the serving cluster behind ``key``, divided among its jobs by priority."""
-        governed = [e for e in members if not e.manual]
+        governed = [e for e in members if not e.manual and e.phase == "training"]
         cfg = pooled_config([e.law for e in governed or members], self.pool_slots)
         self.laws[key], pooled = decide(clamp_state(self.laws.get(key, LawState()), cfg), sample, cfg)
         shares = divide(min(pooled.workers, cfg.max_workers), pooled.rows_per_s,
@@ -288,6 +361,8 @@ class Governor:
         for entry in members:
             if entry.manual:
                 d = Directive(Level.PAUSE, 0, 0.0, Reason.MANUAL_PAUSE, pooled.slack)
+            elif entry.phase != "training":  # no workers to share: only whether serving has room for the driver's work
+                d = pooled if pooled.level is Level.PAUSE else Directive(Level.RUN, 0, 0.0, pooled.reason, pooled.slack)
             else:
                 d = job_directive(pooled, shares[entry.job], entry.law, entry.directive.level)
             self._apply(entry, d, sample)
@@ -302,11 +377,13 @@ class Governor:
         if d.reason is Reason.RESUME:
             entry.resumes += int(entry.started)
             entry.started = True
-        entry.lease.resize(min(d.workers, entry.law.max_workers), now)
+        entry.lease.resize(min(d.workers, entry.law.max_workers) if entry.phase == "training" else 0, now)
         entry.lease.poll_ready()
         self._note_release(entry, now)
+        self._notify(entry)
         entry.decisions.append(dict(d.as_dict(), t=sample.time_s, job=entry.job, p99_ms=sample.p99_ms, rps=sample.rps,
                                     utilization=sample.utilization, error=sample.error, lease=len(entry.lease),
+                                    in_flight=sample.in_flight, phase=entry.phase,
                                     active=entry.lease.active_count(), priority=entry.priority))
         if len(entry.decisions) == entry.decisions.maxlen:
             entry.decisions_base += 1
@@ -325,6 +402,7 @@ class Governor:
                 "rows_per_s": d.rows_per_s, "slack": d.slack, "lease": len(entry.lease),
                 "active": entry.lease.active_count(), "p99_ms": s.p99_ms if s else None,
                 "rps": s.rps if s else None, "error": s.error if s else None, "manual": entry.manual,
+                "phase": entry.phase, "in_flight": s.in_flight if s else None,
                 "pauses": entry.pauses, "resumes": entry.resumes, "reactions_s": list(entry.reactions_s),
                 "progress": dict(entry.progress)}
 
@@ -359,7 +437,7 @@ class Governor:
             log.warning("governor restarted: recovered %s", ", ".join(self.recovered))
 
     def _restore_entry(self, name: str, r: dict) -> JobEntry:
-        key = tuple(sorted(r["serving"].items()))
+        key = source_key(r["serving"])
         if key not in self.sources:
             self.sources[key] = build_source(**r["serving"])
         lease = restore_lease(r["lease"], Lease(name, r["bundle"], r["drain_timeout_s"], r["park_s"]))
@@ -367,17 +445,18 @@ class Governor:
         return JobEntry(name, LawConfig(**r["law"]), key, lease, priority=r.get("priority", 0),
                         directive=directive_from(r["directive"]),
                         reactions_s=list(r["reactions_s"]), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
-                        resumes=r["resumes"], started=r["started"], manual=r["manual"])
+                        resumes=r["resumes"], started=r["started"], manual=r["manual"], phase=r.get("phase", "training"))
 
 
 def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
     """What a restarted governor needs to carry on with ``entry`` (plain JSON); ``pooled`` is the law
     state of the job's serving cluster, shared with the other jobs that watch it."""
     lease = entry.lease
-    return {"law": vars(entry.law), "serving": dict(entry.source_key), "bundle": lease.bundle,
+    return {"law": vars(entry.law), "serving": json.loads(entry.source_key), "bundle": lease.bundle,
             "drain_timeout_s": lease.drain_timeout_s, "park_s": lease.park_s, "lease": lease_record(lease),
             "priority": entry.priority, "state": law_state_record(pooled), "directive": directive_record(entry.directive),
-            "manual": entry.manual, "pauses": entry.pauses, "resumes": entry.resumes, "started": entry.started,
+            "manual": entry.manual, "phase": entry.phase, "pauses": entry.pauses, "resumes": entry.resumes,
+            "started": entry.started,
             "pause_started_s": entry.pause_started_s, "reactions_s": list(entry.reactions_s)}
 
 
@@ -426,6 +505,11 @@ class _Metrics:
 
     def reaction(self, job: str, seconds: float) -> None:
         self.reaction_s.observe(seconds, {"job": job})
+
+
+def source_key(serving: dict) -> str:
+    """One telemetry source per distinct config: its canonical JSON (labels are a dict, so not a tuple)."""
+    return json.dumps(serving, sort_keys=True)
 
 
 def _safe_sample(source) -> Sample:

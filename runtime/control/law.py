@@ -4,8 +4,17 @@ A pure function in the style of Heracles (Lo et al., ISCA 2015)::
 
     slack = (slo_p99_ms - p99_ms) / slo_p99_ms
 
-- no usable telemetry, load above the ceiling, or slack below zero -> PAUSE (checkpoint and release);
+beside two leading signals, each a slack of its own in the same units ("room left", 1 = idle): load
+against the serving side's capacity, and the queue (requests in flight at the ingress) against
+``queue_limit``. A queue builds the moment the replicas fall behind, before a p99 window shows the
+damage, so it acts first. The law works on the tightest of the three.
+
+- no usable telemetry, load above the ceiling, a queue past its limit, or slack below zero -> PAUSE
+  (checkpoint and release); a source that read fine and saw no request at all is idle: full slack;
 - after a pause, stay paused for ``cooldown_s`` and until slack is ample again (hysteresis);
+- a pause because training hurt serving (SLO or queue) remembers the load it happened at: for
+  ``load_memory_s`` that load, less a margin, is a ceiling like ``max_utilization``, so the job
+  neither resumes into the same peak nor runs into the next one (a learned Heracles load limit);
 - small slack -> THROTTLE: no growth, and multiplicative shrink of rows/s and workers;
 - ample slack held for ``holddown_s`` -> grow additively, one step per hold-down.
 
@@ -37,8 +46,10 @@ class Reason(str, enum.Enum):
     TELEMETRY_MISSING = "TELEMETRY_MISSING"  # source failed or said nothing usable
     TELEMETRY_STALE = "TELEMETRY_STALE"  # newest observation older than the bound
     LOAD_CEILING = "LOAD_CEILING"  # serving load above the utilization ceiling
+    QUEUE_LIMIT = "QUEUE_LIMIT"  # requests in flight at the ingress past queue_limit
     SLO_VIOLATED = "SLO_VIOLATED"  # negative slack
     COOLDOWN = "COOLDOWN"  # paused recently; wait before resuming
+    LOAD_MEMORY = "LOAD_MEMORY"  # paused; the load is still near where training last hurt serving
     HYSTERESIS = "HYSTERESIS"  # paused; slack positive but not yet ample
     SLACK_LOW = "SLACK_LOW"  # small slack: shrink multiplicatively
     HOLD = "HOLD"  # moderate slack, or ample but not for long enough: keep the level
@@ -56,6 +67,7 @@ class LawConfig:
     max_rows_per_s: float = 1000.0
     min_rows_per_s: float = 0.0  # 0 means: 5 % of the maximum
     max_utilization: float = 0.85  # Heracles' load ceiling
+    queue_limit: float | None = None  # requests in flight at the ingress that leave no room (None: not watched)
     stale_after_s: float = 5.0
     pause_below_slack: float = 0.0
     shrink_below_slack: float = 0.10
@@ -65,10 +77,19 @@ class LawConfig:
     resume_fraction: float = 0.25  # rows/s after a resume, as a fraction of max_rows_per_s
     holddown_s: float = 2.0
     cooldown_s: float = 3.0
+    load_memory_s: float = 600.0  # how long the load at which training hurt serving stays a ceiling (0: never)
+    load_margin: float = 0.9  # that ceiling is this fraction of the remembered load
+    resume_load_fraction: float = 0.9  # after a pause, resume only below this fraction of the load ceiling
 
     @property
     def floor_rows_per_s(self) -> float:
         return self.min_rows_per_s or 0.05 * self.max_rows_per_s
+
+    def ceiling(self, state: "LawState", now: float) -> float:
+        """The utilization ceiling now: ``max_utilization``, or lower while a hurt load is remembered."""
+        if state.hurt_utilization is None or state.hurt_at_s is None or now - state.hurt_at_s >= self.load_memory_s:
+            return self.max_utilization
+        return min(self.max_utilization, self.load_margin * state.hurt_utilization)
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,8 @@ class LawState:
     paused_at_s: float | None = None
     ample_since_s: float | None = None
     last_grow_s: float | None = None
+    hurt_utilization: float | None = None  # the load at the last pause caused by training hurting serving
+    hurt_at_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +120,9 @@ class Directive:
 
 
 def slack_of(sample: Sample, cfg: LawConfig) -> float | None:
-    """Latency slack in [-inf, 1]; ``None`` when the sample carries no latency."""
+    """Latency slack in [-inf, 1]; ``None`` when the sample carries no latency (1 when it saw no request)."""
+    if sample.idle:
+        return 1.0
     if sample.p99_ms is None or math.isnan(sample.p99_ms):
         return None
     if math.isinf(sample.p99_ms):  # an unbounded tail is the worst latency there is, not "unknown"
@@ -116,9 +141,18 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
 
 
-def _pause(state: LawState, now: float, reason: Reason, slack: float | None):
-    # Every violation restarts the cool-down: resuming needs cooldown_s without one.
-    new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=now)
+def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sample: Sample | None = None):
+    # Every violation restarts the cool-down: resuming needs cooldown_s without one. Telemetry that
+    # goes missing while the job is already out says nothing about interference: no new cool-down.
+    paused_at = now
+    if state.level is Level.PAUSE and reason in (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE):
+        paused_at = state.paused_at_s
+    hurt_util, hurt_at = state.hurt_utilization, state.hurt_at_s
+    if (reason in (Reason.SLO_VIOLATED, Reason.QUEUE_LIMIT) and state.level is not Level.PAUSE
+            and sample is not None and sample.utilization is not None):
+        hurt_util, hurt_at = sample.utilization, now  # training hurt serving at this load: remember it
+    new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=paused_at, hurt_utilization=hurt_util,
+                   hurt_at_s=hurt_at)
     return new, Directive(Level.PAUSE, 0, 0.0, reason, slack)
 
 
@@ -129,18 +163,34 @@ def _must_pause(state, sample: Sample, slack, cfg: LawConfig, now):
         return _pause(state, now, Reason.TELEMETRY_MISSING, slack)
     if not sample.staleness_s <= cfg.stale_after_s:  # NaN (unknown age) counts as stale
         return _pause(state, now, Reason.TELEMETRY_STALE, slack)
-    if sample.utilization is not None and sample.utilization > cfg.max_utilization:
+    if sample.utilization is not None and sample.utilization > cfg.ceiling(state, now):
+        if state.level is Level.PAUSE and sample.utilization <= cfg.max_utilization:
+            return _pause(state, now, Reason.LOAD_MEMORY, slack)
         return _pause(state, now, Reason.LOAD_CEILING, slack)
+    queue = queue_slack(sample, cfg)
+    if queue is not None and queue < cfg.pause_below_slack:
+        return _pause(state, now, Reason.QUEUE_LIMIT, slack, sample)
     if slack is not None and slack < cfg.pause_below_slack:
-        return _pause(state, now, Reason.SLO_VIOLATED, slack)
+        return _pause(state, now, Reason.SLO_VIOLATED, slack, sample)
     return None
 
 
-def _effective_slack(sample: Sample, slack, cfg: LawConfig) -> float:
-    """The tighter of latency slack and utilization slack (both are 'room left', 1 = idle)."""
+def queue_slack(sample: Sample, cfg: LawConfig) -> float | None:
+    """Room left in the ingress queue, ``(queue_limit - in_flight) / queue_limit``; ``None`` if not watched."""
+    if cfg.queue_limit is None or sample.in_flight is None or math.isnan(sample.in_flight):
+        return None
+    return (cfg.queue_limit - sample.in_flight) / cfg.queue_limit
+
+
+def _effective_slack(sample: Sample, slack, cfg: LawConfig, state: LawState | None = None) -> float:
+    """The tightest of latency, utilization and queue slack (each is 'room left', 1 = idle)."""
     candidates = [] if slack is None else [slack]
     if sample.utilization is not None:
-        candidates.append((cfg.max_utilization - sample.utilization) / cfg.max_utilization)
+        ceiling = cfg.max_utilization if state is None else cfg.ceiling(state, sample.time_s)
+        candidates.append((ceiling - sample.utilization) / ceiling)
+    queue = queue_slack(sample, cfg)
+    if queue is not None:
+        candidates.append(queue)
     return min(candidates)
 
 
@@ -149,15 +199,21 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
         return None
     if state.paused_at_s is not None and now - state.paused_at_s < cfg.cooldown_s:
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.COOLDOWN, slack)
-    if _effective_slack(sample, slack, cfg) < cfg.grow_above_slack:
+    # Resume needs ample latency and queue slack, and a load a margin below the ceiling (a band of its
+    # own: the latency band would keep the job out until the load fell to 70 % of its ceiling).
+    room = [s for s in (slack, queue_slack(sample, cfg)) if s is not None]
+    util = sample.utilization
+    if (room and min(room) < cfg.grow_above_slack) or (
+            util is not None and util > cfg.resume_load_fraction * cfg.ceiling(state, now)):
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
     rows = max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)
-    new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now)
+    new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now,
+                   hurt_utilization=state.hurt_utilization, hurt_at_s=state.hurt_at_s)
     return new, Directive(new.level, 1, rows, Reason.RESUME, slack)
 
 
 def _shrink(state: LawState, sample, slack, cfg: LawConfig, now):
-    if _effective_slack(sample, slack, cfg) >= cfg.shrink_below_slack:
+    if _effective_slack(sample, slack, cfg, state) >= cfg.shrink_below_slack:
         return None
     rows = max(cfg.floor_rows_per_s, state.rows_per_s * cfg.shrink_factor)
     workers = max(1, math.floor(state.workers * cfg.shrink_factor)) if state.workers > 1 else 1
@@ -166,7 +222,7 @@ def _shrink(state: LawState, sample, slack, cfg: LawConfig, now):
 
 
 def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
-    eff = _effective_slack(sample, slack, cfg)
+    eff = _effective_slack(sample, slack, cfg, state)
     if eff < cfg.grow_above_slack:
         new = replace(state, ample_since_s=None)
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)

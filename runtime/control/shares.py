@@ -53,9 +53,11 @@ def pooled_config(laws: list[LawConfig], pool_slots: int | None = None) -> LawCo
     workers = sum(law.max_workers for law in laws)
     if pool_slots is not None:
         workers = min(workers, pool_slots)
+    queue_limits = [law.queue_limit for law in laws if law.queue_limit is not None]
     return replace(laws[0],
                    slo_p99_ms=min(law.slo_p99_ms for law in laws),
                    max_utilization=min(law.max_utilization for law in laws),
+                   queue_limit=min(queue_limits) if queue_limits else None,
                    stale_after_s=min(law.stale_after_s for law in laws),
                    cooldown_s=max(law.cooldown_s for law in laws),
                    holddown_s=max(law.holddown_s for law in laws),

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 import time
+from dataclasses import replace
 from typing import Callable, Protocol
 
 import httpx
@@ -124,120 +126,208 @@ class _HTTPSource:
 
 
 class PrometheusScrapeSource(_HTTPSource):
-    """Windowed p99 from a Prometheus histogram, scraped from any exposition endpoint (``/metrics``).
+    """Windowed p99 from a Prometheus histogram, scraped from exposition endpoints (``/metrics``).
 
-    Each poll sums the ``<histogram>_bucket`` series (those matching ``labels``) by ``le`` and takes
-    the p99 of the bucket *deltas* over the last ``window_s`` (at least one poll interval), so the
-    number reflects recent traffic rather than the whole lifetime of the process. A window of a second
-    or two keeps a low-traffic p99 from being "the max of a dozen requests" without slowing the
-    reaction to a real spike: a tail quantile moves as soon as 1 % of the window is slow. ``unit_ms`` converts the histogram's
-    unit to milliseconds (1000 for seconds, 1 for a histogram already in ms, e.g. Ray Serve's).
+    Each poll scrapes every target (``url``, or the list ``targets()`` returns: e.g. every Ray node's
+    metrics endpoint), sums the ``<histogram>_bucket`` series that match ``labels`` by ``le``, and
+    keeps each target's own cumulative baseline: a target that restarts resets only itself, and a
+    target scraped through a load balancer would not, which is why targets are scraped one by one.
+    The p99 is taken over the summed bucket *deltas* of the last ``window_s`` (at least one poll), so
+    it reflects recent traffic; a window of a second or two keeps a low-traffic p99 from being "the max
+    of a dozen requests" without slowing the reaction: a tail quantile moves as soon as 1 % of the
+    window is slow. ``unit_ms`` converts the histogram's unit (1000 for seconds, 1 for milliseconds).
+
+    ``in_flight`` names a gauge of requests accepted and not yet answered (summed over targets and
+    series); it becomes the sample's ``in_flight``, which the law holds against ``queue_limit``.
+
+    No request for ``idle_after_s`` and none in flight is *idle*: full headroom, not missing telemetry.
+    Requests in flight that stop finishing for ``stale_after_s`` mean a stuck server: a failed sample.
+    Between the two, the last p99 stands, with its age as ``staleness_s``.
 
     >>> src = PrometheusScrapeSource("http://127.0.0.1:8000/metrics", capacity_rps=200.0)  # doctest: +SKIP
     >>> src.sample(); time.sleep(1); src.sample()  # p99_ms=12.3, rps=84.0, ...  # doctest: +SKIP
     """
 
-    def __init__(self, url: str, histogram: str = "serving_latency_seconds", *,
-                 labels: dict[str, str] | None = None, timeout_s: float = 1.0, stale_after_s: float = 5.0,
-                 capacity_rps: float | None = None, unit_ms: float = 1000.0, window_s: float = 0.0,
-                 clock: Clock = time.time, transport: httpx.BaseTransport | None = None):
+    def __init__(self, url: str | None = None, histogram: str = "serving_latency_seconds", *,
+                 targets: Callable[[], list[str]] | None = None, labels: dict[str, str] | None = None,
+                 in_flight: str | None = None, timeout_s: float = 1.0, stale_after_s: float = 5.0,
+                 idle_after_s: float | None = None, capacity_rps: float | None = None, unit_ms: float = 1000.0,
+                 window_s: float = 0.0, min_interval_s: float = 0.0, clock: Clock = time.time,
+                 transport: httpx.BaseTransport | None = None):
         for field, value in (("timeout_s", timeout_s), ("stale_after_s", stale_after_s), ("unit_ms", unit_ms)):
             _positive(value, field)
         _positive(capacity_rps, "capacity_rps", optional=True)
+        _positive(idle_after_s, "idle_after_s", optional=True)
         if not (isinstance(window_s, (int, float)) and 0 <= window_s < math.inf):
             raise TelemetryError(f"window_s must be a number >= 0, got {window_s!r}", where="telemetry.window_s",
                                  fix="use e.g. 2.0 (seconds of traffic behind each p99)")
+        if (url is None) == (targets is None):
+            raise TelemetryError("a scrape source needs exactly one of url and targets", where="telemetry.url",
+                                 fix="set url to the /metrics endpoint")
+        self.url = url or "(discovered targets)"
+        self._targets = targets
+        self.histogram, self.labels, self.in_flight = histogram, dict(labels or {}), in_flight
         self.window_s = float(window_s)
-        self._history: collections.deque[tuple[Buckets, float]] = collections.deque()
-        self.url, self.histogram, self.labels = url, histogram, dict(labels or {})
+        self.min_interval_s = float(min_interval_s)  # an endpoint that refreshes slower is not scraped faster
+        self._last_sample: Sample | None = None
+        self.idle_after_s = float(idle_after_s) if idle_after_s is not None else max(self.window_s, 1.0)
         self.timeout_s, self.stale_after_s = timeout_s, stale_after_s
         self.capacity_rps, self.unit_ms, self.clock = capacity_rps, unit_ms, clock
         self._transport = transport
-        self._baseline: tuple[Buckets, float] | None = None  # (cumulative buckets, poll time)
+        self._baselines: dict[str, Buckets] = {}  # per target: cumulative buckets at its last scrape
+        self._polls: collections.deque[tuple[float, float, Buckets]] = collections.deque()  # (from, to, summed delta)
+        self._last_poll_s: float | None = None
         self._last_p99_ms: float | None = None
         self._last_fresh_s: float | None = None  # the last poll that saw new observations
 
     def sample(self, now_s: float | None = None) -> Sample:
         now = self.clock() if now_s is None else now_s
+        last = self._last_sample
+        if last is not None and last.error is None and 0 <= now - last.time_s < self.min_interval_s:
+            return replace(last, time_s=now, staleness_s=last.staleness_s + (now - last.time_s))
         try:
-            return self._sample(now)
+            self._last_sample = self._sample(now)
         except Exception as exc:  # noqa: BLE001 -- the contract is "never raises": fail safe instead
-            return Sample.failed(now, f"{self.url}: internal error ({type(exc).__name__}: {exc})")
+            self._last_sample = Sample.failed(now, f"{self.url}: internal error ({type(exc).__name__}: {exc})")
+        return self._last_sample
+
+    def _urls(self) -> list[str] | str:
+        if self._targets is None:
+            return [self.url]
+        try:
+            urls = sorted(self._targets())
+        except Exception as exc:  # noqa: BLE001 -- discovery failing is "no telemetry", never a crash
+            return f"cannot discover the metrics targets ({type(exc).__name__}: {exc})"
+        return urls or "no metrics target discovered (is the cluster up, with a metrics export port?)"
 
     def _sample(self, now: float) -> Sample:
-        current = self._scrape()
-        if isinstance(current, str):
-            return self._failed(now, current)
-        if self._baseline is None:
-            self._baseline = (current, now)
-            self._history.append((current, now))
+        urls = self._urls()
+        if isinstance(urls, str):
+            return self._failed(now, urls)
+        scraped: dict[str, tuple[Buckets, float | None]] = {}
+        for url in urls:
+            got = self._scrape(url)
+            if isinstance(got, str):  # one target unread is a partial view: no headroom on a guess
+                return self._failed(now, got)
+            scraped[url] = got
+        layouts = {tuple(le for le, _ in buckets) for buckets, _ in scraped.values()}
+        if len(layouts) > 1:
+            return self._failed(now, f"{self.url}: the targets' {self.histogram!r} bucket layouts differ; "
+                                     "give every replica (or node) the same buckets")
+        if self._last_poll_s is not None and now - self._last_poll_s <= 0:
+            return self._failed(now, f"{self.url}: poll at {now} is not after the previous one at {self._last_poll_s}")
+        new = [u for u in scraped if u not in self._baselines]
+        reset = [u for u in scraped if u in self._baselines and subtract_buckets(scraped[u][0], self._baselines[u]) is None]
+        gone = set(self._baselines) - set(scraped)
+        delta = _sum_buckets([subtract_buckets(scraped[u][0], self._baselines[u]) for u in scraped
+                              if u not in new and u not in reset])
+        first_poll = self._last_poll_s is None
+        previous_s = self._last_poll_s
+        self._baselines = {u: b for u, (b, _) in scraped.items()}
+        self._last_poll_s = now
+        in_flight = None if self.in_flight is None else sum(f for _, f in scraped.values() if f is not None)
+        if first_poll:
             return self._failed(now, f"{self.url}: no baseline yet (first scrape); p99 comes from the next poll")
-        previous, previous_s = self._baseline
-        if subtract_buckets(current, previous) is None:
-            self._baseline, self._last_p99_ms = (current, now), None
-            self._history.clear()
-            self._history.append((current, now))
-            return self._failed(now, f"{self.url}: counter reset (counts went down); rebaselined")
-        if now - previous_s <= 0:
-            return self._failed(now, f"{self.url}: poll at {now} is not after the previous one at {previous_s}")
-        fresh = current[-1][1] > previous[-1][1]  # anything new since the last poll (freeze detection)
-        window_start, window_start_s = self._history[0]
-        delta = subtract_buckets(current, window_start) or subtract_buckets(current, previous)
-        elapsed_s = now - (window_start_s if delta is not None else previous_s)
-        self._baseline = (current, now)
-        self._history.append((current, now))
-        while len(self._history) > 1 and self._history[1][1] <= now - self.window_s:
-            self._history.popleft()
-        new_observations = delta[-1][1]
-        rps = new_observations / elapsed_s
+        if reset:
+            self._polls.clear()
+            self._last_p99_ms = None
+            return self._failed(now, f"{', '.join(reset)}: counter reset (counts went down); rebaselined")
+        if delta is None:  # every target is new (or gone): nothing to compare yet
+            return self._failed(now, f"{self.url}: targets changed ({sorted(new)} new, {sorted(gone)} gone); rebaselined")
+        self._polls.append((previous_s, now, delta))
+        while len(self._polls) > 1 and self._polls[0][1] <= now - self.window_s:
+            self._polls.popleft()
+        window = _sum_buckets([d for _, _, d in self._polls])
+        elapsed_s = now - self._polls[0][0]
+        observed = window[-1][1]
+        rps = observed / elapsed_s
         utilization = rps / self.capacity_rps if self.capacity_rps else None
-        if fresh and new_observations > 0:
-            p99 = quantile_from_buckets(delta, 0.99)
-            self._last_p99_ms = None if p99 is None else p99 * self.unit_ms
+        if delta[-1][1] > 0:
             self._last_fresh_s = now
-            return Sample(now, p99_ms=self._last_p99_ms, rps=rps, utilization=utilization, staleness_s=0.0)
-        # Nothing new: the last p99 still describes the most recent traffic, but only for a while.
-        if self._last_p99_ms is None or self._last_fresh_s is None:
-            return self._failed(now, f"{self.url}: no observations in {self.histogram} since the baseline")
-        staleness_s = now - self._last_fresh_s
-        if staleness_s > self.stale_after_s:
-            return self._failed(now, f"{self.url}: frozen histogram: no new observations for "
-                                     f"{staleness_s:.1f} s (bound {self.stale_after_s:g} s)")
-        return Sample(now, p99_ms=self._last_p99_ms, rps=rps, utilization=utilization, staleness_s=staleness_s)
+        if observed > 0:
+            p99 = quantile_from_buckets(window, 0.99)
+            self._last_p99_ms = None if p99 is None else p99 * self.unit_ms
+            staleness_s = 0.0 if delta[-1][1] > 0 else now - (self._last_fresh_s or now)
+            return Sample(now, p99_ms=self._last_p99_ms, rps=rps, utilization=utilization,
+                          staleness_s=staleness_s, in_flight=in_flight)
+        quiet_s = now - (self._last_fresh_s if self._last_fresh_s is not None else self._polls[0][0])
+        if in_flight:
+            if quiet_s > self.stale_after_s:
+                return self._failed(now, f"{self.url}: {in_flight:g} request(s) in flight but none finished for "
+                                         f"{quiet_s:.1f} s (bound {self.stale_after_s:g} s): the server is stuck")
+        elif quiet_s >= self.idle_after_s:  # nothing finished, nothing waiting: idle is headroom
+            return Sample(now, rps=0.0, utilization=0.0 if self.capacity_rps else None, in_flight=in_flight)
+        if self._last_p99_ms is None:
+            return self._failed(now, f"{self.url}: no observations in {self.histogram} yet "
+                                     f"(idle after {self.idle_after_s:g} s without requests)")
+        return Sample(now, p99_ms=self._last_p99_ms, rps=0.0, utilization=utilization, staleness_s=quiet_s,
+                      in_flight=in_flight)
 
     def _failed(self, now: float, reason: str) -> Sample:
         staleness_s = math.inf if self._last_fresh_s is None else max(0.0, now - self._last_fresh_s)
         return Sample.failed(now, reason, staleness_s=staleness_s)
 
-    def _scrape(self) -> Buckets | str:
-        """Cumulative buckets summed by ``le``, or a one-line reason why there are none."""
+    def _scrape(self, url: str) -> tuple[Buckets, float | None] | str:
+        """One target's cumulative buckets summed by ``le`` and its in-flight gauge, or why there are none."""
         try:
-            response = self._http().get(self.url, headers={"Accept": "text/plain;version=0.0.4"})
+            response = self._http().get(url, headers={"Accept": "text/plain;version=0.0.4"})
         except httpx.HTTPError as exc:
-            return _describe(exc, self.url, self.timeout_s)
+            return _describe(exc, url, self.timeout_s)
         if response.status_code >= 400:
-            return f"{self.url}: HTTP {response.status_code} {response.reason_phrase}"
+            return f"{url}: HTTP {response.status_code} {response.reason_phrase}"
         summed: dict[float, float] = {}
         bucket_name = f"{self.histogram}_bucket"
         names_seen: set[str] = set()
+        in_flight: float | None = None
+        # Parse only the lines that matter: a Ray node's endpoint is ~0.5 MB of text, most of it other series.
+        wanted = (bucket_name, self.in_flight) if self.in_flight else (bucket_name,)
+        text = "\n".join(line for line in response.text.splitlines() if line.startswith(wanted)) + "\n"
         try:
-            for family in text_string_to_metric_families(response.text):
+            for family in text_string_to_metric_families(text):
                 names_seen.add(family.name)
                 for s in family.samples:  # untyped exposition puts *_bucket in its own family
+                    if self.in_flight is not None and s.name == self.in_flight:
+                        in_flight = (in_flight or 0.0) + float(s.value)
+                        continue
                     if s.name != bucket_name or any(s.labels.get(k) != v for k, v in self.labels.items()):
                         continue
                     le = float(s.labels["le"])
                     summed[le] = summed.get(le, 0.0) + float(s.value)
         except Exception as exc:  # noqa: BLE001 -- the parser raises ValueError, KeyError, IndexError...
-            return f"{self.url}: unparseable exposition text ({type(exc).__name__}: {exc})"
+            return f"{url}: unparseable exposition text ({type(exc).__name__}: {exc})"
         if not summed:
             where = f" with labels {self.labels}" if self.labels else ""
+            names_seen |= {line.split("{")[0].split(" ")[0] for line in response.text.splitlines()[:2000]
+                           if line and not line.startswith("#")}
+            if not response.text.strip() or any(not _looks_like_exposition(n) for n in list(names_seen)[:50]):
+                try:  # text that is not the exposition format at all says so
+                    list(text_string_to_metric_families(response.text))
+                except Exception as exc:  # noqa: BLE001
+                    return f"{url}: unparseable exposition text ({type(exc).__name__}: {exc})"
             seen = ", ".join(sorted(names_seen)[:8]) or "none"
-            return f"{self.url}: histogram {self.histogram!r}{where} not found (families seen: {seen})"
+            return f"{url}: histogram {self.histogram!r}{where} not found (families seen: {seen})"
         buckets = sorted(summed.items())
         if not math.isinf(buckets[-1][0]) or any(not math.isfinite(c) or c < 0 for _, c in buckets):
-            return f"{self.url}: histogram {self.histogram!r} is malformed (no +Inf bucket or bad counts)"
-        return buckets
+            return f"{url}: histogram {self.histogram!r} is malformed (no +Inf bucket or bad counts)"
+        if in_flight is not None and not (math.isfinite(in_flight) and in_flight >= 0):
+            return f"{url}: gauge {self.in_flight!r} is not a count ({in_flight})"
+        return buckets, in_flight
+
+
+def _looks_like_exposition(name: str) -> bool:
+    return bool(name) and (name[0].isalpha() or name[0] in "_:") and all(c.isalnum() or c in "_:" for c in name)
+
+
+def _sum_buckets(parts: list[Buckets | None]) -> Buckets | None:
+    """Per-``le`` sum of histograms with one layout; ``None`` for no parts."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    total: dict[float, float] = {}
+    for part in parts:
+        for le, count in part:
+            total[le] = total.get(le, 0.0) + count
+    return sorted(total.items())
 
 
 class PromQLSource(_HTTPSource):
@@ -318,6 +408,104 @@ class PromQLSource(_HTTPSource):
         return max(finite)
 
 
+class Prober:
+    """An active probe: one request to ``url`` every ``interval_s``, timed as a client sees it.
+
+    Through the proxy, the router and the replica's queue, a probe is charged every delay a user's
+    request meets, and it lands every ``interval_s`` -- far fresher than a histogram Ray refreshes
+    once a second. The price is one extra request per interval on the serving side (a real request:
+    pick a cheap route where the application has one). Runs in a daemon thread of its own, started
+    at the first :meth:`window` call, so the object pickles into an actor before it starts.
+
+    >>> prober = Prober("http://127.0.0.1:8000/", interval_s=0.2)  # doctest: +SKIP
+    >>> prober.window(time.time(), 1.0)  # ([12.1, 9.8, 11.0, 10.4, 30.2], 0): latencies ms, failures
+    """
+
+    def __init__(self, url: str, *, interval_s: float = 0.2, timeout_s: float = 1.0, clock: Clock = time.time,
+                 transport: httpx.BaseTransport | None = None, keep_s: float = 30.0):
+        _positive(interval_s, "probe.interval_s")
+        _positive(timeout_s, "probe.timeout_s")
+        self.url, self.interval_s, self.timeout_s, self.clock = url, interval_s, timeout_s, clock
+        self._transport, self.keep_s = transport, keep_s
+        self._results: collections.deque[tuple[float, float | None]] = collections.deque()  # (sent at, ms or None)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.sent = 0
+
+    def __getstate__(self) -> dict:  # threads, locks and results stay here; the copy starts its own
+        return {**self.__dict__, "_thread": None, "_stop": None, "_lock": None, "_results": collections.deque()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _stop=threading.Event(), _lock=threading.Lock())
+
+    def _ensure_started(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="probe", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self.timeout_s, transport=self._transport) as client:
+            while not self._stop.is_set():
+                sent_s, started = self.clock(), time.perf_counter()
+                try:
+                    response = client.get(self.url)
+                    ms = (time.perf_counter() - started) * 1e3 if response.status_code < 400 else None
+                except httpx.HTTPError:
+                    ms = None
+                with self._lock:
+                    self._results.append((sent_s, ms))
+                    while self._results and self._results[0][0] < sent_s - self.keep_s:
+                        self._results.popleft()
+                self.sent += 1
+                self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - started)))
+
+    def window(self, now: float, window_s: float) -> tuple[list[float], int]:
+        """Latencies (ms) of the probes sent in the last ``window_s``, and how many of them failed."""
+        self._ensure_started()
+        with self._lock:
+            recent = [ms for sent_s, ms in self._results if now - window_s <= sent_s <= now]
+        return [ms for ms in recent if ms is not None], sum(ms is None for ms in recent)
+
+
+class ProbedSource:
+    """A source's sample, made fresher by a :class:`Prober` on the same path users take.
+
+    The p99 is the larger of the source's and the slowest probe of the last ``window_s``: a probe can
+    only raise the estimate, and only with a delay it met itself, so it never flatters the service.
+    A probe that failed (timeout, error) in the window is a user-visible failure: no headroom.
+
+    >>> src = ProbedSource(build_source("ray_serve", window_s=2.0), Prober("http://127.0.0.1:8000/"))  # doctest: +SKIP
+    """
+
+    def __init__(self, inner: TelemetrySource, prober: Prober, window_s: float = 1.0):
+        self.inner, self.prober, self.window_s = inner, prober, window_s
+        self.timeout_s = max(getattr(inner, "timeout_s", 1.0), prober.timeout_s)
+
+    def sample(self, now_s: float | None = None) -> Sample:
+        sample = self.inner.sample(now_s)
+        latencies, failures = self.prober.window(sample.time_s, self.window_s)
+        if sample.error is not None:
+            return sample
+        if failures:
+            return Sample.failed(sample.time_s, f"probe {self.prober.url}: {failures} of {failures + len(latencies)} "
+                                                f"probes in the last {self.window_s:g} s failed or timed out "
+                                                f"({self.prober.timeout_s:g} s)", staleness_s=sample.staleness_s)
+        if not latencies:
+            return sample
+        probe_ms = max(latencies)
+        if sample.idle or sample.p99_ms is None or probe_ms > sample.p99_ms:
+            return replace(sample, p99_ms=probe_ms, staleness_s=0.0)
+        return sample
+
+    def close(self) -> None:
+        self.prober.close()
+        getattr(self.inner, "close", lambda: None)()
+
+
 class HostCPUSource:
     """Host CPU utilization (0..1) since the previous sample; no latency.
 
@@ -351,37 +539,108 @@ class HostCPUSource:
             return Sample.failed(now, f"host cpu: psutil failed ({type(exc).__name__}: {exc})")
 
 
-SOURCE_KINDS = ("prometheus", "promql", "host")
+SOURCE_KINDS = ("prometheus", "ray_serve", "promql", "host")
+RAY_SERVE_HISTOGRAM = "ray_serve_http_request_latency_ms"  # Serve's proxy: the ingress, in milliseconds
+RAY_SERVE_IN_FLIGHT = "ray_serve_num_ongoing_http_requests"  # requests the proxies hold now
+RAY_METRICS_REFRESH_S = 1.0  # Ray's metrics endpoint changes this often at best: scraping faster only costs CPU
+RAY_SERVE_MIN_WINDOW_S = 1.5  # Ray's metrics endpoint refreshes every ~1 s: a shorter window would often be empty
+UNIT_MS = {"s": 1000.0, "ms": 1.0}
 
 
-def build_source(kind: str, *, url: str | None = None, histogram: str = "serving_latency_seconds", window_s: float = 0.0,
-                 query: str | None = None, timeout_s: float = 1.0, stale_after_s: float | None = None,
-                 capacity_rps: float | None = None) -> TelemetrySource:
+class RayNodeTargets:
+    """Every live Ray node's metrics endpoint (``--metrics-export-port``), asked of the GCS at most
+    every ``refresh_s``: the ingress histogram lives on each node that runs a Serve proxy.
+
+    >>> RayNodeTargets()()  # doctest: +SKIP
+    ['http://127.0.0.1:52817/metrics']
+    """
+
+    def __init__(self, refresh_s: float = 5.0, clock: Clock = time.monotonic):
+        self.refresh_s, self.clock = refresh_s, clock
+        self._cached: tuple[float, list[str]] | None = None
+
+    def __call__(self) -> list[str]:
+        now = self.clock()
+        if self._cached is None or now - self._cached[0] >= self.refresh_s:
+            import ray
+
+            urls = []
+            for node in ray.nodes():
+                port = node.get("MetricsExportPort")
+                if node.get("Alive") and port:
+                    host = node["NodeManagerAddress"]
+                    urls.append(f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+            self._cached = (now, urls)
+        return list(self._cached[1])
+
+
+def build_source(kind: str, *, url: str | None = None, histogram: str = "serving_latency_seconds", unit: str = "s",
+                 labels: dict[str, str] | None = None, in_flight: str | None = None, application: str | None = None,
+                 window_s: float = 0.0, query: str | None = None, timeout_s: float = 1.0,
+                 stale_after_s: float | None = None, capacity_rps: float | None = None,
+                 idle_after_s: float | None = None, probe: dict | None = None) -> TelemetrySource:
     """A telemetry source from config values; raises ``TelemetryError`` naming the field to fix.
 
-    ``url`` is the exposition endpoint for "prometheus" and the Prometheus server for "promql";
-    ``stale_after_s=None`` keeps each source's default.
+    - ``prometheus``: scrape ``url`` (an exposition endpoint) for ``histogram`` in ``unit`` (s or ms),
+      series filtered by ``labels``, requests in flight from the gauge ``in_flight``;
+    - ``ray_serve``: Ray Serve's own ingress (``ray_serve_http_request_latency_ms`` and its proxies'
+      ongoing requests), read from every Ray node's metrics endpoint (or only ``url``), filtered to
+      ``application``;
+    - ``promql``: ``query`` against the Prometheus server at ``url``;
+    - ``host``: this host's CPU utilization.
 
-    >>> build_source("promql", url="http://prom:9090", query="max(p99_seconds)")  # doctest: +SKIP
+    ``stale_after_s=None`` keeps each source's default. ``probe`` (``url``, ``interval_s``,
+    ``timeout_s``, ``window_s``) adds an active probe on the users' path (:class:`ProbedSource`).
+
+    >>> build_source("ray_serve", application="headroom-serving", window_s=2.0)  # doctest: +SKIP
     """
+    source = _build_source(kind, url=url, histogram=histogram, unit=unit, labels=labels, in_flight=in_flight,
+                           application=application, window_s=window_s, query=query, timeout_s=timeout_s,
+                           stale_after_s=stale_after_s, capacity_rps=capacity_rps, idle_after_s=idle_after_s)
+    if not probe:
+        return source
+    probe = dict(probe)
+    probe_url = probe.pop("url", None)
+    if not probe_url or not str(probe_url).startswith(("http://", "https://")):
+        raise TelemetryError(f"a probe needs an http(s) url, got {probe_url!r}", where="serving.probe.url",
+                             fix="set it to a route of the application, e.g. http://127.0.0.1:8000/")
+    probe_window_s = probe.pop("window_s", 1.0)
+    return ProbedSource(source, Prober(probe_url, **probe), window_s=probe_window_s)
+
+
+def _build_source(kind: str, *, url, histogram, unit, labels, in_flight, application, window_s, query, timeout_s,
+                  stale_after_s, capacity_rps, idle_after_s) -> TelemetrySource:
     if kind not in SOURCE_KINDS:
         raise TelemetryError(f"unknown telemetry kind {kind!r}", where="telemetry.kind",
                              fix=f"use one of {', '.join(SOURCE_KINDS)}")
     if kind == "host":
         return HostCPUSource()
-    if not url or not url.startswith(("http://", "https://")):
-        example = "http://127.0.0.1:8000/metrics" if kind == "prometheus" else "http://127.0.0.1:9090"
+    if unit not in UNIT_MS:
+        raise TelemetryError(f"unknown histogram unit {unit!r}", where="serving.unit", fix="use s or ms")
+    if (url or kind != "ray_serve") and (not url or not url.startswith(("http://", "https://"))):
+        example = "http://127.0.0.1:9090" if kind == "promql" else "http://127.0.0.1:8000/metrics"
         raise TelemetryError(f"telemetry kind {kind!r} needs an http(s) url, got {url!r}",
                              where="telemetry.url", fix=f"set url, e.g. {example}")
     stale = {} if stale_after_s is None else {"stale_after_s": stale_after_s}
+    if kind == "ray_serve":
+        if window_s < RAY_SERVE_MIN_WINDOW_S:
+            raise TelemetryError(f"window_s {window_s:g} is shorter than Ray's metrics refresh allows",
+                                 where="serving.window_s",
+                                 fix=f"use at least {RAY_SERVE_MIN_WINDOW_S:g} s (Ray refreshes Serve's metrics every ~1 s)")
+        return PrometheusScrapeSource(url, RAY_SERVE_HISTOGRAM, targets=None if url else RayNodeTargets(),
+                                      labels={**({"application": application} if application else {}), **(labels or {})},
+                                      in_flight=in_flight or RAY_SERVE_IN_FLIGHT, unit_ms=1.0, timeout_s=timeout_s,
+                                      capacity_rps=capacity_rps, window_s=window_s, min_interval_s=RAY_METRICS_REFRESH_S,
+                                      idle_after_s=idle_after_s or 2 * window_s, **stale)
     if kind == "prometheus":
         if not histogram:
             raise TelemetryError("telemetry kind 'prometheus' needs a histogram name", where="telemetry.histogram",
                                  fix="set histogram to the metric's base name, e.g. serving_latency_seconds")
-        return PrometheusScrapeSource(url, histogram, timeout_s=timeout_s, capacity_rps=capacity_rps,
-                                      window_s=window_s, **stale)
+        return PrometheusScrapeSource(url, histogram, labels=labels, in_flight=in_flight, unit_ms=UNIT_MS[unit],
+                                      timeout_s=timeout_s, capacity_rps=capacity_rps, window_s=window_s,
+                                      idle_after_s=idle_after_s, **stale)
     if not query:
         raise TelemetryError("telemetry kind 'promql' needs a query", where="telemetry.query",
                              fix="set query, e.g. histogram_quantile(0.99, sum(rate("
                                  "serving_latency_seconds_bucket[30s])) by (le))")
-    return PromQLSource(url, query, timeout_s=timeout_s, **stale)
+    return PromQLSource(url, query, timeout_s=timeout_s, unit_ms=UNIT_MS[unit], **stale)

@@ -29,7 +29,7 @@ from runtime.governance.job import JobGovernance
 from runtime.control.governor import get_or_create_governor
 from runtime.training.ingest import Dataset, RangeSet
 from runtime.control.lease import POOL_RESOURCE
-from runtime.loopback import is_loopback
+from runtime.loopback import is_loopback, start_private_cluster
 from runtime.spec.job import JobSpec
 from runtime.driver.summary import build_summary, law_config
 from runtime.tracking.tracker import Tracker, load_champion
@@ -45,17 +45,17 @@ StatusFn = Callable[[dict], None]
 
 
 def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
-    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, else start a private local one (node address 127.0.0.1)."""
+    """Join the cluster at ``address`` / ``$RAY_ADDRESS``, else start a private local one (loopback only,
+    token auth: :func:`runtime.loopback.start_private_cluster`)."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots},
-                 include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        start_private_cluster(num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots})
         node_ip = ray.util.get_node_ip_address()
-        if not is_loopback(node_ip):  # Ray was imported before runtime, or the operator chose otherwise
+        if not is_loopback(node_ip):  # the operator chose otherwise (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1)
             log.warning("the local Ray cluster listens on %s, not only on loopback (see runtime/loopback.py)", node_ip)
 
 
@@ -70,6 +70,7 @@ class _Truth:
 
     def __init__(self, state, ledger: RangeSet, counters: dict, rng: np.random.Generator, origin: str):
         self.state, self.ledger, self.counters, self.rng, self.origin = state, ledger, counters, rng, origin
+        self.state_id: str | None = None  # set when ``state`` is exactly what one worker returned (it goes on from it)
 
     def to_checkpoint(self, slices: list, framework: str) -> Checkpoint:
         return Checkpoint(step=self.counters["steps"], ledger=self.ledger.to_list(), counters=dict(self.counters),
@@ -118,14 +119,22 @@ def _shards(pending: list, slots: list[int], rows_per_shard: int) -> dict[int, l
 
 
 def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | None = None,
-            artifacts_dir: str | None = None) -> dict:
+            artifacts_dir: str | None = None, isolate_driver: bool = True) -> dict:
     """Run ``spec`` under the governor to completion; returns the summary.
 
-    The summary, the governor's decision log, the progress series and a timeline plot are written to
-    ``artifacts_dir`` (a temporary folder if not given) and logged to the job's MLflow run.
+    Everything the job does once it holds a lease obeys the governor, not only its workers' steps: the
+    validation, registration and post-mortem after training each wait while the directive is PAUSE
+    (the checklist runs before, and stops a bad job before it asks for anything), and with
+    ``isolate_driver`` the thread that calls this (and every thread it starts)
+    runs with the workers' scheduling class and nice level (``budget.worker_sched``,
+    ``budget.worker_nice``) and thread limits -- which it cannot undo: pass ``False`` from a
+    process that must keep its priority. The summary, the governor's decision log, the progress
+    series and a timeline plot are written to ``artifacts_dir`` (a temporary folder if not given)
+    and logged to the job's MLflow run.
     """
     preflight(spec)
     started = time.time()
+    cpu = _PhaseCPU()
     dataset = Dataset(spec.data.path, spec.data.format)
     store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
     truth = _warm_start(spec, store, dataset)
@@ -133,16 +142,35 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     tracker.log_params(spec.model_dump())
     tracker.set_tags({"headroom.job": spec.name, "headroom.warm_start": truth.origin})
     governance = JobGovernance(spec, dataset, truth, tracker, checkpoint_dir=store.dir)
+    governance.driver_cpu0 = cpu.started  # the driver's cost counts from here: MLflow's start-up included
     checklist = governance.run_checklist()
-    if not checklist.passed:  # stop before any lease is asked for
+    if not checklist.passed:  # stop before any lease is asked for, or any cluster started
         return governance.stop_before_training(checklist, started)
-    connect(address, pool_slots=spec.budget.max_workers)
+    cpu.mark("MLflow run and checklist")
+    connect(address, pool_slots=spec.budget.max_workers)  # before isolating: a private cluster must not inherit it
+    if isolate_driver:
+        isolate_this_thread(spec)
     gov = get_or_create_governor(spec.budget.poll_interval_s)
     register = _registrar(gov, spec)
-    register()
+    register("training")
+    hold = _Hold(gov, spec.name)
     loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
+    loop.hold = hold
+    cpu.mark("connect")
     try:
         loop.run()
+        loop.stop_actors()
+        cpu.mark("training rounds")
+        _set_phase(gov, spec, "finishing")  # the slots go back; the driver's own work still waits for headroom
+        result = governance.validate_and_register(truth.state, hold=hold)
+        cpu.mark("validation and registration")
+        summary = build_summary(spec, truth, loop, loop.record(), result, dataset, started, tracker.run_id)
+        summary["driver_cpu_by_phase_s"] = cpu.marks  # the same dict: later phases land in summary.json too
+        hold("the post-mortem")
+        governance.finish(summary, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s, artifacts_dir=artifacts_dir)
+        cpu.mark("lineage and post-mortem")
+        hold("the job's artifacts")
+        _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
     except BaseException as exc:
         record = _release(gov, spec, loop)
         if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
@@ -150,13 +178,73 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
             governance.finish_failed(summary, exc, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s)
         tracker.end("FAILED")
         raise
-    record = _release(gov, spec, loop)
-    result = governance.validate_and_register(truth.state)
-    summary = build_summary(spec, truth, loop, record, result, dataset, started, tracker.run_id)
-    governance.finish(summary, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s, artifacts_dir=artifacts_dir)
-    _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
+    _release(gov, spec, loop)
     tracker.end("FINISHED")
     return summary
+
+
+class _PhaseCPU:
+    """This process's CPU-seconds per phase of the job (the driver's cost, where it went)."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.process_time()
+        self.marks: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        now = time.process_time()
+        self.marks[phase] = round(now - self._last, 3)
+        self._last = now
+
+
+def isolate_this_thread(spec: JobSpec) -> dict:
+    """The driver's share of the workers' isolation: scheduling class, nice level, BLAS/OpenMP threads."""
+    from threadpoolctl import threadpool_limits
+
+    from runtime.training.isolation import isolate
+
+    b = spec.budget
+    done = isolate(0, b.worker_nice, b.cpus_per_worker, None, b.worker_sched)
+    threadpool_limits(max(1, int(b.cpus_per_worker)))
+    log.info("driver isolated: %s", done)
+    return done
+
+
+class _Hold:
+    """Wait while the governor says PAUSE: the driver's own work (checklist, validation, registration,
+    the post-mortem) obeys the directive like the workers' steps. Governor unreachable: wait too."""
+
+    def __init__(self, gov, job: str, poll_s: float = 0.25):
+        self.gov, self.job, self.poll_s = gov, job, poll_s
+        self.held_s = 0.0
+        self.held: list[dict] = []  # one entry per phase that had to wait
+
+    def __call__(self, phase: str) -> float:
+        started = last_log = time.time()
+        why = None
+        while True:
+            try:
+                snap = ray.get(self.gov.directive.remote(self.job), timeout=10)
+            except GOVERNOR_DOWN as exc:
+                snap, why = {"level": "PAUSE", "reason": f"governor unreachable ({type(exc).__name__})"}, None
+            if snap is None or snap["level"] != "PAUSE":
+                break
+            why = snap["reason"]
+            if time.time() - last_log >= 10:
+                log.info("holding %s: the governor says PAUSE (%s) for %.0f s", phase, why, time.time() - started)
+                last_log = time.time()
+            time.sleep(self.poll_s)
+        waited = time.time() - started
+        if why is not None:
+            self.held_s += waited
+            self.held.append({"phase": phase, "waited_s": round(waited, 3), "reason": why})
+        return waited
+
+
+def _set_phase(gov, spec: JobSpec, phase: str) -> None:
+    try:
+        ray.get(gov.set_phase.remote(spec.name, phase), timeout=30)
+    except GOVERNOR_DOWN:
+        log.warning("governor unavailable when entering %s; it learns the phase when the job re-registers", phase)
 
 
 def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
@@ -193,16 +281,13 @@ def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: 
 
 
 def _registrar(gov, spec: JobSpec):
-    serving = {"kind": spec.serving.telemetry, "url": spec.serving.url, "histogram": spec.serving.histogram,
-               "window_s": spec.serving.window_s,
-               "query": spec.serving.query, "timeout_s": spec.serving.timeout_s,
-               "stale_after_s": spec.serving.stale_after_s, "capacity_rps": spec.serving.capacity_rps}
+    serving = spec.serving.source_config()
     bundle = {"CPU": spec.budget.cpus_per_worker, POOL_RESOURCE: 1}
     drain_s = spec.budget.governor_silence_s + 5.0
 
-    def register():
+    def register(phase: str = "training"):
         ray.get(gov.register.remote(spec.name, law_config(spec), serving, bundle, drain_s, spec.budget.poll_interval_s,
-                                    spec.budget.park_s, spec.priority))
+                                    spec.budget.park_s, spec.priority, phase))
 
     return register
 
@@ -221,9 +306,10 @@ class _RoundLoop:
         self.progress: list[dict] = []
         self.checkpoints = 0
         self.crashes = 0
-        self.worker_cpu_s = 0.0  # CPU time of the workers' returned rounds (for the post-mortem's cost)
+        self._process_cpu_s: dict[int, float] = {}  # worker pid -> its process's CPU so far (start-up included)
         self.rows_at_start = len(truth.ledger)
         self._since = 0
+        self._last_snap: dict | None = None
         self._last_poll = 0.0
         self._last_lease_check = 0.0
         self._slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
@@ -245,7 +331,8 @@ class _RoundLoop:
             state_ref = ray.put(self.truth.state)
             self._round_started = time.time()
             seed = int(self.truth.rng.integers(2**31))
-            refs = {self.actors[s].train.remote(state_ref, shard, seed + s): s for s, shard in shards.items()}
+            state_id = self.truth.state_id
+            refs = {self.actors[s].train.remote(state_ref, shard, seed + s, state_id): s for s, shard in shards.items()}
             self._merge(self._collect(refs))
 
     def _reconcile(self) -> None:
@@ -341,7 +428,9 @@ class _RoundLoop:
         return orphans
 
     def _merge(self, results: list[dict]) -> None:
-        self.worker_cpu_s += sum(r.get("cpu_s", 0.0) for r in results)
+        for r in results:
+            if "pid" in r:
+                self._process_cpu_s[r["pid"]] = max(self._process_cpu_s.get(r["pid"], 0.0), r["process_cpu_s"])
         useful = [r for r in results if r["rows"] > 0]
         if not useful:
             return
@@ -353,6 +442,7 @@ class _RoundLoop:
             t.counters["id_sq"] += r["id_sq"]
             t.counters["steps"] += r["steps"]
         t.state = average_states(self.spec.model, [r["state"] for r in useful], [r["rows"] for r in useful])
+        t.state_id = useful[0].get("state_id") if len(useful) == 1 else None
         t.counters["rounds"] += 1
         self.store.save(t.to_checkpoint(self._slices, self.spec.model.framework))
         self.checkpoints += 1
@@ -374,6 +464,7 @@ class _RoundLoop:
             return
         new = snap.pop("decisions")
         self._since = snap.pop("next_since")
+        self._last_snap = snap
         self.decisions.extend(new)
         # Rows reported by workers in the current round only: earlier rounds are in the ledger already.
         in_flight = sum(p.get("rows", 0) for p in snap["progress"].values() if p.get("t", 0) >= self._round_started)
@@ -388,6 +479,16 @@ class _RoundLoop:
                                   "workers_active": snap["active"], "slack": snap["slack"]}, step=len(self.progress))
         if self.on_status:
             self.on_status(dict(snap, rows_consumed=consumed, rows_total=self.dataset.total_rows, rows_per_s_observed=point["rows_per_s"]))
+
+    @property
+    def worker_cpu_s(self) -> float:
+        """CPU of every worker process the job ran, start-up and imports included (as of its last round)."""
+        return sum(self._process_cpu_s.values())
+
+    def record(self) -> dict:
+        """The governor's counters for the job now (pauses, resumes, reaction times), after a last poll."""
+        self._poll(force=True)
+        return dict(self._last_snap or {})
 
     def stop_actors(self) -> None:
         for slot in list(self.actors):

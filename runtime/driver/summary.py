@@ -14,6 +14,7 @@ def law_config(spec) -> dict:
     """The control law's settings for ``spec``, as a plain dict (it crosses into the governor actor)."""
     cfg = LawConfig(slo_p99_ms=spec.serving.slo_p99_ms, max_workers=spec.budget.max_workers,
                     max_rows_per_s=spec.budget.max_rows_per_s, max_utilization=spec.serving.max_utilization,
+                    queue_limit=spec.serving.queue_limit,
                     stale_after_s=spec.serving.stale_after_s, holddown_s=spec.budget.holddown_s,
                     cooldown_s=spec.budget.cooldown_s)
     return dataclasses.asdict(cfg)
@@ -57,4 +58,13 @@ def build_summary(spec, truth, loop, record: dict, validation: dict, dataset, st
         "registered_version": validation.get("version"),
         "registered_alias": validation.get("alias"),
         "duration_s": round(time.time() - started_s, 2),
+        "held": _held(loop),
     }
+
+
+def _held(loop) -> dict:
+    """How long the driver's own work (checklist, validation, registration, post-mortem) waited for headroom."""
+    hold = getattr(loop, "hold", None)
+    if hold is None:
+        return {"seconds": 0.0, "phases": []}
+    return {"seconds": round(hold.held_s, 3), "phases": list(hold.held)}

@@ -2,14 +2,15 @@
 post-mortem after training. This is the I/O side; the decisions live in :mod:`runtime.governance.checklist`,
 :mod:`runtime.governance.gate`, :mod:`runtime.governance.lineage` and :mod:`runtime.governance.postmortem`.
 
-The driver (:func:`runtime.driver.job.run_job`) calls, in order::
+The driver (:func:`runtime.driver.job.run_job`) calls, in order, each step held while the governor
+says PAUSE::
 
     gov = JobGovernance(spec, dataset, truth, tracker)
-    outcome = gov.run_checklist()            # before connecting to Ray or asking for a lease
+    outcome = gov.run_checklist()            # before asking for a lease
     if not outcome.passed:
         return gov.stop_before_training(outcome, started_s)   # summary + post-mortem, run FAILED
     ...train...                              # on an exception: gov.finish_failed(summary, exc, ...)
-    result = gov.validate_and_register(truth.state)
+    result = gov.validate_and_register(truth.state, hold=hold)
     gov.finish(summary, decisions, progress, worker_cpu_s=...)   # lineage + post-mortem, into the summary
 
 ``fetch_postmortem(run_id, tracking_uri)`` reads a logged post-mortem back (``headroom report``).
@@ -194,10 +195,11 @@ class JobGovernance:
         except Exception as exc:  # the original error is what the caller must see
             log.warning("no post-mortem for the failed job %s (%s)", self.spec.name, exc)
 
-    def validate_and_register(self, state) -> dict:
+    def validate_and_register(self, state, hold=lambda phase: 0.0) -> dict:
         """The gate (MLflow evaluation of candidate and champion on one holdout), then registration:
         the first version becomes ``champion`` if it clears the absolute bound; later ones ``challenger``
-        only if they clear every bound."""
+        only if they clear every bound. ``hold(phase)`` is called before each step and returns when
+        serving has headroom for it (the driver's :class:`runtime.driver.job._Hold`)."""
         from runtime.governance.gate import run_gate
         from runtime.training.trainers import model_from_state
 
@@ -205,6 +207,7 @@ class JobGovernance:
         if state is None:
             return {"skipped": "no model state (nothing trained and no warm start)"}
         self.tracker.flush()  # the gate and the registration need the server: wait for it, or one TrackingError
+        hold("validation")
         table = read_table_file(spec.validation.holdout)
         x, y, _ = to_xy(table, spec.data.target, spec.data.features, spec.data.id_column)
         names = spec.data.features or [c for c in table.column_names if c not in (spec.data.target, spec.data.id_column)]
@@ -217,6 +220,7 @@ class JobGovernance:
         self.tracker.set_tags({"headroom.gate": "passed" if gate.passed else "failed"})
         # register_model's rule: no champion -> champion; else challenger if it beats. A first version that
         # fails the absolute bound is registered as if a champion existed and it lost: no alias at all.
+        hold("registration")
         reg = register_model(self.tracker, candidate, spec.name, spec.model.framework,
                              beats_champion=gate.passed and champ is not None,
                              has_champion=champ is not None or not gate.passed)

@@ -145,9 +145,20 @@ def _compute(s: dict, currency: str) -> str:
     c = s.get("compute") or {}
     if not c:
         return ""
-    return ("## Compute used\n\n"
+    text = ("## Compute used\n\n"
             f"{c['cpu_s']:.1f} CPU-seconds (workers {c['worker_cpu_s']:.1f}, driver {c['driver_cpu_s']:.1f}) "
             f"at {c['price_per_cpu_hour']:g} {currency}/CPU-hour = **{c['cost']:.6f} {currency}**.")
+    if c.get("worker_cpu_s"):
+        text += (f" The driver used {c['driver_cpu_s'] / c['worker_cpu_s']:.2f} CPU-s per worker CPU-s (every worker "
+                 "process counted from its start).")
+    phases = s.get("driver_cpu_by_phase_s") or {}
+    if phases:
+        text += "\n\n| driver phase | CPU-s |\n|---|---|\n" + "\n".join(f"| {k} | {v:.2f} |" for k, v in phases.items())
+    held = s.get("held") or {}
+    if held.get("phases"):
+        text += ("\n\nThe driver's own work waited for headroom: " +
+                 "; ".join(f"{h['phase']} {h['waited_s']:.1f} s ({h['reason']})" for h in held["phases"]) + ".")
+    return text
 
 
 def _ms(v) -> str:

@@ -85,7 +85,8 @@ def _risk_budget(spec: JobSpec) -> str:
              f"{cpus * cost.price_per_cpu_hour:.4g} {cost.currency} per hour" if cost.price_per_cpu_hour else "")
     return ("## Risk budget\n\n"
             f"- at most {b.max_workers} worker(s) x {b.cpus_per_worker:g} CPU = {cpus:g} CPUs{price}\n"
-            f"- ingestion at most {b.max_rows_per_s:g} rows/s; workers run at nice +{b.worker_nice}\n"
+            f"- ingestion at most {b.max_rows_per_s:g} rows/s; workers and driver run at nice +{b.worker_nice}"
+            f"{' in the SCHED_IDLE class' if b.worker_sched == 'idle' else ''}\n"
             f"- a paused worker keeps its slot {b.park_s:g} s, then the slot is released\n"
             f"- reaction from headroom lost to training released: poll ({b.poll_interval_s:g} s) + one step + one checkpoint")
 

@@ -65,17 +65,45 @@ class ValidationSpec(_Section):
     min_relative_improvement: float | None = Field(default=None, ge=0, description="and beat the champion by this fraction of its score")
 
 
+class ProbeSpec(_Section):
+    url: str = Field(description="a route of the serving application, through its proxy or load balancer")
+    interval_s: float = Field(default=0.2, gt=0, le=10, description="one probe request this often (serving pays for each)")
+    timeout_s: float = Field(default=1.0, gt=0)
+    window_s: float = Field(default=1.0, gt=0, le=60, description="the slowest probe of this window joins the p99")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+
 class ServingSpec(_Section):
-    telemetry: Literal["prometheus", "promql", "host"] = "prometheus"
-    url: str | None = None  # /metrics endpoint (prometheus) or the Prometheus server (promql)
+    telemetry: Literal["prometheus", "ray_serve", "promql", "host"] = Field(
+        default="prometheus", description="ray_serve: Ray Serve's own ingress (proxy) latency and queue, from every node's "
+                                          "metrics endpoint; prometheus: a histogram on an exposition endpoint; "
+                                          "promql: a query against Prometheus; host: this host's CPU")
+    url: str | None = Field(default=None, description="/metrics endpoint (prometheus; ray_serve: only this one, "
+                                                      "else every Ray node's) or the Prometheus server (promql)")
     histogram: str = "serving_latency_seconds"
-    window_s: float = Field(default=2.0, ge=0, le=60, description="traffic behind each scraped p99 (prometheus kind)")
+    unit: Literal["s", "ms"] = Field(default="s", description="the histogram's unit (prometheus) or the query's (promql)")
+    labels: dict[str, str] = Field(default_factory=dict, description="exact-match label filter for the histogram's series, "
+                                                                     "e.g. {application: my-app, route: /predict}")
+    application: str | None = Field(default=None, description="ray_serve: the Serve application whose ingress to guard")
+    in_flight: str | None = Field(default=None, description="a gauge of requests accepted and not yet answered "
+                                                            "(ray_serve: the proxies' own, by default)")
+    queue_limit: float | None = Field(default=None, gt=0, description="requests in flight at which the queue leaves "
+                                                                      "no headroom (a leading signal; needs in_flight)")
+    window_s: float = Field(default=2.0, ge=0, le=60, description="traffic behind each scraped p99 (prometheus, ray_serve)")
     query: str | None = None
     slo_p99_ms: float = Field(gt=0)
     capacity_rps: float | None = Field(default=None, gt=0)
     max_utilization: float = Field(default=0.85, gt=0, le=1)
     timeout_s: float = Field(default=1.0, gt=0)
     stale_after_s: float = Field(default=5.0, gt=0)
+    probe: ProbeSpec | None = Field(default=None, description="an active probe on the users' path: fresher than any "
+                                                              "histogram (ray_serve's refreshes every ~1 s)")
 
     @model_validator(mode="after")
     def _source_complete(self) -> "ServingSpec":
@@ -83,7 +111,19 @@ class ServingSpec(_Section):
             raise ValueError(f"url is required when telemetry is {self.telemetry!r}")
         if self.telemetry == "promql" and not self.query:
             raise ValueError("query is required when telemetry is 'promql'")
+        if self.telemetry == "ray_serve" and self.window_s < 1.5:
+            raise ValueError("window_s must be at least 1.5 s with ray_serve (Ray refreshes Serve's metrics every ~1 s)")
+        if self.queue_limit is not None and self.telemetry == "prometheus" and not self.in_flight:
+            raise ValueError("queue_limit needs in_flight: the name of a gauge of requests in flight")
         return self
+
+    def source_config(self) -> dict:
+        """What the governor builds this job's telemetry source from (plain values: it crosses into the actor)."""
+        return {"kind": self.telemetry, "url": self.url, "histogram": self.histogram, "unit": self.unit,
+                "labels": dict(self.labels), "in_flight": self.in_flight, "application": self.application,
+                "window_s": self.window_s, "query": self.query, "timeout_s": self.timeout_s,
+                "stale_after_s": self.stale_after_s, "capacity_rps": self.capacity_rps,
+                "probe": self.probe.model_dump() if self.probe else None}
 
 
 class BudgetSpec(_Section):
@@ -91,7 +131,9 @@ class BudgetSpec(_Section):
     max_rows_per_s: float = Field(default=1000.0, gt=0)
     poll_interval_s: float = Field(default=0.25, gt=0, le=60)
     cpus_per_worker: float = Field(default=1.0, gt=0)
-    worker_nice: int = Field(default=10, ge=0, le=19, description="workers lower their CPU priority by this much (second line of defence)")
+    worker_sched: Literal["idle", "normal"] = Field(default="idle", description="idle: the job's workers and driver run "
+                                                    "in Linux's SCHED_IDLE class, only on CPU nothing else wants (second line of defence)")
+    worker_nice: int = Field(default=10, ge=0, le=19, description="workers and the driver lower their CPU priority by this much (second line of defence)")
     pin_cpus: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="host CPU ids kept for training: each worker pins itself "
                                                                  "to its share of them where the host allows (second line of defence)")
     governor_silence_s: float = Field(default=3.0, gt=0, description="a worker that cannot hear the governor this long pauses itself")

@@ -30,7 +30,7 @@ def make_spec(tmp_path, name: str, metrics_url: str, *, rows_per_s: float, slice
         "model": {"estimator": "sklearn.linear_model.SGDRegressor", "params": {"random_state": 0}},
         "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": 100},
         "validation": {"holdout": str(holdout), "metric": "r2"},
-        "serving": {"url": metrics_url, "slo_p99_ms": 50, "stale_after_s": 3},
+        "serving": {"url": metrics_url, "slo_p99_ms": 50, "stale_after_s": 3, "in_flight": "serving_requests_in_flight"},
         "budget": {"max_rows_per_s": rows_per_s, "cooldown_s": 1.0, "holddown_s": 0.5, "poll_interval_s": 0.25},
         "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": every_steps},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "it"},

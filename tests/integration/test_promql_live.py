@@ -178,21 +178,29 @@ def test_scrape_faults_are_failed_samples(loaded: tuple[LatencyServer, LoadThrea
     assert recovered.ok, recovered.error
 
 
-def test_scrape_frozen_histogram_goes_stale(loaded: tuple[LatencyServer, LoadThread]) -> None:
-    server, _ = loaded
-    src = PrometheusScrapeSource(server.metrics_url, stale_after_s=2.0)
+def test_scrape_a_stuck_server_goes_stale_and_an_idle_one_is_headroom(loaded: tuple[LatencyServer, LoadThread]) -> None:
+    server, load = loaded
+    src = PrometheusScrapeSource(server.metrics_url, stale_after_s=2.0, idle_after_s=1.0, in_flight="serving_requests_in_flight")
     src.sample()
     time.sleep(0.3)
     assert src.sample().ok
-    server.set_metrics_mode("frozen")  # the exporter keeps answering, but the numbers stop moving
+    server.set_metrics_mode("frozen")  # the exporter keeps answering, but requests stop finishing
     src.sample()  # may still see requests that finished just before the freeze
     time.sleep(0.3)
     still = src.sample()
-    assert still.ok and 0 < still.staleness_s <= 2.0, still
+    assert still.ok and not still.idle and 0 < still.staleness_s <= 2.0 and still.in_flight > 0, still
     time.sleep(2.0)
-    frozen = src.sample()
-    assert not frozen.ok and "frozen histogram" in frozen.error, frozen
-    assert frozen.staleness_s > 2.0
+    stuck = src.sample()
+    assert not stuck.ok and "none finished" in stuck.error, stuck
+    assert stuck.staleness_s > 2.0
+    load.set_rps(0)  # the stuck requests finish (or time out) and nobody calls any more: idle
+    server.set_metrics_mode("ok")
+    time.sleep(6.0)
+    src.sample()
+    time.sleep(1.5)
+    idle = src.sample()
+    assert idle.ok and idle.idle, idle
+    load.set_rps(LOAD_RPS)
 
 
 def test_scrape_server_gone_is_a_failed_sample(loaded: tuple[LatencyServer, LoadThread]) -> None:

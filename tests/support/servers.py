@@ -23,16 +23,18 @@ import time
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 HISTOGRAM = "serving_latency_seconds"
+IN_FLIGHT = "serving_requests_in_flight"  # a gauge: /predict requests accepted and not yet answered
 # Fine buckets so that a windowed p99 resolves a few milliseconds at the low end and 200 ms clearly.
 BUCKETS_S = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
              0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.5)
 # ok: normal exposition; down: drop the connection without answering (a crashed exporter);
 # error: HTTP 500; garbage: 200 with text that is not exposition format; hang: never answer (until
-# the mode changes or the server stops); frozen: keep serving the snapshot taken when the mode was set.
+# the mode changes or the server stops); frozen: a stuck server -- /metrics answers, but every /predict
+# blocks until the mode changes, so the histogram stops while the in-flight gauge grows.
 METRICS_MODES = ("ok", "down", "error", "garbage", "hang", "frozen")
 _HANG_LIMIT_S = 120.0  # a hung handler gives up eventually so a forgotten test cannot leak forever
 
@@ -56,10 +58,12 @@ class LatencyServer:
         self.registry = CollectorRegistry()
         self.histogram = Histogram(HISTOGRAM, "Latency of /predict as the server saw it.",
                                    registry=self.registry, buckets=BUCKETS_S)
+        self.in_flight = Gauge(IN_FLIGHT, "/predict requests accepted and not yet answered.", registry=self.registry)
+        self._unfreeze = threading.Event()
+        self._unfreeze.set()
         self._lock = threading.Lock()
         self._delay_s = float(delay_s)
         self._mode = "ok"
-        self._frozen_body = b""
         self._unhang = threading.Event()
         self._unhang.set()
         self._conns: set[socket.socket] = set()
@@ -87,9 +91,11 @@ class LatencyServer:
         if mode not in METRICS_MODES:
             raise ValueError(f"metrics mode must be one of {METRICS_MODES}, got {mode!r}")
         with self._lock:
-            if mode == "frozen":
-                self._frozen_body = generate_latest(self.registry)
             self._mode = mode
+        if mode == "frozen":
+            self._unfreeze.clear()
+        else:
+            self._unfreeze.set()  # the stuck requests finish now
         if mode == "hang":
             self._unhang.clear()
         else:
@@ -119,6 +125,7 @@ class LatencyServer:
         if self._httpd is None:
             return
         self._unhang.set()
+        self._unfreeze.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         # Keep-alive connections outlive the listener; cut them so a stopped server really is gone.
@@ -142,10 +149,13 @@ class LatencyServer:
     # -- request handling (called from handler threads) ----------------------------------------
     def _predict(self) -> bytes:
         start = time.perf_counter()
+        self.in_flight.inc()
+        self._unfreeze.wait(_HANG_LIMIT_S)  # a stuck server: nothing finishes while frozen
         delay_s = self.delay_s
         if delay_s > 0:
             time.sleep(delay_s)
         self.histogram.observe(time.perf_counter() - start)
+        self.in_flight.dec()
         with self._lock:
             self.predict_count += 1
         return b'{"prediction": 0.0}\n'
@@ -155,7 +165,6 @@ class LatencyServer:
         with self._lock:
             self.metrics_count += 1
             mode = self._mode
-            frozen = self._frozen_body
         if mode == "hang":
             self._unhang.wait(_HANG_LIMIT_S)
             return None
@@ -165,9 +174,7 @@ class LatencyServer:
             return 500, b"internal error\n"
         if mode == "garbage":
             return 200, b"<html><body>this is not the exposition format {{{</body></html>\n"
-        if mode == "frozen":
-            return 200, frozen
-        return 200, generate_latest(self.registry)
+        return 200, generate_latest(self.registry)  # "frozen" too: the endpoint is fine, the requests are stuck
 
 
 def _make_handler(owner: LatencyServer) -> type[http.server.BaseHTTPRequestHandler]:
@@ -331,7 +338,7 @@ class LoadThread:
 
 def _serve_in_child(conn, delay_s: float, rps: float) -> None:
     """Child process: a LatencyServer plus its own load, driven by commands over a pipe."""
-    with LatencyServer(delay_s) as server, LoadThread(server.predict_url, rps=rps):
+    with LatencyServer(delay_s) as server, LoadThread(server.predict_url, rps=rps) as load:
         conn.send(server.url)
         while True:
             command, value = conn.recv()
@@ -341,6 +348,8 @@ def _serve_in_child(conn, delay_s: float, rps: float) -> None:
                 server.set_delay(value)
             elif command == "metrics_mode":
                 server.set_metrics_mode(value)
+            elif command == "rps":
+                load.set_rps(value)
             conn.send("ok")
 
 
@@ -376,6 +385,10 @@ class ServingProcess:
 
     def set_metrics_mode(self, mode: str) -> None:
         self._command("metrics_mode", mode)
+
+    def set_rps(self, rps: float) -> None:
+        """The load's offered rate; 0 leaves the service idle."""
+        self._command("rps", float(rps))
 
     def stop(self) -> None:
         if self._proc.is_alive():

@@ -40,7 +40,9 @@ def _transport(status: int, body: bytes) -> httpx.MockTransport:
 
 def _assert_sample(sample) -> None:
     assert isinstance(sample, Sample)
-    if sample.ok:
+    if sample.idle:  # read fine and saw no request: no p99 to give, and nothing wrong
+        assert sample.ok and sample.error is None and sample.rps == 0
+    elif sample.ok:
         assert sample.p99_ms is not None and math.isfinite(sample.p99_ms) and sample.p99_ms >= 0
     else:
         assert isinstance(sample.error, str) and sample.error

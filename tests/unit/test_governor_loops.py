@@ -214,3 +214,37 @@ def _no_ray_metrics(monkeypatch):
     monkeypatch.setattr(metrics, "Histogram", Quiet)
     yield
     assert not ray.is_initialized(), "a unit test started Ray (a job was granted a placement group?)"
+
+
+def test_a_waiting_heartbeat_wakes_on_a_change_and_a_steady_one_waits(monkeypatch):
+    """The workers' long poll: an answer waits for a change of the job's directive, and no longer."""
+    from runtime.control.law import Directive, Level
+
+    monkeypatch.setattr(governor_module, "LONG_POLL_MAX_S", 120.0)  # only a change can answer a 60-s poll in time
+
+    async def scenario():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [FakeSource(p99_ms=150.0)]})
+        await _register(gov, "job-a")
+        entry = gov.jobs["job-a"]
+        assert await _until(lambda: entry.decisions)
+        first = await gov.heartbeat("job-a", 0)
+        assert first["action"] == "stop" and first["version"] == entry.version
+        steady = await gov.heartbeat("job-a", 0, None, first["version"], 0.2)  # nothing changes: waits, same answer
+        waiting = asyncio.ensure_future(gov.heartbeat("job-a", 0, {"rows": 5}, first["version"], 60.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        sample = Sample(time.time(), p99_ms=80.0, rps=50.0)
+        gov._apply(entry, Directive(Level.THROTTLE, 0, 50.0, Reason.SLACK_LOW), sample)
+        woken = await asyncio.wait_for(waiting, 5.0)  # a 60-s long poll that ignored the change would time out here
+        _stop(gov)  # no more decisions: only the job's end can answer the next poll
+        gone = asyncio.ensure_future(gov.heartbeat("job-a", 0, None, entry.version, 60.0))
+        await asyncio.sleep(0.05)
+        await gov.unregister("job-a")
+        unknown = await asyncio.wait_for(gone, 5.0)
+        return first, steady, woken, unknown, entry
+
+    first, steady, woken, unknown, entry = asyncio.run(scenario())
+    assert steady["version"] == first["version"]
+    assert woken["version"] == first["version"] + 1  # the change, not the timeout, answered
+    assert entry.progress[0]["rows"] == 5  # progress rides on the long poll
+    assert unknown == {"action": "stop", "rows_per_s": 0.0, "why": "unknown job", "version": None}

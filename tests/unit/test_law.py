@@ -13,8 +13,8 @@ from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, d
 from runtime.control.sample import Sample
 
 SLO_MS = 100.0
-CFG = LawConfig(slo_p99_ms=SLO_MS, max_workers=3, max_rows_per_s=1000.0, holddown_s=2.0, cooldown_s=3.0)
-LAW_PAUSES = {Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE, Reason.LOAD_CEILING, Reason.SLO_VIOLATED}
+CFG = LawConfig(slo_p99_ms=SLO_MS, max_workers=3, max_rows_per_s=1000.0, holddown_s=2.0, cooldown_s=3.0, queue_limit=20.0)
+LAW_PAUSES = {Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE, Reason.LOAD_CEILING, Reason.QUEUE_LIMIT, Reason.SLO_VIOLATED}
 
 
 # --- builders -----------------------------------------------------------------------------------
@@ -42,6 +42,30 @@ def run_script(state: LawState, samples: list[Sample], cfg: LawConfig = CFG) -> 
     return state, out
 
 
+def test_a_pause_for_hurting_serving_remembers_the_load_and_keeps_the_job_out_of_that_peak():
+    """SLO broken at 60 % load: the job stays out while the load stays near 60 %, and comes back below it."""
+    state = running(1000.0, 1)
+    state, d = decide(state, at(10, -0.2, util=0.6), CFG)
+    assert d.reason is Reason.SLO_VIOLATED and state.hurt_utilization == 0.6 and state.hurt_at_s == 10
+    state, d = decide(state, at(20, 0.9, util=0.58), CFG)  # latency fine again (nothing trains), load still high
+    assert d.reason is Reason.LOAD_MEMORY and d.level is Level.PAUSE
+    state, d = decide(state, at(22, 0.9, util=0.3), CFG)
+    assert d.reason is Reason.COOLDOWN  # the last LOAD_MEMORY tick restarted the cool-down
+    state, d = decide(state, at(30, 0.9, util=0.5), CFG)  # below 0.9 x 0.6, not yet 0.9 below that
+    assert d.reason is Reason.HYSTERESIS
+    state, d = decide(state, at(40, 0.9, util=0.45), CFG)
+    assert d.reason is Reason.RESUME and state.hurt_utilization == 0.6  # remembered: the next peak is a ceiling
+    state, d = decide(state, at(41, 0.9, util=0.55), CFG)
+    assert d.reason is Reason.LOAD_CEILING and d.level is Level.PAUSE  # out before it hurts again
+
+
+def test_a_pause_for_missing_telemetry_or_while_paused_remembers_no_load():
+    state, _ = decide(running(), Sample.failed(10.0, "down"), CFG)
+    assert state.hurt_utilization is None
+    state, _ = decide(paused(0.0), at(10, -0.5, util=0.7), CFG)  # already out: nothing of ours hurt it
+    assert state.hurt_utilization is None
+
+
 # --- one tick per reason ------------------------------------------------------------------------
 
 P = Level.PAUSE
@@ -55,19 +79,33 @@ CASES = [
     ("stale", running(), at(10, 0.9, staleness_s=5.01), Reason.TELEMETRY_STALE, P, 0, 0.0),
     ("load-ceiling", running(), at(10, 0.9, util=0.86), Reason.LOAD_CEILING, P, 0, 0.0),
     ("load-ceiling-util-only", running(), at(10, None, util=0.99), Reason.LOAD_CEILING, P, 0, 0.0),
+    ("queue-limit", running(), at(10, 0.9, in_flight=20.5), Reason.QUEUE_LIMIT, P, 0, 0.0),
+    ("queue-limit-before-the-p99-moves", running(), at(10, 0.5, in_flight=40.0), Reason.QUEUE_LIMIT, P, 0, 0.0),
+    ("missing-in-flight-but-nothing-finished", running(), Sample(time_s=10.0, rps=0.0, in_flight=3.0),
+     Reason.TELEMETRY_MISSING, P, 0, 0.0),
     ("slo-violated", running(), at(10, -0.01), Reason.SLO_VIOLATED, P, 0, 0.0),
     ("slo-violated-wins-over-cooldown", paused(9.0), at(10, -0.5), Reason.SLO_VIOLATED, P, 0, 0.0),
     ("cooldown", paused(8.0), at(10, 0.9), Reason.COOLDOWN, P, 0, 0.0),
+    ("load-memory", replace(paused(0.0), hurt_utilization=0.6, hurt_at_s=5.0), at(10, 0.9, util=0.55),
+     Reason.LOAD_MEMORY, P, 0, 0.0),
+    ("load-memory-is-a-ceiling-while-running", running(hurt_utilization=0.6, hurt_at_s=5.0), at(10, 0.9, util=0.55),
+     Reason.LOAD_CEILING, P, 0, 0.0),
+    ("load-memory-forgotten", replace(paused(0.0), hurt_utilization=0.6, hurt_at_s=5.0), at(700, 0.9, util=0.55),
+     Reason.RESUME, Level.THROTTLE, 1, 250.0),
     ("hysteresis-latency", paused(0.0), at(10, 0.29), Reason.HYSTERESIS, P, 0, 0.0),
-    ("hysteresis-util-tighter", paused(0.0), at(10, 0.9, util=0.7), Reason.HYSTERESIS, P, 0, 0.0),
+    ("hysteresis-util-tighter", paused(0.0), at(10, 0.9, util=0.8), Reason.HYSTERESIS, P, 0, 0.0),
+    ("resume-util-inside-its-own-band", paused(0.0), at(10, 0.9, util=0.7), Reason.RESUME, Level.THROTTLE, 1, 250.0),
     ("resume", paused(0.0), at(10, 0.5), Reason.RESUME, Level.THROTTLE, 1, 250.0),
     ("resume-first-tick", LawState(), at(0, 0.3), Reason.RESUME, Level.THROTTLE, 1, 250.0),
     ("resume-util-only", paused(0.0), at(10, None, util=0.1), Reason.RESUME, Level.THROTTLE, 1, 250.0),
+    ("resume-idle", paused(0.0), Sample(time_s=10.0, rps=0.0), Reason.RESUME, Level.THROTTLE, 1, 250.0),
+    ("hysteresis-queue", paused(0.0), at(10, 0.9, in_flight=15.0), Reason.HYSTERESIS, P, 0, 0.0),
     ("slack-low", running(1000.0, 3), at(10, 0.05), Reason.SLACK_LOW, Level.THROTTLE, 1, 500.0),
     ("slack-low-4-workers", running(1000.0, 4), at(10, 0.05), Reason.SLACK_LOW, Level.THROTTLE, 2, 500.0),
     ("slack-low-zero-slack", running(1000.0, 2), at(10, 0.0), Reason.SLACK_LOW, Level.THROTTLE, 1, 500.0),
     ("slack-low-at-floor", running(50.0, 1), at(10, 0.05), Reason.SLACK_LOW, Level.THROTTLE, 1, 50.0),
     ("slack-low-util", running(1000.0, 2), at(10, 0.9, util=0.80), Reason.SLACK_LOW, Level.THROTTLE, 1, 500.0),
+    ("slack-low-queue", running(1000.0, 2), at(10, 0.9, in_flight=19.0), Reason.SLACK_LOW, Level.THROTTLE, 1, 500.0),
     ("hold-moderate", running(500.0, 1), at(10, 0.2), Reason.HOLD, Level.THROTTLE, 1, 500.0),
     ("hold-moderate-at-shrink-edge", running(500.0, 1), at(10, 0.10), Reason.HOLD, Level.THROTTLE, 1, 500.0),
     ("hold-ample-too-short", running(500.0, 1, ample_since_s=9.0, last_grow_s=0.0), at(10, 0.5),
@@ -273,6 +311,7 @@ def test_invariants_hold_for_any_sample_sequence(cfg, raw):
     state = LawState()
     last_law_pause_s = None
     for s in _as_samples(raw):
+        was_paused = state.level is Level.PAUSE
         state, d = decide(state, s, cfg)
         assert 0.0 <= d.rows_per_s <= cfg.max_rows_per_s
         assert 0 <= d.workers <= cfg.max_workers
@@ -282,7 +321,8 @@ def test_invariants_hold_for_any_sample_sequence(cfg, raw):
             assert d.workers >= 1 and d.rows_per_s >= min(cfg.floor_rows_per_s, cfg.max_rows_per_s)
         if s.error is not None:
             assert (d.level, d.reason) == (Level.PAUSE, Reason.TELEMETRY_MISSING)
-        if d.reason in LAW_PAUSES:
+        # every pause restarts the cool-down, but telemetry lost while already out (no evidence of harm)
+        if d.reason in LAW_PAUSES and not (was_paused and d.reason in (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE)):
             last_law_pause_s = s.time_s
         if d.reason is Reason.RESUME and last_law_pause_s is not None:
             assert s.time_s - last_law_pause_s >= cfg.cooldown_s

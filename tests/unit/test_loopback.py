@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from runtime.loopback import SINGLE_NODE_ENV, close_by_default, serve_replica_on_loopback
+from runtime.loopback import SERVE_BUCKETS_ENV, SINGLE_NODE_ENV, private_cluster_env, serve_replica_on_loopback
 
 
 def test_a_private_cluster_is_closed_by_default_and_an_operator_choice_is_kept():
-    env: dict = {}
-    close_by_default(env)
+    env = private_cluster_env({})
     assert env[SINGLE_NODE_ENV] == "0" and env["RAY_AUTH_MODE"] == "token" and len(env["RAY_AUTH_TOKEN"]) == 64
-    chosen = {"RAY_AUTH_MODE": "disabled", SINGLE_NODE_ENV: "1"}
-    close_by_default(chosen)
-    assert chosen == {"RAY_AUTH_MODE": "disabled", SINGLE_NODE_ENV: "1"}
-    joining = {"RAY_ADDRESS": "10.0.0.1:6379"}
-    close_by_default(joining)
-    assert joining == {"RAY_ADDRESS": "10.0.0.1:6379"}  # a cluster's own settings decide
-    in_a_worker = {"RAY_RAYLET_PID": "4242"}  # a Ray worker importing the runtime: its cluster exists
-    close_by_default(in_a_worker)
-    assert in_a_worker == {"RAY_RAYLET_PID": "4242"}
+    assert private_cluster_env({})["RAY_AUTH_TOKEN"] != env["RAY_AUTH_TOKEN"]  # a fresh token per cluster
+    buckets = [float(b) for b in env[SERVE_BUCKETS_ENV].split(",")]
+    assert buckets == sorted(buckets) and buckets[0] <= 1 and sum(b <= 200 for b in buckets) >= 15  # fine below 200 ms
+    chosen = {"RAY_AUTH_MODE": "disabled", SINGLE_NODE_ENV: "1", SERVE_BUCKETS_ENV: "5,50,500"}
+    assert private_cluster_env(chosen) == {}  # an operator's choices are kept
+    assert "RAY_AUTH_TOKEN" not in private_cluster_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"})
+
+
+def _env_changed_by(imports: str) -> list[str]:
+    code = (f"import os; before = dict(os.environ); {imports}; "
+            "print(sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return eval(out.stdout.strip())  # noqa: S307 -- our own child's print of a list of names
+
+
+def test_importing_the_library_changes_nothing_in_the_environment():
+    assert _env_changed_by("import runtime; runtime.decide; import runtime.spec, runtime.control.law") == []
+    # Modules that import Ray, scikit-learn, MLflow: what those set on their own import (RAY_CLIENT_MODE,
+    # KMP_*, MLflow's telemetry session), and nothing more.
+    by_libraries = set(_env_changed_by("import ray, sklearn, mlflow"))
+    assert set(_env_changed_by("import runtime, runtime.driver.job, runtime.control.governor, runtime.cli.main")) <= by_libraries
 
 
 @pytest.mark.parametrize("node_ip, expected", [("127.0.0.1", "127.0.0.1:0"), ("::1", "[::1]:0"),

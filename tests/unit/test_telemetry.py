@@ -112,6 +112,7 @@ class FakeExporter:
         self.counts[()]  # like prometheus_client: an unlabelled histogram exposes zero buckets at once
         self.mode = "ok"
         self.requests: list[httpx.Request] = []
+        self.in_flight: float | None = None  # exported as the gauge serving_requests_in_flight when set
 
     def observe(self, value_s: float, n: int = 1, **labels: str) -> None:
         row = self.counts[tuple(sorted(labels.items()))]
@@ -129,6 +130,8 @@ class FakeExporter:
                 label_text = ",".join([f'{k}="{v}"' for k, v in labels] + [f'le="{"+Inf" if le == INF else le}"'])
                 lines.append(f"{self.name}_bucket{{{label_text}}} {count}")
         lines.append('other_metric{job="x"} 1.0')
+        if self.in_flight is not None:
+            lines += ["# TYPE serving_requests_in_flight gauge", f"serving_requests_in_flight {self.in_flight}"]
         return "\n".join(lines) + "\n"
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -217,31 +220,89 @@ def test_scrape_counter_reset_rebaselines():
     assert after.ok and after.rps == pytest.approx(10.0)
 
 
-def test_scrape_frozen_histogram_reuses_p99_then_goes_stale():
+def test_scrape_a_quiet_service_keeps_its_last_p99_then_is_idle_headroom():
     exporter = FakeExporter()
-    src = scrape_source(exporter, stale_after_s=5.0)
+    src = scrape_source(exporter, stale_after_s=5.0, idle_after_s=2.0, capacity_rps=100.0)
     src.sample(now_s=0.0)
     exporter.observe(0.008, n=100)
     fresh = src.sample(now_s=1.0)
     assert fresh.ok
-    quiet = src.sample(now_s=3.0)  # nothing new: same p99, 2 s stale, no traffic
-    assert quiet.ok and quiet.p99_ms == fresh.p99_ms
-    assert quiet.staleness_s == pytest.approx(2.0) and quiet.rps == 0.0
-    frozen = src.sample(now_s=6.5)
-    assert not frozen.ok
-    assert "frozen histogram: no new observations for 5.5 s" in frozen.error
-    assert frozen.staleness_s == pytest.approx(5.5)
+    quiet = src.sample(now_s=2.5)  # nothing new for 1.5 s: the last p99 stands, with its age
+    assert quiet.ok and quiet.p99_ms == fresh.p99_ms and not quiet.idle
+    assert quiet.staleness_s == pytest.approx(1.5) and quiet.rps == 0.0
+    idle = src.sample(now_s=3.5)  # 2.5 s without a request, none waiting: idle, the most headroom there is
+    assert idle.ok and idle.idle and idle.p99_ms is None and idle.utilization == 0.0 and idle.staleness_s == 0.0
+    assert src.sample(now_s=60.0).idle  # however long it stays quiet: never "missing telemetry"
     exporter.observe(0.05, n=100)
-    recovered = src.sample(now_s=7.0)
-    assert recovered.ok and recovered.staleness_s == 0.0 and recovered.p99_ms > fresh.p99_ms
+    back = src.sample(now_s=61.0)
+    assert back.ok and not back.idle and back.p99_ms > fresh.p99_ms
 
 
-def test_scrape_no_observations_ever_is_failed():
+def test_scrape_requests_in_flight_that_stop_finishing_mean_a_stuck_server():
     exporter = FakeExporter()
-    src = scrape_source(exporter)  # the series exists but stays empty
+    exporter.in_flight = 0.0
+    src = scrape_source(exporter, stale_after_s=5.0, idle_after_s=2.0, in_flight="serving_requests_in_flight")
     src.sample(now_s=0.0)
-    sample = src.sample(now_s=1.0)
-    assert not sample.ok and "no observations" in sample.error
+    exporter.observe(0.008, n=100)
+    exporter.in_flight = 2.0
+    fresh = src.sample(now_s=1.0)
+    assert fresh.ok and fresh.in_flight == 2.0
+    exporter.in_flight = 7.0  # work keeps arriving, nothing finishes
+    waiting = src.sample(now_s=4.0)  # 3 s: not idle (requests wait), not yet stuck: the last p99, aged
+    assert waiting.ok and not waiting.idle and waiting.p99_ms == fresh.p99_ms and waiting.staleness_s == pytest.approx(3.0)
+    stuck = src.sample(now_s=6.5)
+    assert not stuck.ok
+    assert "7 request(s) in flight but none finished for 5.5 s" in stuck.error and stuck.staleness_s == pytest.approx(5.5)
+    exporter.in_flight = 0.0  # they finished, or were dropped, and no more come: idle again
+    assert src.sample(now_s=7.0).idle
+
+
+def test_scrape_no_observations_yet_is_failed_until_idle():
+    exporter = FakeExporter()
+    src = scrape_source(exporter, idle_after_s=1.0)  # the series exists but stays empty
+    src.sample(now_s=0.0)
+    early = src.sample(now_s=0.5)
+    assert not early.ok and "no observations" in early.error
+    assert src.sample(now_s=1.5).idle
+
+
+def test_scrape_sums_deltas_per_target_and_a_restart_resets_only_its_target():
+    a, b = FakeExporter(), FakeExporter()
+    exporters = {"http://a.test/metrics": a, "http://b.test/metrics": b}
+    targets = list(exporters)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return exporters[str(request.url)].handle(request)
+
+    src = PrometheusScrapeSource(targets=lambda: targets, transport=httpx.MockTransport(handle),
+                                 clock=lambda: pytest.fail("tests pass now_s explicitly"))
+    a.observe(0.5, n=1000)  # each target's own history never enters the window
+    b.observe(0.004, n=5)
+    src.sample(now_s=0.0)
+    a.observe(0.004, n=60)
+    b.observe(0.05, n=40)
+    both = src.sample(now_s=1.0)
+    assert both.ok and both.rps == pytest.approx(100.0)
+    assert both.p99_ms == pytest.approx(10 + 90 * 0.975)  # rank 99 of 100: 39th of b's 40 in (10, 100] ms
+    b.reset()  # b restarted: only b rebaselines, and this poll tells nobody a guess
+    b.observe(0.004, n=1)
+    assert "http://b.test/metrics: counter reset" in src.sample(now_s=2.0).error
+    a.observe(0.004, n=30)
+    b.observe(0.004, n=20)
+    again = src.sample(now_s=3.0)
+    assert again.ok and again.rps == pytest.approx(50.0)
+    targets.append("http://c.test/metrics")  # a node joined and is not up yet: a partial view is no view
+    exporters["http://c.test/metrics"] = FakeExporter()
+    exporters["http://c.test/metrics"].mode = "refused"
+    missing = src.sample(now_s=4.0)
+    assert not missing.ok and "c.test" in missing.error
+
+
+def test_scrape_without_any_target_is_no_telemetry():
+    src = PrometheusScrapeSource(targets=lambda: [], clock=lambda: 0.0)
+    assert "no metrics target discovered" in src.sample(now_s=0.0).error
+    broken = PrometheusScrapeSource(targets=lambda: 1 / 0, clock=lambda: 0.0)
+    assert "cannot discover the metrics targets (ZeroDivisionError" in broken.sample(now_s=0.0).error
 
 
 @pytest.mark.parametrize("mode,reason", [

@@ -1,0 +1,30 @@
+"""cluster.yaml starts Ray the way the governor's ingress signal needs it, as the embedded default does."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from runtime.loopback import METRICS_REPORT_INTERVAL_MS, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _commands(config: dict, key: str) -> str:
+    return " ".join(config[key])
+
+
+def test_every_node_exports_fine_serve_buckets_and_a_metrics_port():
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    embedded = ",".join(f"{b:g}" for b in SERVE_LATENCY_BUCKETS_MS)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        text = _commands(config, key)
+        buckets = re.search(rf"{SERVE_BUCKETS_ENV}=(\S+)", text)
+        assert buckets and buckets.group(1) == embedded, (key, text)
+        assert "--metrics-export-port=" in text, key  # the governor scrapes every node there
+    head = _commands(config, "head_start_ray_commands")
+    system = json.loads(re.search(r"--system-config='([^']+)'", head).group(1))
+    assert system["metrics_report_interval_ms"] == METRICS_REPORT_INTERVAL_MS
