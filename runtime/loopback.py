@@ -29,9 +29,12 @@ callers dial a replica: nothing else changes.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
+import json
 import os
 import secrets
+from pathlib import Path
 
 SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 SERVE_BUCKETS_ENV = "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS"
@@ -73,6 +76,69 @@ def start_private_cluster(*, num_cpus: int, resources: dict | None = None, metri
     return ray.init(address="local", num_cpus=num_cpus, resources=resources or {}, include_dashboard=False,
                     _node_ip_address="127.0.0.1", log_to_driver=False, _system_config=system_config,
                     _metrics_export_port=metrics_export_port, **init_kwargs)
+
+
+def cluster_file() -> Path:
+    """Where ``headroom run`` leaves its private cluster's address and token for this user's later
+    commands (``headroom status``, ``pause``, ``resume`` from another terminal): ``$HEADROOM_HOME``,
+    else ``~/.headroom``, file ``cluster.json``, readable by this user alone."""
+    return Path(os.environ.get("HEADROOM_HOME") or Path.home() / ".headroom") / "cluster.json"
+
+
+def remember_private_cluster(address: str) -> Path:
+    """Write ``{address, token, pid}`` for this process's private cluster (mode 0600); removed when
+    this process exits (:func:`forget_private_cluster`)."""
+    path = cluster_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    record = {"address": address, "token": os.environ.get("RAY_AUTH_TOKEN"), "pid": os.getpid()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh)
+    os.replace(tmp, path)
+    atexit.register(forget_private_cluster)
+    return path
+
+
+def forget_private_cluster() -> None:
+    """Remove the record if it is this process's (another run may have written its own since)."""
+    record = _read_record(cluster_file())
+    if record is not None and record.get("pid") == os.getpid():
+        cluster_file().unlink(missing_ok=True)
+
+
+def join_private_cluster() -> str | None:
+    """The address of a private cluster that this user's ``headroom run`` started and still runs, with
+    its token and single-node mode set for this process (which joins it); ``None`` when there is none."""
+    record = _read_record(cluster_file())
+    if record is None or not _alive(record.get("pid")):
+        return None
+    if record.get("token"):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = record["token"]
+    os.environ.setdefault(SINGLE_NODE_ENV, "0")
+    _refresh_ray_settings()
+    return record["address"]
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("address"), str) else None
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not this user's run
+        return False
+    return True
 
 
 def _refresh_ray_settings() -> None:

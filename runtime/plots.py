@@ -23,11 +23,8 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: the demo runs on cluster nodes and in CI without a display
-import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 LEVEL_VALUE = {"PAUSE": 0, "THROTTLE": 1, "RUN": 2}
 PAUSE_COLOR = "#f4b6b6"
@@ -105,7 +102,8 @@ def plot_timeline(
     t0_s = min(all_t) if all_t else 0.0
     t_end_s = (max(all_t) - t0_s) if all_t else 1.0
 
-    fig, axes = plt.subplots(4, 1, figsize=(11, 9), sharex=True, constrained_layout=True)
+    fig = new_figure(figsize=(11, 9))
+    axes = fig.subplots(4, 1, sharex=True)
     ax_load, ax_lat, ax_level, ax_train = axes
 
     # Load: what the telemetry saw, and what the client offered.
@@ -169,7 +167,17 @@ def plot_timeline(
     ax_train.set_xlim(0.0, max(t_end_s, 1.0))
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out_path, dpi=110)
+
+
+def new_figure(**kwargs) -> Figure:
+    """A figure of its own, not pyplot's: the caller's backend, windows and state stay untouched
+    (a file is written with Agg whatever backend the caller chose)."""
+    return Figure(constrained_layout=True, **kwargs)
+
+
+def save_figure(fig: Figure, out_path: str | Path, dpi: int = 100) -> Path:
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+    fig.savefig(out_path, dpi=dpi)
     return out_path

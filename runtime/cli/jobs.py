@@ -13,10 +13,23 @@ from pathlib import Path
 from runtime.errors import GovernorError
 
 
+def add_out(p, what: str) -> None:
+    """The one name every command uses for its output file (``--summary-out`` and ``--output`` still work)."""
+    p.add_argument("-o", "--out", "--summary-out", "--output", dest="out", metavar="FILE", help=f"also write {what} here")
+
+
+def add_json(p) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON (for scripts), not as text")
+
+
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run one governed retraining job to completion")
-    p.add_argument("spec", help="job spec (YAML)")
-    p.add_argument("--summary-out", help="also write the summary JSON here")
+    p = sub.add_parser("run", help="run one governed retraining job to completion",
+                       description="Run one governed retraining job to completion: on the cluster at --address or "
+                                   "$RAY_ADDRESS, else on a private local cluster (loopback only, token auth) that later "
+                                   "headroom status / pause / resume commands of this user find.")
+    p.add_argument("spec", help="job spec (YAML; see docs/spec.md)")
+    add_out(p, "the summary (JSON)")
+    add_json(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local cluster)")
     p.set_defaults(func=cmd_run)
 
@@ -28,15 +41,16 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="jobs under the governor: level, lease, rows/s, last decision")
-    p.add_argument("--address")
-    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else this user's headroom run, else the local one)")
+    add_json(p)
     p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     p.set_defaults(func=cmd_status)
 
     for verb in ("pause", "resume"):
         p = sub.add_parser(verb, help=f"{verb} a running job by hand")
-        p.add_argument("job")
-        p.add_argument("--address")
+        p.add_argument("job", help="the job's name (see headroom status)")
+        p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else this user's headroom run, else the local one)")
+        add_json(p)
         p.set_defaults(func=cmd_manual)
 
 
@@ -75,11 +89,44 @@ def cmd_run(args) -> int:
         summary = run_job(spec, address=args.address, on_status=line)
     finally:
         line.close()
-    text = json.dumps(summary, indent=2)
-    if args.summary_out:
-        Path(args.summary_out).write_text(text)
-    print(text)
+    text = json.dumps(summary, indent=2, default=str)
+    if args.out:
+        write_atomically(args.out, text)
+    print(text if args.json else summary_text(summary))
     return 0 if summary["status"] == "completed" else 1
+
+
+def summary_text(s: dict) -> str:
+    """The summary as a person reads it (``--json`` gives all of it)."""
+    v, c, r = s.get("validation") or {}, s.get("compute") or {}, s.get("reaction") or {}
+    lines = [f"{s['job']}: {s['status']} in {s.get('duration_s', 0):.0f} s -- MLflow run {s.get('mlflow_run_id')}",
+             f"  rows {s.get('rows_consumed')} of {s.get('rows_total')}, duplicated {s.get('rows_duplicated')}; "
+             f"pauses {s.get('pauses')}, resumes {s.get('resumes')}"
+             + (f"; reaction median {r['median_s']:.2f} s" if r.get("count") else "")]
+    if "candidate" in v:
+        champion = "no champion" if v.get("champion") is None else f"champion {v['champion']:.4f}"
+        lines.append(f"  holdout {v.get('metric')}: candidate {v['candidate']:.4f} vs {champion}; registered "
+                     f"v{s.get('registered_version')} alias {s.get('registered_alias') or 'none'}")
+    elif v.get("skipped"):
+        lines.append(f"  validation skipped: {v['skipped']}")
+    if c:
+        lines.append(f"  compute {c.get('cpu_s', 0):.1f} CPU-s (driver {c.get('driver_cpu_s', 0):.1f}, "
+                     f"workers {c.get('worker_cpu_s', 0):.1f})")
+    if s.get("error"):
+        lines.append(f"  error: {s['error']}")
+    return "\n".join(lines)
+
+
+def write_atomically(path: str | Path, text: str) -> Path:
+    """Write a result file the way checkpoints are written: never half a file (runtime.training.checkpoint)."""
+    from runtime.errors import HeadroomError
+    from runtime.training.checkpoint import atomic_write_text
+
+    try:
+        return atomic_write_text(path, text)
+    except OSError as exc:
+        raise HeadroomError(f"cannot write {path} ({exc.strerror or exc})", where=str(path),
+                            fix="pass --out a writable file path") from None
 
 
 def cmd_submit(args) -> int:
@@ -101,9 +148,10 @@ def _connect(address):
     import os
 
     from runtime.driver.job import connect
+    from runtime.loopback import join_private_cluster
 
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        address = "auto"
+        address = join_private_cluster() or "auto"  # this user's headroom run, with its token; else the local one
     try:
         connect(address)
     except ConnectionError as exc:
@@ -209,21 +257,17 @@ def _watch_loop(snapshot, as_json: bool, interval_s: float, stream) -> int:
                 print(json.dumps(status if error is None else {"error": error}, default=str), file=stream, flush=True)
                 time.sleep(interval_s)
         tty = stream.isatty()
-        try:  # rich.live redraws in place on a terminal; a pipe or log gets the plain tables
+        if tty:  # rich.live redraws in place on a terminal; a pipe or log gets the plain tables
             from rich.console import Console
             from rich.live import Live
-        except ImportError:
-            Live = None
-        if Live is not None and tty:
+
             with Live(_rich_status(*snapshot()), console=Console(file=stream), refresh_per_second=4) as live:
                 while True:
                     time.sleep(interval_s)
                     live.update(_rich_status(*snapshot()))
-        while True:
+        while True:  # a pipe or a log: one table per refresh
             status, error = snapshot()
-            body = f"[{time.strftime('%H:%M:%S')}] " + (error or _status_table(status))
-            # a terminal: home the cursor and clear, then redraw; a pipe or log: one table per refresh
-            stream.write(("\x1b[H\x1b[2J" + body + "\n") if tty else (body + "\n\n"))
+            stream.write(f"[{time.strftime('%H:%M:%S')}] " + (error or _status_table(status)) + "\n\n")
             stream.flush()
             time.sleep(interval_s)
     except KeyboardInterrupt:
@@ -256,5 +300,8 @@ def cmd_manual(args) -> int:
     if not ray.get(gov.set_manual_pause.remote(args.job, paused)):
         raise GovernorError(f"no job named {args.job!r} under the governor", where=f"headroom {args.command}",
                             fix="see headroom status")
-    print(f"{args.job}: paused (manual)" if paused else f"{args.job}: manual pause lifted; the control law decides again")
+    if args.json:
+        print(json.dumps({"job": args.job, "manual_pause": paused}))
+    else:
+        print(f"{args.job}: paused (manual)" if paused else f"{args.job}: manual pause lifted; the control law decides again")
     return 0

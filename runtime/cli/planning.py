@@ -10,12 +10,14 @@ written, the table says why), 2 on bad input (one line naming the file, line or 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime
 
+from runtime.cli.jobs import add_json, add_out
 from runtime.errors import SpecError
 from runtime.windows.history import History, read_history_csv, read_history_prometheus
-from runtime.windows.plan_report import local_datetime, plot_plan, render_table, write_ics, write_plan_json
+from runtime.windows.plan_report import local_datetime, plan_records, plot_plan, render_table, write_ics, write_plan_json
 from runtime.windows.plan import PlanResult, PlanSpec, load_plan_spec, make_plan
 from runtime.windows.profile import zone
 from runtime.windows.placement import Plan, Reason
@@ -38,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", required=True, metavar="JOBS.yaml", help="jobs, pool, threshold, blackouts, prices")
     p.add_argument("--start", required=True, metavar="ISO", help="horizon start, e.g. 1995-07-22T00:00:00-04:00")
     p.add_argument("--horizon-days", type=float, default=7.0, help="horizon length in days (default 7)")
-    p.add_argument("--out", metavar="plan.json", help="write the windows as a JSON list")
+    add_out(p, "the windows as a JSON list (plan.json, for headroom submit)")
+    add_json(p)
     p.add_argument("--tz", metavar="ZONE", help="IANA time zone of the profile (overrides the jobs file)")
     p.add_argument("--ics", metavar="FILE", help="also write an iCalendar file of the windows")
     p.add_argument("--plot", metavar="FILE", help="also write a PNG of the profile with the windows shaded")
@@ -68,15 +71,12 @@ def load_history(args: argparse.Namespace, start_epoch_s: float) -> History:
 
 
 def print_table(plan: Plan) -> None:
-    """Rich table when rich is installed (it comes with Ray), else the plain one."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(render_table(plan))
-        return
+    """The plan as a rich table (pipes and logs get whole rows), with the plain table's summary lines."""
+    from rich.console import Console
+    from rich.table import Table
+
     plain = render_table(plan).splitlines()
-    header, rows = plain[0], len(plan.windows)
+    rows = len(plan.windows)
     table = Table(title=f"Headroom plan ({plan.tz_name})")
     fmt = "%a %Y-%m-%d %H:%M"
     for column in ("job", "run", "start", "end", "workers", "load rps", "peak rps", "price", "cost"):
@@ -102,13 +102,19 @@ def run_plan(args: argparse.Namespace) -> int:
     if result.profile.weeks_seen < 2:
         print(f"note: the profile rests on {result.profile.weeks_seen} week(s) of history; 3 or more are better",
               file=sys.stderr)
-    print_table(plan)
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print  # --json: stdout is the JSON alone
+    if args.json:
+        print(json.dumps({"windows": plan_records(plan), "unplaced": [
+            {"job": u.job, "run": u.run, "reason": u.reason.value, "detail": u.detail} for u in plan.unplaced]},
+            indent=2, default=str))
+    else:
+        print_table(plan)
     if args.out:
-        print(f"wrote {write_plan_json(plan, args.out)}")
+        say(f"wrote {write_plan_json(plan, args.out)}")
     if args.ics:
-        print(f"wrote {write_ics(plan, args.ics)}")
+        say(f"wrote {write_ics(plan, args.ics)}")
     if args.plot:
-        print(f"wrote {plot_plan(plan, result.forecast, args.plot, max_load_rps=spec.constraints.max_load_rps, blackouts=spec.constraints.blackouts)}")
+        say(f"wrote {plot_plan(plan, result.forecast, args.plot, max_load_rps=spec.constraints.max_load_rps, blackouts=spec.constraints.blackouts)}")
     missing = [u for u in plan.unplaced if u.reason is not Reason.BEYOND_HORIZON]
     if missing:
         print(f"headroom plan: {len(missing)} run(s) could not be placed; see UNPLACED above", file=sys.stderr)

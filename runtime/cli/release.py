@@ -6,8 +6,8 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
+from runtime.cli.jobs import add_json, add_out, write_atomically
 from runtime.errors import ReleaseError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("spec", help="job spec (YAML): its name, release plan, tracking store and metric")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else the local one)")
     p.add_argument("--app", default="headroom-router", help="the router's Ray Serve application name")
-    p.add_argument("--out", help="also write the result JSON here")
+    add_out(p, "the result (JSON)")
+    add_json(p)
     p.set_defaults(func=cmd_rollout)
 
 
@@ -40,6 +41,7 @@ def _tracking_args(p) -> None:
     p.add_argument("--reason", help="why, recorded with the event")
     p.add_argument("--app", help="also point this running router (Ray Serve application) at the new champion, split 0 %%")
     p.add_argument("--address", help="Ray cluster address for --app (default: $RAY_ADDRESS, else the local one)")
+    add_json(p)
 
 
 def cmd_promote(args) -> int:
@@ -70,6 +72,11 @@ def _move(args, act) -> int:
     if router:
         router.configure(0.0, 0.0)
         router.load(move.champion_after, None)
+    if args.json:
+        print(json.dumps({"name": move.name, "champion_before": move.champion_before, "champion_after": move.champion_after,
+                          "previous_champion": move.previous_champion, "mlflow_run_id": run_id, "router": args.app}))
+        return 0
+    if router:
         print(f"router {args.app!r}: serving v{move.champion_after}, split 0 %")
     print(f"{move.name}: champion v{move.champion_before} -> v{move.champion_after}"
           + (f" (previous-champion: v{move.previous_champion})" if move.previous_champion else "")
@@ -90,18 +97,29 @@ def cmd_rollout(args) -> int:
 
     result = run_rollout(spec.name, spec.release, ServeRouter(args.app), tracking_uri=spec.tracking.uri,
                          experiment=spec.tracking.experiment, metric=spec.validation.metric, on_decision=show)
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=2, default=str)
     if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+        write_atomically(args.out, text)
+    print(text if args.json else _rollout_text(result))
     return 0 if result["outcome"] == "promoted" else 1
+
+
+def _rollout_text(result: dict) -> str:
+    lines = [f"{result.get('model', '')}: rollout {result['outcome']} ({result.get('reason')}: {result.get('detail')})",
+             f"  champion v{result.get('champion_before')} -> v{result.get('champion_after')}; "
+             f"MLflow run {result.get('run_id')}; --json for everything"]
+    return "\n".join(lines)
 
 
 def _connect(address: str | None) -> None:
     import ray
 
+    from runtime.loopback import join_private_cluster
+
     if ray.is_initialized():
         return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = join_private_cluster()  # this user's headroom run, with its token (else "auto" below)
     try:
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
                  logging_level=logging.WARNING)

@@ -311,6 +311,7 @@ class Governor:
                 self._decide_pooled(key, members, sample)
         except Exception:  # the scraper must outlive any bug in one decision
             self.tick_errors += 1
+            self._metrics.error()
             log.exception("governor decision failed")
 
     async def _run(self) -> None:
@@ -323,6 +324,7 @@ class Governor:
                 self._metrics.tick(self.last_tick_ms, self.jobs.values())
             except Exception:  # the loop must outlive any bug in one tick
                 self.tick_errors += 1
+                self._metrics.error()
                 log.exception("governor tick failed")
             self.ticks += 1
             self._decide_ms = 0.0
@@ -373,8 +375,11 @@ class Governor:
         now = time.time()
         if d.level is Level.PAUSE and before is not Level.PAUSE and entry.started:
             entry.pauses += 1
+            self._metrics.paused(entry.job)
             entry.pause_started_s = sample.time_s if entry.lease.active_count() else None
         if d.reason is Reason.RESUME:
+            if entry.started:
+                self._metrics.resumed(entry.job)
             entry.resumes += int(entry.started)
             entry.started = True
         entry.lease.resize(min(d.workers, entry.law.max_workers) if entry.phase == "training" else 0, now)
@@ -461,50 +466,75 @@ def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
 
 
 class _Metrics:
-    """The governor's own metrics, exported by Ray's metrics agent (``ray start --metrics-export-port``)
-    so Prometheus and Grafana can show them; see examples/grafana-dashboard.json."""
+    """The governor's own metrics, exported by Ray's metrics agent (``ray start --metrics-export-port``,
+    which prefixes every name with ``ray_``) so Prometheus and Grafana can show them; see
+    examples/grafana-dashboard.json and examples/alerts.yml. Prometheus conventions: base units
+    (seconds, ratios), counters end in ``_total``, and the job's name is the label ``headroom_job`` (a
+    ``job`` label would collide with Prometheus's own target label and arrive as ``exported_job``)."""
+
+    LABEL = "headroom_job"
 
     def __init__(self) -> None:
-        from ray.util.metrics import Gauge, Histogram
+        from ray.util.metrics import Counter, Gauge, Histogram
 
-        tags = ("job",)
+        tags = (self.LABEL,)
         self.level = Gauge("headroom_directive_level", "Directive level: 0 PAUSE, 1 THROTTLE, 2 RUN, -1 job ended",
                            tag_keys=tags)
-        self.slack = Gauge("headroom_slack", "Latency slack (SLO - p99) / SLO seen by the governor", tag_keys=tags)
+        self.slack = Gauge("headroom_slack_ratio", "Latency slack (SLO - p99) / SLO behind the last decision",
+                           tag_keys=tags)
         self.workers = Gauge("headroom_workers_active", "Workers computing in the job's lease", tag_keys=tags)
-        self.rows = Gauge("headroom_rows_per_s_allowed", "Ingestion rate the governor allows", tag_keys=tags)
-        self.p99 = Gauge("headroom_serving_p99_ms", "Serving p99 latency behind the last decision", tag_keys=tags)
-        self.stale = Gauge("headroom_telemetry_ok", "1 if the last sample was usable, else 0", tag_keys=tags)
-        self.tick_ms = Gauge("headroom_governor_tick_ms", "Duration of the last governor tick")
+        self.rows = Gauge("headroom_allowed_rows_per_second", "Ingestion rate the governor allows", tag_keys=tags)
+        self.p99 = Gauge("headroom_serving_p99_seconds", "Serving p99 latency (at the ingress) behind the last decision",
+                         tag_keys=tags)
+        self.in_flight = Gauge("headroom_serving_in_flight_requests", "Requests in flight at the ingress behind the "
+                               "last decision", tag_keys=tags)
+        self.ok = Gauge("headroom_telemetry_ok", "1 if the last sample was usable, else 0", tag_keys=tags)
+        self.pauses = Counter("headroom_pauses", "Times the job was paused (exported as ..._total)", tag_keys=tags)
+        self.resumes = Counter("headroom_resumes", "Times the job resumed (exported as ..._total)", tag_keys=tags)
+        self.tick_errors = Counter("headroom_governor_tick_errors", "Governor ticks or decisions that raised "
+                                   "(exported as ..._total)")
+        self.tick_s = Histogram("headroom_governor_tick_seconds", "Duration of one governor tick",
+                                boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
         self.reaction_s = Histogram("headroom_reaction_seconds", "Headroom lost -> workers stopped",
                                     boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10], tag_keys=tags)
 
     def tick(self, tick_ms: float, entries) -> None:
         # Every gauge every tick: Ray (OpenTelemetry) forgets a gauge's value after each export, and
         # its metrics agent drops a series not set again within two export intervals.
-        self.tick_ms.set(tick_ms)
+        self.tick_s.observe(tick_ms / 1000.0)
         for e in entries:
             d, s = e.directive, e.sample
-            tags = {"job": e.job}
+            tags = {self.LABEL: e.job}
             self.level.set(LEVEL_VALUE[d.level], tags)
             self.workers.set(e.lease.active_count(), tags)
             self.rows.set(d.rows_per_s, tags)
-            self.stale.set(1.0 if s is not None and s.ok else 0.0, tags)
+            self.ok.set(1.0 if s is not None and s.ok else 0.0, tags)
             if d.slack is not None:
                 self.slack.set(d.slack, tags)
             if s is not None and s.p99_ms is not None:
-                self.p99.set(s.p99_ms, tags)
+                self.p99.set(s.p99_ms / 1000.0, tags)
+            if s is not None and s.in_flight is not None:
+                self.in_flight.set(s.in_flight, tags)
+
+    def paused(self, job: str) -> None:
+        self.pauses.inc(1.0, {self.LABEL: job})
+
+    def resumed(self, job: str) -> None:
+        self.resumes.inc(1.0, {self.LABEL: job})
+
+    def error(self) -> None:
+        self.tick_errors.inc(1.0)
 
     def forget(self, job: str) -> None:
         """A finished job: Ray cannot drop a series, so leave it at 'no workers, level -1 (not registered)'."""
-        tags = {"job": job}
+        tags = {self.LABEL: job}
         self.level.set(-1, tags)
         self.workers.set(0, tags)
         self.rows.set(0, tags)
-        self.stale.set(1, tags)
+        self.ok.set(1, tags)
 
     def reaction(self, job: str, seconds: float) -> None:
-        self.reaction_s.observe(seconds, {"job": job})
+        self.reaction_s.observe(seconds, {self.LABEL: job})
 
 
 def source_key(serving: dict) -> str:

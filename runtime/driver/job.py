@@ -23,13 +23,13 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from runtime.training.checkpoint import Checkpoint, CheckpointStore
+from runtime.training.checkpoint import Checkpoint, CheckpointStore, atomic_write_text
 from runtime.errors import DataError, SpecError
 from runtime.governance.job import JobGovernance
 from runtime.control.governor import get_or_create_governor
 from runtime.training.ingest import Dataset, RangeSet
 from runtime.control.lease import POOL_RESOURCE
-from runtime.loopback import is_loopback, start_private_cluster
+from runtime.loopback import is_loopback, remember_private_cluster, start_private_cluster
 from runtime.spec.job import JobSpec
 from runtime.driver.summary import build_summary, law_config
 from runtime.tracking.tracker import Tracker, load_champion
@@ -53,7 +53,8 @@ def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        start_private_cluster(num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots})
+        context = start_private_cluster(num_cpus=max(2, os.cpu_count() or 2), resources={POOL_RESOURCE: pool_slots})
+        remember_private_cluster(context.address_info["gcs_address"])  # for this user's headroom status / pause
         node_ip = ray.util.get_node_ip_address()
         if not is_loopback(node_ip):  # the operator chose otherwise (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1)
             log.warning("the local Ray cluster listens on %s, not only on loopback (see runtime/loopback.py)", node_ip)
@@ -273,7 +274,7 @@ def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: 
         out.mkdir(parents=True, exist_ok=True)
         files = {"summary.json": summary, "decisions.json": loop.decisions, "progress.json": loop.progress}
         for name, obj in files.items():
-            (out / name).write_text(json.dumps(obj, indent=1, default=str))
+            atomic_write_text(out / name, json.dumps(obj, indent=1, default=str))
         plot_timeline(loop.decisions, loop.progress, out / "timeline.png", slo_p99_ms=spec.serving.slo_p99_ms,
                       title=f"{spec.name}: governed retraining")
         for name in (*files, "timeline.png"):

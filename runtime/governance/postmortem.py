@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.plots import plot_timeline, plt
+from runtime.plots import new_figure, plot_timeline, save_figure
+from runtime.training.checkpoint import atomic_write_text
 
 REPORT = "postmortem.md"
 ARTIFACT_DIR = "postmortem"
@@ -168,8 +169,7 @@ def _ms(v) -> str:
 # --- plots --------------------------------------------------------------------------------------
 
 def _save(fig, out: Path) -> Path:
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out
 
 
@@ -178,7 +178,8 @@ def plot_drift(drift: list[dict], out: Path, psi_max: float) -> Path:
     worst: dict[str, float] = {}
     for d in drift:
         worst[d["feature"]] = max(worst.get(d["feature"], 0.0), 0.0 if math.isnan(d["psi"]) else d["psi"])
-    fig, ax = plt.subplots(figsize=(7, 3.5), constrained_layout=True)
+    fig = new_figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     names = list(worst)
     ax.bar(names, [worst[n] for n in names], color=["tab:red" if worst[n] > psi_max else "tab:blue" for n in names])
     ax.axhline(psi_max, color="black", ls="--", lw=1, label=f"psi_max {psi_max:g}")
@@ -189,7 +190,8 @@ def plot_drift(drift: list[dict], out: Path, psi_max: float) -> Path:
 
 
 def plot_validation(v: dict, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
+    fig = new_figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     labels, values = ["candidate"], [v["candidate"]]
     if v.get("champion") is not None:
         labels.append(f"champion v{v.get('champion_version')}")
@@ -209,7 +211,8 @@ def plot_latency(decisions: list[dict], out: Path, slo_p99_ms: float) -> Path:
     for d in decisions:
         if d.get("p99_ms") is not None:
             split["training" if (d.get("active") or 0) > 0 else "baseline"].append(float(d["p99_ms"]))
-    fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     data = [v if v else [math.nan] for v in split.values()]
     ax.boxplot(data, tick_labels=[f"{k} (n={len(v)})" for k, v in split.items()], showfliers=True)
     ax.axhline(slo_p99_ms, color="black", ls="--", lw=1, label=f"SLO {slo_p99_ms:g} ms")
@@ -235,5 +238,5 @@ def write_postmortem(out_dir: Path, summary: dict, decisions: list[dict], progre
                                           title=f"{summary['job']}: governed retraining").name
     latency = latency_comparison(decisions, slo_p99_ms)
     report = out_dir / REPORT
-    report.write_text(render_postmortem(summary, latency=latency, slo_p99_ms=slo_p99_ms, currency=currency, plots=plots))
+    atomic_write_text(report, render_postmortem(summary, latency=latency, slo_p99_ms=slo_p99_ms, currency=currency, plots=plots))
     return [report, *(out_dir / name for name in plots.values())]

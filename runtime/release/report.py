@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from runtime.plots import new_figure, save_figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from runtime.release.stats import CHALLENGER, CHAMPION, mirrored_pairs  # noqa: E402
+from runtime.release.stats import CHALLENGER, CHAMPION, mirrored_pairs
 
 PHASE_COLUMNS = [  # (key in the phase row, title, format)
     ("phase", "phase", "{}"), ("percent", "split %", "{:g}"), ("champion_requests", "champion req", "{}"),
@@ -90,7 +87,8 @@ def _shadow_section(row: dict) -> list[str]:
 
 
 def _plot_latency(path: Path, records: list[dict], t0_wall_s: float) -> Path:
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = new_figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     for role, color in ((CHAMPION, "tab:blue"), (CHALLENGER, "tab:orange")):
         pts = [(r["t"] - t0_wall_s, r["latency_ms"][role]) for r in records if role in r["latency_ms"]]
         if pts:
@@ -107,14 +105,13 @@ def _plot_latency(path: Path, records: list[dict], t0_wall_s: float) -> Path:
     ax.set_xlabel("seconds since the rollout's first request")
     ax.set_ylabel("model latency (ms, log)")
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
 def _plot_shadow(path: Path, pairs: list[tuple[float, float]]) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = new_figure(figsize=(5, 5))
+    ax = fig.subplots()
     a, b = zip(*pairs)
     ax.scatter(a, b, s=6, alpha=0.6)
     lo, hi = min(min(a), min(b)), max(max(a), max(b))
@@ -122,7 +119,5 @@ def _plot_shadow(path: Path, pairs: list[tuple[float, float]]) -> Path:
     ax.set_xlabel("champion prediction")
     ax.set_ylabel("challenger prediction")
     ax.set_title(f"shadow: {len(pairs)} mirrored predictions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -20,6 +20,7 @@ import os
 import struct
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -123,8 +124,29 @@ class CheckpointStore:
             _remove_quietly(self.fs, name)
 
 
-def _write_local_durably(tmp: str, final: str, blob: bytes) -> None:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def atomic_write_bytes(path: str | os.PathLike, blob: bytes, *, mode: int = 0o644) -> Path:
+    """Write a local file whole or not at all: a temporary name beside it, fsync, rename, fsync the
+    folder -- the checkpoints' own way, for every result file a command writes (plan, summary, runbook).
+
+    >>> atomic_write_bytes("/tmp/x.json", b"{}")  # doctest: +SKIP
+    """
+    final = Path(path).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _write_local_durably(str(tmp), str(final), blob, mode=mode)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, mode: int = 0o644) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def _write_local_durably(tmp: str, final: str, blob: bytes, *, mode: int = 0o600) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(blob)
         while view:

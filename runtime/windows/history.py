@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import DataError
+from runtime.errors import DataError, TelemetryError
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ def read_history_prometheus(base_url: str, query: str, start: datetime | float, 
     missing points stay missing (gaps are not zero traffic). Long ranges are split into requests of at
     most 10,000 points. ``transport`` is an ``httpx`` transport (tests pass ``httpx.MockTransport``).
 
-    Raises :class:`DataError` naming the URL on an unreachable server, a timeout, an HTTP or query
-    error, a malformed answer, or no data at all.
+    Raises :class:`TelemetryError` naming the URL on an unreachable server or a timeout (a runtime
+    failure), :class:`DataError` on an HTTP or query error, a malformed answer, or no data at all.
     """
     import httpx  # the network library stays out of the import path of the pure planner
 
@@ -153,16 +153,17 @@ def read_history_prometheus(base_url: str, query: str, start: datetime | float, 
 
 
 def _query_range(client: Any, url: str, params: dict[str, str]) -> list[tuple[float, float]]:
-    """One ``query_range`` request, translated into (epoch_s, value) pairs or a :class:`DataError`."""
+    """One ``query_range`` request, translated into (epoch_s, value) pairs, or a :class:`TelemetryError`
+    (no answer) or :class:`DataError` (a wrong one)."""
     import httpx
 
     try:
         response = client.get(url, params=params)
     except httpx.TimeoutException as exc:
-        raise DataError(f"Prometheus timed out ({exc.__class__.__name__})", where=url,
+        raise TelemetryError(f"Prometheus timed out ({exc.__class__.__name__})", where=url,
                         fix="raise timeout_s or shorten the range / coarsen the step") from exc
     except httpx.HTTPError as exc:
-        raise DataError(f"Prometheus unreachable: {exc}", where=url,
+        raise TelemetryError(f"Prometheus unreachable: {exc}", where=url,
                         fix="check the URL and that the server is up and reachable from here") from exc
     try:
         body = response.json()

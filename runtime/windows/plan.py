@@ -163,11 +163,7 @@ def _spec_error(path: str, exc: ValidationError) -> SpecError:
 
 def past_run_durations_s(job: JobModel) -> list[float]:
     """Durations (s) of the job's past FINISHED MLflow runs (runs are named '<job>-<timestamp>')."""
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise DataError("mlflow is not installed", where=f"jobs.{job.name}.mlflow_experiment",
-                        fix="install mlflow or give duration_minutes") from exc
+    import mlflow  # a dependency of the package: always there
     filter_string = job.mlflow_filter or f"attributes.run_name LIKE '{job.name}-%' AND attributes.status = 'FINISHED'"
     try:
         if job.mlflow_tracking_uri:

@@ -59,8 +59,10 @@ def _writable(path: str | Path) -> Path:
 
 def write_plan_json(plan: Plan, path: str | Path) -> Path:
     """Write the window records as a JSON list."""
+    from runtime.training.checkpoint import atomic_write_text
+
     path = _writable(path)
-    path.write_text(json.dumps(plan_records(plan), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(plan_records(plan), indent=2) + "\n")
     return path
 
 
@@ -129,7 +131,9 @@ def ics_text(plan: Plan, calendar_name: str = "Headroom retraining windows") -> 
 
 def write_ics(plan: Plan, path: str | Path) -> Path:
     path = _writable(path)
-    path.write_bytes(ics_text(plan).encode("utf-8"))
+    from runtime.training.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, ics_text(plan).encode("utf-8"))
     return path
 
 
@@ -137,20 +141,20 @@ def plot_plan(plan: Plan, forecast: Forecast, path: str | Path, *, max_load_rps:
               blackouts: tuple[Blackout, ...] = (), actual: Forecast | None = None, title: str | None = None) -> Path:
     """PNG: the profile laid over the horizon, windows shaded per job, blackouts hatched, the threshold dashed."""
     import matplotlib
-
-    matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
+
+    from runtime.plots import new_figure, save_figure
 
     path = _writable(path)
     tz = zone(plan.tz_name)
     times = [datetime.fromtimestamp(t, tz) for t in forecast.start_epoch_s.tolist()]
-    fig, ax = plt.subplots(figsize=(14, 4.5), dpi=100)
+    fig = new_figure(figsize=(14, 4.5), dpi=100)
+    ax = fig.subplots()
     ax.step(times, forecast.load_rps, where="post", color="black", lw=1.2, label="forecast (weekly profile)")
     if actual is not None:
         ax.step([datetime.fromtimestamp(t, tz) for t in actual.start_epoch_s.tolist()], actual.load_rps,
                 where="post", color="tab:gray", lw=0.7, alpha=0.8, label="actual")
-    colors = plt.get_cmap("tab10")
+    colors = matplotlib.colormaps["tab10"]
     jobs = sorted({w.job for w in plan.windows})
     for k, job in enumerate(jobs):
         for n, w in enumerate(x for x in plan.windows if x.job == job):
@@ -168,7 +172,5 @@ def plot_plan(plan: Plan, forecast: Forecast, path: str | Path, *, max_load_rps:
     ax.set_title(title or f"Traffic profile and planned windows ({plan.tz_name})")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, ncol=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

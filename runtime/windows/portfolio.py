@@ -113,12 +113,10 @@ def shortlist(runs: Sequence[Candidates]) -> list[Candidates]:
 
 
 def _milp(runs: Sequence[Candidates], capacity: int, time_limit_s: float) -> tuple[list[int | None], bool] | None:
-    """The exact 0-1 program for one component; None when SciPy is unavailable or found nothing."""
-    try:
-        from scipy.optimize import Bounds, LinearConstraint, milp
-        from scipy.sparse import coo_matrix
-    except ImportError:  # scikit-learn pulls SciPy in; without it the caller falls back to greedy
-        return None
+    """The exact 0-1 program for one component (SciPy's HiGHS); None when it found nothing."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
     runs = shortlist(runs)
     n_runs = len(runs)
     n_cand = sum(len(c.starts) for c in runs)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,43 @@ def test_bad_spec_gives_one_clear_error_line_and_nonzero_exit(tmp_path, override
     assert len(lines) == 1, proc.stderr
     assert expected in lines[0] and str(spec) in lines[0] and "fix:" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_status_and_pause_reach_a_headroom_run_from_another_terminal(tmp_path):
+    """`headroom run` on its private cluster; then, as from a second terminal (a fresh environment: no
+    token, no address), `headroom status --json` lists the job and `headroom pause` pauses it."""
+    fresh = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    fresh["HEADROOM_HOME"] = str(tmp_path / "home")
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
+        spec = write_spec(tmp_path, server.metrics_url, **{"budget.max_rows_per_s": 150})  # ~20 s of training
+        run = subprocess.Popen([str(BIN / "headroom"), "run", str(spec), "--json"], cwd=tmp_path, env=fresh,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            record = Path(fresh["HEADROOM_HOME"]) / "cluster.json"
+            status = None
+            for _ in range(240):
+                if record.exists():
+                    proc = subprocess.run([str(BIN / "headroom"), "status", "--json"], cwd=tmp_path, env=fresh,
+                                          capture_output=True, text=True, timeout=120)
+                    if proc.returncode == 0 and json.loads(proc.stdout)["jobs"]:
+                        status = json.loads(proc.stdout)
+                        break
+                time.sleep(0.5)
+            assert status is not None, "headroom status never saw the job"
+            assert oct(record.stat().st_mode & 0o777) == "0o600"  # the token is this user's alone
+            assert [j["job"] for j in status["jobs"]] == ["e2e-submit"]
+            paused = subprocess.run([str(BIN / "headroom"), "pause", "e2e-submit", "--json"], cwd=tmp_path, env=fresh,
+                                    capture_output=True, text=True, timeout=120)
+            assert paused.returncode == 0 and json.loads(paused.stdout) == {"job": "e2e-submit", "manual_pause": True}
+            assert "InvalidAuthToken" not in paused.stderr + proc.stderr
+            resumed = subprocess.run([str(BIN / "headroom"), "resume", "e2e-submit"], cwd=tmp_path, env=fresh,
+                                     capture_output=True, text=True, timeout=120)
+            assert resumed.returncode == 0, resumed.stderr[-2000:]
+            out, err = run.communicate(timeout=600)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["status"] == "completed" and summary["pauses"] >= 1  # the manual pause took
+    assert not record.exists()  # the run removed its record when it ended

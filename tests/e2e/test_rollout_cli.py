@@ -84,10 +84,10 @@ def test_rollout_then_rollback_from_the_command_line(router, ray_head, tmp_path)
     client = MlflowClient(uri)
     assert alias_version(client, NAME, CHAMPION) == 1 and alias_version(client, NAME, PREVIOUS_CHAMPION) is None
 
-    # Nothing left to roll out, and no such router: one clear line each, exit 2.
+    # Nothing left to roll out, and no such router: one clear line each, exit 1 (a runtime failure).
     for args, expected in ((("rollout", str(spec), "--address", ray_head.address), "no challenger"),
                            (("promote", NAME, "--version", "2", "--tracking-uri", uri, "--app", "nope", "--address",
                              ray_head.address), "no Ray Serve application named 'nope'")):
         proc = headroom(*args, cwd=tmp_path, timeout=120)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+        assert proc.returncode == 1 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]

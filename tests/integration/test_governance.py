@@ -118,7 +118,7 @@ def test_governed_run_logs_lineage_and_a_postmortem_and_the_gate_holds_back_a_we
     assert printed.stdout == report
     missing = subprocess.run([HEADROOM, "report", "0" * 32, "--tracking-uri", spec.tracking.uri],
                              capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 2 and missing.stderr.startswith("headroom report: error: ")
+    assert missing.returncode == 1 and missing.stderr.startswith("headroom report: error: ")
     assert f"no post-mortem for run '{'0' * 32}'" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
 

@@ -156,4 +156,4 @@ def test_headroom_pause_and_resume_by_hand(ray_session, tmp_path):
         unknown = subprocess.run([headroom, "pause", "no-such-job", "--address", ray_session.address],
                                  capture_output=True, text=True, timeout=60)
     assert_exactly_once(summary)
-    assert unknown.returncode == 2 and "no job named 'no-such-job'" in unknown.stderr
+    assert unknown.returncode == 1 and "no job named 'no-such-job'" in unknown.stderr

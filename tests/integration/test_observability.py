@@ -41,12 +41,16 @@ ALERTS = ROOT / "examples/alerts.yml"
 DASHBOARD = ROOT / "examples/grafana-dashboard.json"
 HEADROOM = Path(sys.executable).with_name("headroom")
 
-# runtime/control/governor.py's _Metrics as Ray's metrics agent exports them: every name gets a ``ray_`` prefix.
-JOB_GAUGES = {"ray_headroom_directive_level", "ray_headroom_slack", "ray_headroom_workers_active",
-              "ray_headroom_rows_per_s_allowed", "ray_headroom_serving_p99_ms", "ray_headroom_telemetry_ok"}
-TICK_GAUGE = "ray_headroom_governor_tick_ms"
+# runtime/control/governor.py's _Metrics as Ray's metrics agent exports them: every name gets a ``ray_`` prefix;
+# base units, counters end in _total, the job is the label headroom_job (Prometheus keeps `job` for itself).
+LABEL = "headroom_job"
+JOB_GAUGES = {"ray_headroom_directive_level", "ray_headroom_slack_ratio", "ray_headroom_workers_active",
+              "ray_headroom_allowed_rows_per_second", "ray_headroom_serving_p99_seconds", "ray_headroom_telemetry_ok"}
+IN_FLIGHT = "ray_headroom_serving_in_flight_requests"  # only where the source reads a queue
+COUNTERS = {"ray_headroom_pauses_total", "ray_headroom_resumes_total", "ray_headroom_governor_tick_errors_total"}
+TICK = "ray_headroom_governor_tick_seconds"  # histogram
 REACTION = "ray_headroom_reaction_seconds"  # histogram: _bucket, _sum, _count
-EXPORTED = JOB_GAUGES | {TICK_GAUGE} | {f"{REACTION}_{s}" for s in ("bucket", "sum", "count")}
+EXPORTED = (JOB_GAUGES | {IN_FLIGHT} | COUNTERS | {f"{h}_{s}" for h in (TICK, REACTION) for s in ("bucket", "sum", "count")})
 ALERT_NAMES = {"HeadroomSLOBreachedWhileTraining", "HeadroomJobPausedTooLong", "HeadroomTelemetryStale",
                "HeadroomGovernorSlow", "HeadroomGovernorAbsent"}
 
@@ -78,17 +82,17 @@ def test_alert_rules_use_the_exported_names_and_tell_on_call_what_to_do():
         assert names and names <= EXPORTED, f"{rule['alert']}: {names - EXPORTED} is not exported by the governor"
         assert rule["annotations"]["summary"].strip() and rule["labels"]["severity"] in {"page", "ticket"}
         assert "headroom " in rule["annotations"]["description"], f"{rule['alert']}: no command to run"
+        anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]  # every alert links its runbook section
+        assert f'<a id="{anchor}"></a>' in (ROOT / "docs" / "operations.md").read_text(), anchor
 
 
-def _series(label_style: str, job: str, worker: str = "w1") -> str:
-    """Labels as Prometheus stores the governor's tag: renamed exported_job by a default scrape
-    (Ray's own prometheus.yml), kept as job with honor_labels: true."""
-    where = f'job="ray", exported_job="{job}"' if label_style == "exported_job" else f'job="{job}"'
-    return f'{{{where}, WorkerId="{worker}", SessionName="s1"}}'
+def _series(job: str, worker: str = "w1") -> str:
+    """Labels as Prometheus stores the governor's series: its own job label is the scrape's, the
+    Headroom job is headroom_job (no exported_job rename: the label is not called job)."""
+    return f'{{job="ray", {LABEL}="{job}", WorkerId="{worker}", SessionName="s1"}}'
 
 
-@pytest.mark.parametrize("label_style", ["exported_job", "job"])
-def test_alerts_fire_when_they_should_and_only_then(tmp_path, label_style):
+def test_alerts_fire_when_they_should_and_only_then(tmp_path):
     # promtool compares annotations verbatim; the runbook text is not under test here (check rules
     # above validates its templates), so the rules are tested with their annotations stripped.
     rules = yaml.safe_load(ALERTS.read_text())
@@ -97,8 +101,9 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path, label_style):
             rule.pop("annotations", None)
     (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
 
-    def s(metric, job=None, worker="w1"):
-        return f"{metric}{_series(label_style, job, worker)}" if job else f'{metric}{{job="ray", WorkerId="{worker}"}}'
+    def s(metric, job=None, worker="w1", **extra):
+        labels = f'{{job="ray", WorkerId="{worker}"' + "".join(f', {k}="{v}"' for k, v in extra.items()) + "}"
+        return f"{metric}{_series(job, worker)}" if job else f"{metric}{labels}"
 
     flat = "+0x240"  # 240 steps of 15 s: one hour
     tests = {
@@ -109,12 +114,12 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path, label_style):
                 # worker, "cool" fine; "stuck" paused an hour with stale telemetry; the loop is slow
                 "interval": "15s",
                 "input_series": [
-                    {"series": s("ray_headroom_slack", "hot"), "values": f"0.2 0.2 -0.3{flat}"},
+                    {"series": s("ray_headroom_slack_ratio", "hot"), "values": f"0.2 0.2 -0.3{flat}"},
                     {"series": s("ray_headroom_workers_active", "hot"), "values": f"1{flat}"},
                     {"series": s("ray_headroom_directive_level", "hot"), "values": f"2{flat}"},
-                    {"series": s("ray_headroom_slack", "idle"), "values": f"-0.3{flat}"},
+                    {"series": s("ray_headroom_slack_ratio", "idle"), "values": f"-0.3{flat}"},
                     {"series": s("ray_headroom_workers_active", "idle"), "values": f"0{flat}"},
-                    {"series": s("ray_headroom_slack", "cool"), "values": f"0.4{flat}"},
+                    {"series": s("ray_headroom_slack_ratio", "cool"), "values": f"0.4{flat}"},
                     {"series": s("ray_headroom_workers_active", "cool"), "values": f"2{flat}"},
                     {"series": s("ray_headroom_directive_level", "cool"), "values": f"2{flat}"},
                     {"series": s("ray_headroom_directive_level", "stuck"), "values": f"0{flat}"},
@@ -122,18 +127,22 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path, label_style):
                     # a governor restart leaves a second series for the same job: still one alert
                     {"series": s("ray_headroom_directive_level", "stuck", "w2"), "values": f"0{flat}"},
                     {"series": s("ray_headroom_telemetry_ok", "cool"), "values": f"1{flat}"},
-                    {"series": s(TICK_GAUGE), "values": f"5 5 5 5 80{flat}"},
+                    # the tick histogram: 4 ticks a second, fast (in the 5-ms bucket) then slow (over 50 ms)
+                    *({"series": s(f"{TICK}_bucket", le=le), "values": f"0+{fast}x4 {4 * fast}+{slow}x240"}
+                      for le, fast, slow in (("0.005", 60, 0), ("0.01", 60, 0), ("0.025", 60, 0), ("0.05", 60, 0),
+                                             ("0.1", 60, 60), ("+Inf", 60, 60))),
+                    {"series": s(f"{TICK}_count"), "values": f"0+60x4 240+60x240"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "30s", "alertname": "HeadroomSLOBreachedWhileTraining", "exp_alerts": []},
                     {"eval_time": "75s", "alertname": "HeadroomSLOBreachedWhileTraining",
-                     "exp_alerts": [{"exp_labels": {"severity": "page", "job": "hot"}}]},
+                     "exp_alerts": [{"exp_labels": {"severity": "page", LABEL: "hot"}}]},
                     {"eval_time": "20m", "alertname": "HeadroomJobPausedTooLong", "exp_alerts": []},
                     {"eval_time": "31m", "alertname": "HeadroomJobPausedTooLong",
-                     "exp_alerts": [{"exp_labels": {"severity": "ticket", "job": "stuck"}}]},
+                     "exp_alerts": [{"exp_labels": {"severity": "ticket", LABEL: "stuck"}}]},
                     {"eval_time": "90s", "alertname": "HeadroomTelemetryStale", "exp_alerts": []},
                     {"eval_time": "3m", "alertname": "HeadroomTelemetryStale",
-                     "exp_alerts": [{"exp_labels": {"severity": "ticket", "job": "stuck"}}]},
+                     "exp_alerts": [{"exp_labels": {"severity": "ticket", LABEL: "stuck"}}]},
                     {"eval_time": "4m", "alertname": "HeadroomGovernorSlow", "exp_alerts": []},
                     {"eval_time": "7m", "alertname": "HeadroomGovernorSlow",
                      "exp_alerts": [{"exp_labels": {"severity": "ticket"}}]},
@@ -159,7 +168,7 @@ def test_alerts_fire_when_they_should_and_only_then(tmp_path, label_style):
 # ---- dashboard ----------------------------------------------------------------------------------
 
 GRAFANA_VARIABLES = {  # a value for each dashboard variable, so its queries can go through promtool
-    "${job_label}": "exported_job", "$job": ".*", "$reaction_window": "1h",
+    "$job": ".*", "$reaction_window": "1h",
     "$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h",
 }
 
@@ -177,8 +186,8 @@ def test_dashboard_panels_query_the_exported_metrics_in_valid_promql(tmp_path):
             exprs[f"{panel['title']} / {target['refId']}"] = target["expr"]
     used = set().union(*map(metric_names, exprs.values()))
     assert used <= EXPORTED, f"not exported by the governor: {used - EXPORTED}"
-    # every governor metric has a panel (the histogram through its buckets)
-    assert JOB_GAUGES | {TICK_GAUGE, f"{REACTION}_bucket"} <= used
+    # every governor gauge has a panel (the histograms through their buckets)
+    assert JOB_GAUGES | {f"{TICK}_bucket", f"{REACTION}_bucket"} <= used
 
     # promtool has no expression checker: feed the queries to it as recording rules
     def concrete(expr: str) -> str:
@@ -214,12 +223,12 @@ def wait_for_metrics(url: str, job: str, job_thread: JobThread, timeout_s: float
         running = job_thread.is_alive()
         samples = scrape(url)
         seen = {s.name: s.labels for s in samples if s.name.startswith("ray_headroom_")}
-        tagged = {s.name for s in samples if s.labels.get("job") == job}
-        if JOB_GAUGES <= tagged and TICK_GAUGE in seen:
+        tagged = {s.name for s in samples if s.labels.get(LABEL) == job}
+        if JOB_GAUGES <= tagged and f"{TICK}_count" in seen:
             return seen, running
         time.sleep(1.0)
     raise AssertionError(f"governor metrics for job {job!r} not on {url} after {timeout_s}s; "
-                         f"saw {sorted(seen)} (tagged for the job: {sorted(n for n, l in seen.items() if l.get('job') == job)})")
+                         f"saw {sorted(seen)} (tagged for the job: {sorted(n for n, l in seen.items() if l.get(LABEL) == job)})")
 
 
 def headroom(*args: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
@@ -298,8 +307,8 @@ def test_live_governor_exports_metrics_and_status_lists_the_job(ray_session, tmp
 
         seen, running = metrics.result()
         assert running, "the job finished before its metrics were seen; slow it down (rows_per_s)"
-        assert seen["ray_headroom_directive_level"]["job"] == name
-        assert TICK_GAUGE in seen
+        assert seen["ray_headroom_directive_level"][LABEL] == name
+        assert f"{TICK}_count" in seen
         assert set(seen) <= EXPORTED, f"exported but unknown to alerts.yml/dashboard: {set(seen) - EXPORTED}"
         summary = job.finish()
     assert_exactly_once(summary)

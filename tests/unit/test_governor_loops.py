@@ -207,11 +207,13 @@ def _no_ray_metrics(monkeypatch):
         def __init__(self, *a, **k): ...
         def set(self, *a, **k): ...
         def observe(self, *a, **k): ...
+        def inc(self, *a, **k): ...
 
     import ray.util.metrics as metrics
 
     monkeypatch.setattr(metrics, "Gauge", Quiet)
     monkeypatch.setattr(metrics, "Histogram", Quiet)
+    monkeypatch.setattr(metrics, "Counter", Quiet)
     yield
     assert not ray.is_initialized(), "a unit test started Ray (a job was granted a placement group?)"
 

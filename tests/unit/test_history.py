@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime.errors import DataError
+from runtime.errors import DataError, TelemetryError
 from runtime.windows.history import History, read_history_csv, read_history_prometheus
 
 HEADER = "timestamp,requests\n"
@@ -167,7 +167,7 @@ def test_prometheus_transport_failures(exc, fragment):
     def handler(request):
         raise exc
 
-    with pytest.raises(DataError, match=fragment) as err:
+    with pytest.raises(TelemetryError, match=fragment) as err:  # no answer: a runtime failure, not bad data
         read_history_prometheus(URL, "q", 0, 600, transport=httpx.MockTransport(handler))
     assert URL in str(err.value) and isinstance(err.value.__cause__, httpx.HTTPError)
 

@@ -163,7 +163,7 @@ def test_unreachable_prometheus_names_the_url(tmp_path, capsys):
     code = main(["plan", "--prometheus-url", "http://127.0.0.1:9", "--timeout-s", "2", "--jobs", str(jobs),
                  "--start", START])
     err = capsys.readouterr().err
-    assert code == 2 and "http://127.0.0.1:9/api/v1/query_range" in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "http://127.0.0.1:9/api/v1/query_range" in err and len(err.strip().splitlines()) == 1
 
 
 # --- the jobs file as a library -----------------------------------------------------------------

@@ -68,3 +68,25 @@ def test_rolling_p99_skips_failures() -> None:
     assert len(t) == 2
     assert p99[0] == pytest.approx(10.0)
     assert math.isnan(p99[1])
+
+
+def test_drawing_leaves_the_callers_backend_and_pyplot_alone(tmp_path):
+    """The library draws on Figure objects of its own: no backend switch, no pyplot state."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+from runtime.plots import plot_timeline
+from runtime.governance.postmortem import plot_latency
+from runtime.windows import plan_report
+from runtime.release import report
+plot_timeline([{{"t": 0, "level": "RUN", "p99_ms": 5.0, "rps": 3.0}}], [{{"t": 0, "rows_per_s": 1.0}}], r"{tmp_path}/t.png")
+plot_latency([{{"t": 0, "p99_ms": 5.0, "active": 1}}], __import__("pathlib").Path(r"{tmp_path}/l.png"), 10.0)
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["svg", "False"]
+    assert (tmp_path / "t.png").stat().st_size > 1000 and (tmp_path / "l.png").stat().st_size > 1000
