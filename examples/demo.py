@@ -5,9 +5,9 @@
 3. an open-loop load generator, in a process of its own, replaying the real NASA July 1995 trace from a
    Monday night, one day per ``--seconds-per-day``, scaled so its peak is 60 % of the measured capacity;
 4. a baseline day: the service under that load alone; its ingress p99 sets the SLO (``--slo-factor``);
-5. then the same day again, and again, with a governed retraining job (``jobs/demo.yaml``: an MLP updated with ``partial_fit`` on fresh slices)
-   whose governor guards what users feel: Ray Serve's own ingress latency and queue, read from every
-   node's metrics endpoint, plus an active probe through the proxy (fresher than Ray's ~1 s refresh).
+5. then the same day again, and again, with a governed retraining job (``jobs/demo.yaml``: an MLP updated
+   with ``partial_fit`` on fresh slices) whose governor guards what users feel: Ray Serve's own ingress
+   latency and queue, read from every node's metrics endpoint.
 
 It prints a live status line, then a table of what users felt (the load generator's p99, from each
 request's intended send time) beside what the governor saw, for the baseline, training and
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
         slo = float(round(args.slo_factor * baseline_p99))
         base["data"].update(path=str(data))
         base["validation"].update(holdout=str(holdout))
-        base["serving"].update(application=APP_NAME, capacity_rps=capacity, slo_p99_ms=slo,
-                               probe={"url": endpoints.predict_url, "interval_s": 0.2, "window_s": 1.0})
+        base["serving"].update(application=APP_NAME, capacity_rps=capacity, slo_p99_ms=slo)
         base["checkpoint"].update(storage=str(work / "checkpoints"))
         base["tracking"].update(uri=args.tracking_uri)
         spec = spec_from_dict(base, source=str(SPEC))

@@ -80,6 +80,7 @@ class LawConfig:
     load_memory_s: float = 600.0  # how long the load at which training hurt serving stays a ceiling (0: never)
     load_margin: float = 0.9  # that ceiling is this fraction of the remembered load
     resume_load_fraction: float = 0.9  # after a pause, resume only below this fraction of the load ceiling
+    load_learn_after_s: float = 3.0  # a violation this soon after resuming (a worker starting) teaches no load
 
     @property
     def floor_rows_per_s(self) -> float:
@@ -104,6 +105,7 @@ class LawState:
     last_grow_s: float | None = None
     hurt_utilization: float | None = None  # the load at the last pause caused by training hurting serving
     hurt_at_s: float | None = None
+    running_since_s: float | None = None  # when the job last resumed (a violation right after it is the start-up)
 
 
 @dataclass(frozen=True)
@@ -141,16 +143,19 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
 
 
-def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sample: Sample | None = None):
+def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sample: Sample | None = None,
+           cfg: LawConfig | None = None):
     # Every violation restarts the cool-down: resuming needs cooldown_s without one. Telemetry that
     # goes missing while the job is already out says nothing about interference: no new cool-down.
     paused_at = now
     if state.level is Level.PAUSE and reason in (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE):
         paused_at = state.paused_at_s
     hurt_util, hurt_at = state.hurt_utilization, state.hurt_at_s
+    learn_after = cfg.load_learn_after_s if cfg is not None else 0.0
     if (reason in (Reason.SLO_VIOLATED, Reason.QUEUE_LIMIT) and state.level is not Level.PAUSE
-            and sample is not None and sample.utilization is not None):
-        hurt_util, hurt_at = sample.utilization, now  # training hurt serving at this load: remember it
+            and sample is not None and sample.utilization is not None
+            and (state.running_since_s is None or now - state.running_since_s >= learn_after)):
+        hurt_util, hurt_at = sample.utilization, now  # steady training hurt serving at this load: remember it
     new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=paused_at, hurt_utilization=hurt_util,
                    hurt_at_s=hurt_at)
     return new, Directive(Level.PAUSE, 0, 0.0, reason, slack)
@@ -169,9 +174,9 @@ def _must_pause(state, sample: Sample, slack, cfg: LawConfig, now):
         return _pause(state, now, Reason.LOAD_CEILING, slack)
     queue = queue_slack(sample, cfg)
     if queue is not None and queue < cfg.pause_below_slack:
-        return _pause(state, now, Reason.QUEUE_LIMIT, slack, sample)
+        return _pause(state, now, Reason.QUEUE_LIMIT, slack, sample, cfg)
     if slack is not None and slack < cfg.pause_below_slack:
-        return _pause(state, now, Reason.SLO_VIOLATED, slack, sample)
+        return _pause(state, now, Reason.SLO_VIOLATED, slack, sample, cfg)
     return None
 
 
@@ -208,7 +213,7 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
     rows = max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)
     new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now,
-                   hurt_utilization=state.hurt_utilization, hurt_at_s=state.hurt_at_s)
+                   hurt_utilization=state.hurt_utilization, hurt_at_s=state.hurt_at_s, running_since_s=now)
     return new, Directive(new.level, 1, rows, Reason.RESUME, slack)
 
 

@@ -44,7 +44,7 @@ def run_script(state: LawState, samples: list[Sample], cfg: LawConfig = CFG) -> 
 
 def test_a_pause_for_hurting_serving_remembers_the_load_and_keeps_the_job_out_of_that_peak():
     """SLO broken at 60 % load: the job stays out while the load stays near 60 %, and comes back below it."""
-    state = running(1000.0, 1)
+    state = running(1000.0, 1, running_since_s=0.0)
     state, d = decide(state, at(10, -0.2, util=0.6), CFG)
     assert d.reason is Reason.SLO_VIOLATED and state.hurt_utilization == 0.6 and state.hurt_at_s == 10
     state, d = decide(state, at(20, 0.9, util=0.58), CFG)  # latency fine again (nothing trains), load still high
@@ -57,6 +57,17 @@ def test_a_pause_for_hurting_serving_remembers_the_load_and_keeps_the_job_out_of
     assert d.reason is Reason.RESUME and state.hurt_utilization == 0.6  # remembered: the next peak is a ceiling
     state, d = decide(state, at(41, 0.9, util=0.55), CFG)
     assert d.reason is Reason.LOAD_CEILING and d.level is Level.PAUSE  # out before it hurts again
+
+
+def test_a_violation_right_after_a_resume_is_the_start_up_and_teaches_no_load():
+    """A worker starting (imports, a first batch) is not what the job costs serving once it runs."""
+    state, d = decide(paused(0.0), at(10, 0.5, util=0.3), CFG)
+    assert d.reason is Reason.RESUME and state.running_since_s == 10
+    state, d = decide(state, at(11, -0.2, util=0.3), CFG)  # 1 s in: the start-up
+    assert d.reason is Reason.SLO_VIOLATED and state.hurt_utilization is None
+    state, d = decide(state, at(20, 0.5, util=0.3), CFG)
+    state, d = decide(state, at(24, -0.2, util=0.35), CFG)  # 4 s of steady training: this one counts
+    assert d.reason is Reason.SLO_VIOLATED and state.hurt_utilization == 0.35
 
 
 def test_a_pause_for_missing_telemetry_or_while_paused_remembers_no_load():
