@@ -506,6 +506,86 @@ class ProbedSource:
         getattr(self.inner, "close", lambda: None)()
 
 
+class GPUSource:
+    """Utilization (0..1, the busiest of ``indices``) of this node's GPUs, through NVML (nvidia-ml-py).
+
+    NVML sees the GPUs of the node it runs on -- the governor's: right for a single node that serves
+    and trains. On a cluster, read the serving GPUs where they are, from the DCGM exporter's
+    ``DCGM_FI_DEV_GPU_UTIL`` through ``promql``'s ``utilization_query``. Building one on a host without
+    NVML raises :class:`TelemetryError` saying so; a later NVML failure is a failed sample.
+
+    >>> GPUSource([0]).sample().utilization  # doctest: +SKIP
+    0.42
+    """
+
+    def __init__(self, indices: list[int] | None = None, *, clock: Clock = time.time, nvml=None):
+        self.indices, self.clock = indices, clock
+        self.timeout_s = 1.0
+        self._nvml, self._handles = nvml, None
+        self._open()
+
+    def __getstate__(self) -> dict:  # handles do not travel; the copy opens NVML itself
+        return {**self.__dict__, "_handles": None, "_nvml": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def _open(self) -> None:
+        if self._nvml is None:
+            try:
+                import pynvml
+            except ImportError:
+                raise TelemetryError("GPU telemetry needs NVML, and nvidia-ml-py is not installed", where="serving.gpu",
+                                     fix="pip install nvidia-ml-py, or read GPU use from DCGM (promql) instead") from None
+            self._nvml = pynvml
+        try:
+            self._nvml.nvmlInit()
+            count = self._nvml.nvmlDeviceGetCount()
+            indices = list(range(count)) if self.indices is None else list(self.indices)
+            bad = [i for i in indices if not 0 <= i < count]
+            if bad or not indices:
+                raise TelemetryError(f"GPU index {bad or indices} not on this node ({count} GPU(s))", where="serving.gpu.indices",
+                                     fix=f"use indices between 0 and {count - 1}")
+            self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        except TelemetryError:
+            raise
+        except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ...
+            raise TelemetryError(f"NVML is not usable here ({type(exc).__name__}: {exc})", where="serving.gpu",
+                                 fix="run the governor on a node with an NVIDIA driver, or read DCGM through promql") from None
+
+    def utilization(self) -> float:
+        return max(self._nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles) / 100.0
+
+    def sample(self, now_s: float | None = None) -> Sample:
+        now = self.clock() if now_s is None else now_s
+        try:
+            return Sample(now, utilization=self.utilization(), staleness_s=0.0)
+        except Exception as exc:  # noqa: BLE001 -- never raise out of sample
+            return Sample.failed(now, f"GPU utilization: NVML failed ({type(exc).__name__}: {exc})")
+
+
+class WithGPUUtilization:
+    """Another source's sample, its utilization the larger of its own and the serving GPUs' (NVML):
+    latency stays the primary signal, GPU use joins the load slack."""
+
+    def __init__(self, inner: TelemetrySource, gpu: GPUSource):
+        self.inner, self.gpu = inner, gpu
+        self.timeout_s = getattr(inner, "timeout_s", 1.0)
+
+    def sample(self, now_s: float | None = None) -> Sample:
+        sample = self.inner.sample(now_s)
+        if sample.error is not None:
+            return sample
+        gpu = self.gpu.sample(sample.time_s)
+        if gpu.error is not None:
+            return Sample.failed(sample.time_s, gpu.error, staleness_s=sample.staleness_s)
+        return replace(sample, utilization=max(gpu.utilization, sample.utilization or 0.0))
+
+    def close(self) -> None:
+        getattr(self.inner, "close", lambda: None)()
+
+
 class HostCPUSource:
     """Host CPU utilization (0..1) since the previous sample; no latency.
 
@@ -539,7 +619,7 @@ class HostCPUSource:
             return Sample.failed(now, f"host cpu: psutil failed ({type(exc).__name__}: {exc})")
 
 
-SOURCE_KINDS = ("prometheus", "ray_serve", "promql", "host")
+SOURCE_KINDS = ("prometheus", "ray_serve", "promql", "host", "gpu")
 RAY_SERVE_HISTOGRAM = "ray_serve_http_request_latency_ms"  # Serve's proxy: the ingress, in milliseconds
 RAY_SERVE_IN_FLIGHT = "ray_serve_num_ongoing_http_requests"  # requests the proxies hold now
 RAY_METRICS_REFRESH_S = 1.0  # Ray's metrics endpoint changes this often at best: scraping faster only costs CPU
@@ -578,7 +658,8 @@ def build_source(kind: str, *, url: str | None = None, histogram: str = "serving
                  labels: dict[str, str] | None = None, in_flight: str | None = None, application: str | None = None,
                  window_s: float = 0.0, query: str | None = None, timeout_s: float = 1.0,
                  stale_after_s: float | None = None, capacity_rps: float | None = None,
-                 idle_after_s: float | None = None, probe: dict | None = None) -> TelemetrySource:
+                 idle_after_s: float | None = None, probe: dict | None = None, gpu: dict | None = None,
+                 utilization_query: str | None = None) -> TelemetrySource:
     """A telemetry source from config values; raises ``TelemetryError`` naming the field to fix.
 
     - ``prometheus``: scrape ``url`` (an exposition endpoint) for ``histogram`` in ``unit`` (s or ms),
@@ -587,16 +668,21 @@ def build_source(kind: str, *, url: str | None = None, histogram: str = "serving
       ongoing requests), read from every Ray node's metrics endpoint (or only ``url``), filtered to
       ``application``;
     - ``promql``: ``query`` against the Prometheus server at ``url``;
-    - ``host``: this host's CPU utilization.
+    - ``host``: this host's CPU utilization; ``gpu``: this node's GPU utilization (NVML).
 
     ``stale_after_s=None`` keeps each source's default. ``probe`` (``url``, ``interval_s``,
-    ``timeout_s``, ``window_s``) adds an active probe on the users' path (:class:`ProbedSource`).
+    ``timeout_s``, ``window_s``) adds an active probe on the users' path (:class:`ProbedSource`);
+    ``gpu`` (``indices``) adds the serving GPUs' utilization to the load slack (:class:`WithGPUUtilization`);
+    ``utilization_query`` (promql) reads the load as a 0..1 fraction, e.g. DCGM's GPU utilization.
 
     >>> build_source("ray_serve", application="headroom-serving", window_s=2.0)  # doctest: +SKIP
     """
     source = _build_source(kind, url=url, histogram=histogram, unit=unit, labels=labels, in_flight=in_flight,
                            application=application, window_s=window_s, query=query, timeout_s=timeout_s,
-                           stale_after_s=stale_after_s, capacity_rps=capacity_rps, idle_after_s=idle_after_s)
+                           stale_after_s=stale_after_s, capacity_rps=capacity_rps, idle_after_s=idle_after_s,
+                           utilization_query=utilization_query, gpu_indices=(gpu or {}).get("indices"))
+    if gpu and kind != "gpu":
+        source = WithGPUUtilization(source, GPUSource((gpu or {}).get("indices")))
     if not probe:
         return source
     probe = dict(probe)
@@ -609,12 +695,14 @@ def build_source(kind: str, *, url: str | None = None, histogram: str = "serving
 
 
 def _build_source(kind: str, *, url, histogram, unit, labels, in_flight, application, window_s, query, timeout_s,
-                  stale_after_s, capacity_rps, idle_after_s) -> TelemetrySource:
+                  stale_after_s, capacity_rps, idle_after_s, utilization_query, gpu_indices) -> TelemetrySource:
     if kind not in SOURCE_KINDS:
         raise TelemetryError(f"unknown telemetry kind {kind!r}", where="telemetry.kind",
                              fix=f"use one of {', '.join(SOURCE_KINDS)}")
     if kind == "host":
         return HostCPUSource()
+    if kind == "gpu":
+        return GPUSource(gpu_indices)
     if unit not in UNIT_MS:
         raise TelemetryError(f"unknown histogram unit {unit!r}", where="serving.unit", fix="use s or ms")
     if (url or kind != "ray_serve") and (not url or not url.startswith(("http://", "https://"))):
@@ -643,4 +731,4 @@ def _build_source(kind: str, *, url, histogram, unit, labels, in_flight, applica
         raise TelemetryError("telemetry kind 'promql' needs a query", where="telemetry.query",
                              fix="set query, e.g. histogram_quantile(0.99, sum(rate("
                                  "serving_latency_seconds_bucket[30s])) by (le))")
-    return PromQLSource(url, query, timeout_s=timeout_s, unit_ms=UNIT_MS[unit], **stale)
+    return PromQLSource(url, query, utilization_query=utilization_query, timeout_s=timeout_s, unit_ms=UNIT_MS[unit], **stale)

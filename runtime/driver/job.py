@@ -284,6 +284,8 @@ def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: 
 def _registrar(gov, spec: JobSpec):
     serving = spec.serving.source_config()
     bundle = {"CPU": spec.budget.cpus_per_worker, POOL_RESOURCE: 1}
+    if spec.budget.gpus_per_worker > 0:
+        bundle["GPU"] = spec.budget.gpus_per_worker
     drain_s = spec.budget.governor_silence_s + 5.0
 
     def register(phase: str = "training"):
@@ -359,7 +361,7 @@ class _RoundLoop:
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
                 self.actors[slot] = TrainerWorker.options(
                     scheduling_strategy=strategy, num_cpus=self.spec.budget.cpus_per_worker,
-                    resources={POOL_RESOURCE: 1}).remote(self.spec.name, slot, self._spec_dict, self.gov,
+                    num_gpus=self.spec.budget.gpus_per_worker, resources={POOL_RESOURCE: 1}).remote(self.spec.name, slot, self._spec_dict, self.gov,
                                                          self.spec.budget.governor_silence_s)
         self._running = sorted(view["ready"])
 

@@ -14,7 +14,7 @@ def law_config(spec) -> dict:
     """The control law's settings for ``spec``, as a plain dict (it crosses into the governor actor)."""
     cfg = LawConfig(slo_p99_ms=spec.serving.slo_p99_ms, max_workers=spec.budget.max_workers,
                     max_rows_per_s=spec.budget.max_rows_per_s, max_utilization=spec.serving.max_utilization,
-                    queue_limit=spec.serving.queue_limit,
+                    queue_limit=spec.serving.queue_limit, pause_first=spec.budget.pause_first,
                     stale_after_s=spec.serving.stale_after_s, holddown_s=spec.budget.holddown_s,
                     cooldown_s=spec.budget.cooldown_s)
     return dataclasses.asdict(cfg)

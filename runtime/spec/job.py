@@ -11,15 +11,15 @@ Errors name the file, the field and the fix, e.g.::
 
 from __future__ import annotations
 
-import importlib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from runtime.errors import SpecError
+from runtime.spec.factories import estimator_class, resolve_factory
 from runtime.spec.governance import ChecklistSpec, Contact, CostSpec
 from runtime.spec.release import ReleaseSpec
 
@@ -79,11 +79,16 @@ class ProbeSpec(_Section):
         return value
 
 
+class GPUSpec(_Section):
+    indices: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="the serving GPUs (default: all)")
+
+
 class ServingSpec(_Section):
-    telemetry: Literal["prometheus", "ray_serve", "promql", "host"] = Field(
+    telemetry: Literal["prometheus", "ray_serve", "promql", "host", "gpu"] = Field(
         default="prometheus", description="ray_serve: Ray Serve's own ingress (proxy) latency and queue, from every node's "
                                           "metrics endpoint; prometheus: a histogram on an exposition endpoint; "
-                                          "promql: a query against Prometheus; host: this host's CPU")
+                                          "promql: a query against Prometheus; host: this host's CPU; gpu: this node's "
+                                          "GPU utilization (NVML)")
     url: str | None = Field(default=None, description="/metrics endpoint (prometheus; ray_serve: only this one, "
                                                       "else every Ray node's) or the Prometheus server (promql)")
     histogram: str = "serving_latency_seconds"
@@ -104,6 +109,10 @@ class ServingSpec(_Section):
     stale_after_s: float = Field(default=5.0, gt=0)
     probe: ProbeSpec | None = Field(default=None, description="an active probe on the users' path: fresher than any "
                                                               "histogram (ray_serve's refreshes every ~1 s)")
+    gpu: GPUSpec | None = Field(default=None, description="the serving GPUs' utilization (NVML, this node) joins the "
+                                                          "load slack; latency stays the primary signal")
+    utilization_query: str | None = Field(default=None, description="promql: load as a 0..1 fraction, e.g. "
+                                                                    "max(DCGM_FI_DEV_GPU_UTIL{gpu=\"0\"}) / 100")
 
     @model_validator(mode="after")
     def _source_complete(self) -> "ServingSpec":
@@ -123,7 +132,8 @@ class ServingSpec(_Section):
                 "labels": dict(self.labels), "in_flight": self.in_flight, "application": self.application,
                 "window_s": self.window_s, "query": self.query, "timeout_s": self.timeout_s,
                 "stale_after_s": self.stale_after_s, "capacity_rps": self.capacity_rps,
-                "probe": self.probe.model_dump() if self.probe else None}
+                "probe": self.probe.model_dump() if self.probe else None,
+                "gpu": self.gpu.model_dump() if self.gpu else None, "utilization_query": self.utilization_query}
 
 
 class BudgetSpec(_Section):
@@ -131,6 +141,11 @@ class BudgetSpec(_Section):
     max_rows_per_s: float = Field(default=1000.0, gt=0)
     poll_interval_s: float = Field(default=0.25, gt=0, le=60)
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0, description="GPUs per worker slot (fractions allowed, as Ray "
+                                                                  "allows); a worker trains on the GPU Ray assigned it")
+    accelerator_policy: Literal["pause_first", "throttle"] | None = Field(
+        default=None, description="pause_first: never THROTTLE, pause instead (the default when a worker holds a GPU: "
+                                  "a duty-cycled GPU job still hurts inference's tail); throttle: as on a CPU")
     worker_sched: Literal["idle", "normal"] = Field(default="idle", description="idle: the job's workers and driver run "
                                                     "in Linux's SCHED_IDLE class, only on CPU nothing else wants (second line of defence)")
     worker_nice: int = Field(default=10, ge=0, le=19, description="workers and the driver lower their CPU priority by this much (second line of defence)")
@@ -140,6 +155,10 @@ class BudgetSpec(_Section):
     park_s: float = Field(default=30.0, ge=0, description="a paused worker keeps its slot and warm process this long")
     cooldown_s: float = Field(default=3.0, ge=0)
     holddown_s: float = Field(default=2.0, ge=0)
+
+    @property
+    def pause_first(self) -> bool:
+        return self.accelerator_policy == "pause_first" or (self.accelerator_policy is None and self.gpus_per_worker > 0)
 
 
 class CheckpointSpec(_Section):
@@ -170,46 +189,18 @@ class JobSpec(_Section):
     contacts: list[Contact] = Field(default_factory=list)
     release: ReleaseSpec = ReleaseSpec()
 
+    @model_validator(mode="after")
+    def _gpu_needs_torch(self) -> "JobSpec":
+        if self.budget.gpus_per_worker > 0 and self.model.framework != "torch":
+            raise ValueError("budget.gpus_per_worker needs model.framework: torch (scikit-learn trains on the CPU)")
+        return self
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
         if not NAME_RE.fullmatch(value):  # fullmatch: "$" alone would accept a trailing newline
             raise ValueError("must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
         return value
-
-
-def estimator_class(path: str) -> type:
-    """Import ``package.module.Class`` and check it can learn incrementally."""
-    module_name, _, class_name = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"{path!r} is not an import path like sklearn.linear_model.SGDRegressor")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, TypeError, ValueError):
-        raise ValueError(f"cannot import estimator {path!r}: check the spelling of the module and class") from None
-    if not callable(getattr(cls, "partial_fit", None)):
-        raise ValueError(f"{path!r} has no partial_fit, so it cannot be updated incrementally "
-                         "(use e.g. SGDRegressor, SGDClassifier, MLPRegressor, MultinomialNB)")
-    return cls
-
-
-def resolve_factory(path: str) -> Callable[..., Any]:
-    """Import a torch model factory ``package.module:make_model`` (or the dotted form); ``ValueError``
-    names the path. Plain importlib: the spec checks it without importing torch."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"model.estimator: {path!r} is not an import path like examples.torch_models:make_mlp")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"model.estimator: cannot import model factory {path!r} ({exc})") from None
-    if not callable(obj):
-        raise ValueError(f"model.estimator: {path!r} is not callable; name a function that returns a torch.nn.Module")
-    return obj
 
 
 _FIXES = {

@@ -77,8 +77,9 @@ class TrainerWorker:
         np.random.seed(seed % (2**32))
         if state_id is not None and state_id == self._state_id and self._trainer is not None:
             trainer = self._trainer
-        else:
-            trainer = make_trainer(self.spec.model, state, threads=max(1, int(self.spec.budget.cpus_per_worker)))
+        else:  # on the GPU Ray assigned this worker (CUDA_VISIBLE_DEVICES), when the lease has one
+            trainer = make_trainer(self.spec.model, state, threads=max(1, int(self.spec.budget.cpus_per_worker)),
+                                   device="cuda" if self.spec.budget.gpus_per_worker > 0 else "cpu")
         consumed, bucket = RangeSet(), TokenBucket()
         pending = [tuple(r) for r in shard]
         batch_rows = self.spec.data.batch_rows
@@ -114,6 +115,8 @@ class TrainerWorker:
                 pending.pop(0)
             feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None})
         feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None})
+        if stop_why is not None:
+            trainer.park()  # the step in flight has ended; on a GPU its cached blocks go back now
         if steps:
             self._trainer, self._state_id = trainer, uuid.uuid4().hex
         return {"slot": self.slot, "state": trainer.state_bytes() if steps else state, "consumed": consumed.to_list(),

@@ -7,14 +7,15 @@ from .sklearn import SklearnTrainer, score
 __all__ = ["SklearnTrainer", "make_trainer", "score"]
 
 
-def make_trainer(model_spec, state: bytes | None = None, *, threads: int = 1):
-    """A trainer for ``model_spec``, fresh or restored from ``state`` bytes (torch is imported only here)."""
+def make_trainer(model_spec, state: bytes | None = None, *, threads: int = 1, device: str = "cpu"):
+    """A trainer for ``model_spec``, fresh or restored from ``state`` bytes (torch is imported only here);
+    ``device`` is where a torch model trains ("cuda" when the worker holds a GPU)."""
     if model_spec.framework == "sklearn":
         return SklearnTrainer(model_spec, state)
     if model_spec.framework == "torch":
         from .torch_trainer import TorchTrainer
 
-        return TorchTrainer(model_spec, state, threads=threads)
+        return TorchTrainer(model_spec, state, threads=threads, device=device)
     raise ValueError(f"unknown framework {model_spec.framework!r}")  # the spec already refuses it
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.base import is_classifier
 
-from runtime.spec.job import estimator_class
+from runtime.spec.factories import estimator_class
 from .state import dumps, loads
 
 
@@ -42,6 +42,9 @@ class SklearnTrainer:
         if is_classifier(self.model):
             return float(np.mean(pred != y))  # error rate
         return float(np.mean((pred - y) ** 2))  # MSE
+
+    def park(self) -> None:
+        """Paused: nothing to give back on the CPU (the torch trainer frees its GPU cache here)."""
 
     def state_bytes(self) -> bytes:
         return dumps(self.model)

@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from runtime.errors import CheckpointError, TrackingError
-from runtime.spec.job import resolve_factory
+from runtime.spec.factories import resolve_factory
 
 STATE_FORMAT = "headroom.torch/1"
 _LOSS_FNS = {"mse": nn.MSELoss, "cross_entropy": nn.CrossEntropyLoss, "bce": nn.BCEWithLogitsLoss}
@@ -45,12 +46,16 @@ class TorchConfig:
     lr: float
     loss: str
     classes: np.ndarray | None  # sorted labels; output column i is classes[i]
+    amp: str | None = None  # "bf16" or "fp16": mixed precision on an accelerator (autocast)
 
 
 def parse_model_spec(model_spec) -> TorchConfig:
     """Duck-typed: needs ``estimator`` and ``params``; ``classes`` is optional."""
     params = dict(model_spec.params or {})
     optimizer, lr, loss = params.pop("optimizer", "Adam"), float(params.pop("lr", 1e-3)), params.pop("loss", "mse")
+    amp = params.pop("amp", None)
+    if amp not in (None, False, "bf16", "fp16"):
+        raise ValueError(f"model.params.amp: {amp!r} is not bf16 or fp16 (or leave it out for full precision)")
     if loss not in LOSSES:
         raise ValueError(f"model.params.loss: {loss!r} is not one of {', '.join(LOSSES)}")
     opt_cls = getattr(torch.optim, str(optimizer), None)
@@ -59,7 +64,7 @@ def parse_model_spec(model_spec) -> TorchConfig:
     labels = None if getattr(model_spec, "classes", None) is None else np.unique(np.asarray(model_spec.classes))
     if loss == "bce" and labels is not None and len(labels) != 2:
         raise ValueError(f"model.classes: loss 'bce' needs exactly 2 classes, got {len(labels)}")
-    return TorchConfig(model_spec.estimator, params, str(optimizer), lr, loss, labels)
+    return TorchConfig(model_spec.estimator, params, str(optimizer), lr, loss, labels, amp or None)
 
 
 
@@ -107,23 +112,25 @@ class TorchModelWrapper:
         out = self._forward(x)
         if self.loss == "mse":
             out = out.squeeze(-1) if out.ndim > 1 and out.shape[-1] == 1 else out
-            return out.numpy()
-        idx = out.argmax(-1).numpy() if self.loss == "cross_entropy" else (out.reshape(len(out)) > 0).long().numpy()
+            return out.float().cpu().numpy()
+        idx = (out.argmax(-1) if self.loss == "cross_entropy" else (out.reshape(len(out)) > 0).long()).cpu().numpy()
         return self.classes_[idx] if self.classes_ is not None else idx
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         out = self._forward(x)
         if self.loss == "cross_entropy":
-            return torch.softmax(out, -1).numpy()
+            return torch.softmax(out.float(), -1).cpu().numpy()
         if self.loss == "bce":
-            p = torch.sigmoid(out.reshape(len(out))).numpy()
+            p = torch.sigmoid(out.float().reshape(len(out))).cpu().numpy()
             return np.column_stack([1.0 - p, p])
         raise AttributeError("a regression model (loss 'mse') has no predict_proba")
 
 
 def _as_tensor(x: np.ndarray, module: nn.Module) -> torch.Tensor:
-    param = next(module.parameters(), None)  # follow the model's dtype (float32 unless the factory chose otherwise)
-    return torch.as_tensor(np.asarray(x), dtype=param.dtype if param is not None else torch.float32)
+    param = next(module.parameters(), None)  # follow the model's dtype and device (float32 on CPU by default)
+    if param is None:
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    return torch.as_tensor(np.asarray(x), dtype=param.dtype).to(param.device, non_blocking=True)
 
 
 class TorchTrainer:
@@ -135,13 +142,17 @@ class TorchTrainer:
 
     framework = "torch"
 
-    def __init__(self, model_spec, state: bytes | None = None, *, threads: int | None = 1):
+    def __init__(self, model_spec, state: bytes | None = None, *, threads: int | None = 1, device: str = "cpu"):
         if threads is not None:  # None: leave the process's setting alone (e.g. scoring in the driver)
             torch.set_num_threads(max(1, int(threads)))  # the lease's CPUs, not the machine's
         self.config = parse_model_spec(model_spec)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("a GPU was asked for (budget.gpus_per_worker) but torch sees no CUDA device here")
         self.module = resolve_factory(self.config.estimator)(**self.config.factory_params)
         if not isinstance(self.module, nn.Module):
             raise ValueError(f"model.estimator: {self.config.estimator!r} returned {type(self.module).__name__}, not an nn.Module")
+        self.module.to(self.device)
         self.optimizer = getattr(torch.optim, self.config.optimizer)(self.module.parameters(), lr=self.config.lr)
         self.n_features_in: int | None = None
         if state is not None:
@@ -176,25 +187,40 @@ class TorchTrainer:
         self.module.train()
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            out = self.module(_as_tensor(x, self.module))
+            with self._autocast():
+                out = self.module(_as_tensor(x, self.module))
         except RuntimeError as exc:
             raise ValueError(f"{self.config.estimator} cannot take a batch of shape {tuple(np.shape(x))} "
                              f"(check model.params against data.features): {str(exc)[:200]}") from None
-        loss = self._loss_fn(*self._loss_inputs(out, y))
+        loss = self._loss_fn(*self._loss_inputs(out.float(), y))
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
+
+    def _autocast(self):
+        """Mixed precision (``model.params.amp``) where it is asked for; full precision otherwise."""
+        if self.config.amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def park(self) -> None:
+        """Paused: wait for the step in flight to end, and hand cached activations and blocks back to the
+        GPU (the CUDA context stays, for a fast resume). On the CPU there is nothing to give back."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
 
     def _loss_inputs(self, out: torch.Tensor, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         y = np.asarray(y)
         if self.config.loss == "mse":
             if y.ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
                 out = out.squeeze(1)  # (n, 1) against (n,) would broadcast to (n, n)
-            return out, torch.as_tensor(y, dtype=out.dtype)
+            return out, torch.as_tensor(y, dtype=out.dtype).to(out.device)
         idx = self._label_index(y)
         if self.config.loss == "cross_entropy":
-            return out, torch.as_tensor(idx, dtype=torch.long)
-        return out.reshape(len(out)), torch.as_tensor(idx, dtype=out.dtype)
+            return out, torch.as_tensor(idx, dtype=torch.long).to(out.device)
+        return out.reshape(len(out)), torch.as_tensor(idx, dtype=out.dtype).to(out.device)
 
     def _label_index(self, y: np.ndarray) -> np.ndarray:
         labels = self.config.classes
@@ -214,9 +240,21 @@ class TorchTrainer:
         return self.model.predict(x)
 
     def state_bytes(self) -> bytes:
-        return _save({"format": STATE_FORMAT, "estimator": self.config.estimator, "model": self.module.state_dict(),
-                      "optimizer_name": self.config.optimizer, "optimizer": self.optimizer.state_dict(),
+        """Device-agnostic: every tensor on the CPU, so a checkpoint written on a GPU loads on a host
+        without one (and the other way round: :meth:`_restore` moves it to this trainer's device)."""
+        return _save({"format": STATE_FORMAT, "estimator": self.config.estimator, "model": _to_cpu(self.module.state_dict()),
+                      "optimizer_name": self.config.optimizer, "optimizer": _to_cpu(self.optimizer.state_dict()),
                       "n_features": self.n_features_in})
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def average_states(states: list[bytes], weights: list[float]) -> bytes:
