@@ -304,6 +304,7 @@ class _RoundLoop:
         self.actors: dict[int, object] = {}
         self._running: list[int] = []
         self._round_started = 0.0
+        self._round_rows: dict[int, int] = {}  # slot -> rows of the round not yet in the ledger (reported or returned)
         self._loss: float | None = None  # mean test-then-train loss of the last merged round
         self.decisions: list[dict] = []
         self.progress: list[dict] = []
@@ -333,6 +334,7 @@ class _RoundLoop:
             shards = _shards(pending, self._running, rows_per_shard)
             state_ref = ray.put(self.truth.state)
             self._round_started = time.time()
+            self._round_rows = {}
             seed = int(self.truth.rng.integers(2**31))
             state_id = self.truth.state_id
             refs = {self.actors[s].train.remote(state_ref, shard, seed + s, state_id): s for s, shard in shards.items()}
@@ -397,6 +399,7 @@ class _RoundLoop:
                     self._drop(slot)
                     continue
                 results.append(result)
+                self._round_rows[slot] = result["rows"]  # exact: a worker's last progress report may lag its return
                 if result["stopped"]:  # yielded: hand the slot back now; the round's merge keeps its rows
                     self._yielded(slot)
             self._poll(force=False)
@@ -452,6 +455,7 @@ class _RoundLoop:
         losses = [r["loss"] for r in useful if r["loss"] is not None]
         self._loss = float(np.mean(losses)) if losses else None
         self._round_started = time.time()  # the round's rows are in the ledger now, not in flight
+        self._round_rows = {}
         self._poll(force=True)
 
     def _poll(self, force: bool) -> None:
@@ -470,7 +474,10 @@ class _RoundLoop:
         self._last_snap = snap
         self.decisions.extend(new)
         # Rows reported by workers in the current round only: earlier rounds are in the ledger already.
-        in_flight = sum(p.get("rows", 0) for p in snap["progress"].values() if p.get("t", 0) >= self._round_started)
+        for slot, p in snap["progress"].items():
+            if p.get("t", 0) >= self._round_started:
+                self._round_rows[int(slot)] = max(self._round_rows.get(int(slot), 0), p.get("rows", 0))
+        in_flight = sum(self._round_rows.values())
         consumed = len(self.truth.ledger) + in_flight
         prev = self.progress[-1] if self.progress else None
         rate = (consumed - prev["rows_consumed"]) / max(1e-6, now - prev["t"]) if prev else 0.0

@@ -20,7 +20,7 @@ import os
 import mlflow
 from mlflow import MlflowClient
 
-from runtime.errors import HeadroomError
+from runtime.errors import DataError, HeadroomError
 from runtime.training.ingest import read_table_file, resolve_fs
 
 _CHUNK = 1 << 20
@@ -119,8 +119,12 @@ def _schema(path: str):
     if path.endswith(".csv"):
         arrow = read_table_file(path, "csv").schema
     else:
-        with fs.open_input_file(p) as fh:
-            arrow = pq.read_schema(fh)
+        try:
+            with fs.open_input_file(p) as fh:
+                arrow = pq.read_schema(fh)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"cannot read the table's schema ({exc})", where=path,
+                            fix="check the file exists and is valid parquet") from None
 
     def kind(t) -> str:
         if pa.types.is_integer(t):
