@@ -199,13 +199,28 @@ def measure_capacity_rps(predict_url: str, *, clients: int = 4, duration_s: floa
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description="Start the demo serving app and measure its capacity.")
+    parser = argparse.ArgumentParser(description="Start the demo serving app and measure its capacity; with --deploy, "
+                                                 "deploy it on the running Ray cluster ($RAY_ADDRESS, else the local one) and leave it there.")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--deploy", action="store_true",
+                        help=f"deploy the app ({APP_NAME}) on the running cluster and exit; it serves until `serve shutdown` or `ray stop`")
     args = parser.parse_args()
     import ray
 
+    if args.deploy:
+        import httpx
+
+        ray.init(address="auto", log_to_driver=False)
+        endpoints = start_serving(args.port)
+        # A few first requests: Serve creates an application's latency series at its first request, and
+        # until then a governor guarding it has nothing to read (no telemetry: it keeps jobs paused).
+        with httpx.Client(timeout=30.0) as client:
+            for _ in range(20):
+                client.get(endpoints.predict_url).raise_for_status()
+        print(f"{APP_NAME} serving at {endpoints.predict_url} (Ray Serve's ingress latency: every node's metrics port)")
+        return
     ray.init(num_cpus=2, include_dashboard=False)
     endpoints = start_serving(args.port)
     try:

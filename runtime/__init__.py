@@ -1,7 +1,7 @@
 """Headroom: retrain models in the latency headroom of a live serving cluster.
 
 >>> from runtime import load_spec, run_job  # doctest: +SKIP
->>> summary = run_job(load_spec("jobs/demo.yaml"))
+>>> summary = run_job(load_spec("jobs/demo.yaml"))  # doctest: +SKIP
 """
 
 from runtime.errors import CheckpointError, DataError, GovernorError, HeadroomError, SpecError, TelemetryError, TrackingError

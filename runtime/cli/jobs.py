@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import signal
@@ -31,6 +32,14 @@ def register(sub) -> None:
     add_out(p, "the summary (JSON)")
     add_json(p)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local cluster)")
+    p.add_argument("--window", metavar="START/END", type=parse_window,
+                   help="the job's planned window, two ISO 8601 times (or epoch seconds) joined by '/': at END the job "
+                        "checkpoints, hands its workers back and exits with status window_ended (exit 0); the next run "
+                        "resumes from the checkpoint (headroom submit sets this)")
+    p.add_argument("--base-dir", metavar="DIR",
+                   help="resolve the spec's relative paths (data, holdout, checkpoints, a sqlite MLflow store) against DIR, "
+                        "not the working directory: under ray job submit, pass --base-dir $PWD to keep them in your checkout")
+    p.add_argument("--outcome-key", help=argparse.SUPPRESS)  # the window scheduler reads the summary from the cluster here
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="queue a job for its next planned window (the governor still guards inside it)")
@@ -38,7 +47,16 @@ def register(sub) -> None:
     p.add_argument("--window", choices=["auto"], required=True, help="auto: the job's next window in --plan")
     p.add_argument("--plan", required=True, help="plan.json written by headroom plan --out")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else the local one)")
+    add_json(p)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("queue", help="jobs queued for their windows: queued, running (as Ray jobs), finished",
+                       description="The window scheduler's queue: each job's state, its planned windows and the Ray "
+                                   "job of every window it used (see them with ray job list / ray job logs).")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else the local one)")
+    add_json(p)
+    add_out(p, "the queue (JSON)")
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("status", help="jobs under the governor: level, lease, rows/s, last decision")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else this user's headroom run, else the local one)")
@@ -79,21 +97,50 @@ class StatusLine:
             self.stream.write("\n")
 
 
+def parse_window(text: str) -> tuple[float, float]:
+    """``START/END`` (ISO 8601 with a UTC offset, or epoch seconds) -> ``(start_s, end_s)``."""
+    from datetime import datetime
+
+    def one(part: str) -> float:
+        part = part.strip()
+        try:
+            return float(part)
+        except ValueError:
+            pass
+        when = datetime.fromisoformat(part)
+        if when.tzinfo is None:
+            raise ValueError(f"{part!r} has no UTC offset")
+        return when.timestamp()
+
+    try:
+        start, end = (one(p) for p in text.split("/"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: not START/END ({exc}); e.g. "
+                                         "2026-11-28T02:00:00+00:00/2026-11-28T04:00:00+00:00") from None
+    if end <= start:
+        raise argparse.ArgumentTypeError(f"{text!r}: the window ends before it starts")
+    return start, end
+
+
 def cmd_run(args) -> int:
     from runtime.driver.job import run_job
     from runtime.spec.job import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, base_dir=args.base_dir)
     line = StatusLine()
     try:
-        summary = run_job(spec, address=args.address, on_status=line)
+        summary = run_job(spec, address=args.address, on_status=line, window=args.window)
     finally:
         line.close()
     text = json.dumps(summary, indent=2, default=str)
     if args.out:
         write_atomically(args.out, text)
+    if args.outcome_key:
+        from runtime.windows.scheduler import put_outcome
+
+        put_outcome(args.outcome_key, summary)
     print(text if args.json else summary_text(summary))
-    return 0 if summary["status"] == "completed" else 1
+    return 0 if summary["status"] in ("completed", "window_ended") else 1
 
 
 def summary_text(s: dict) -> str:
@@ -138,10 +185,44 @@ def cmd_submit(args) -> int:
     spec = load_spec(args.spec)
     _connect(args.address)
     entry = submit(spec, args.plan)
-    start = datetime.fromtimestamp(entry["start_s"], timezone.utc).isoformat(timespec="seconds")
-    end = datetime.fromtimestamp(entry["end_s"], timezone.utc).isoformat(timespec="seconds")
-    print(f"{spec.name}: queued for its window {start} .. {end} (UTC); the governor guards inside it")
+    if args.json:
+        print(json.dumps(entry, indent=2, default=str))
+        return 0
+    start, end = (datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") for t in entry["next_window"])
+    more = len(entry["windows"]) - 1
+    print(f"{spec.name}: queued for its window {start} .. {end} (UTC)" + (f" and {more} later one(s)" if more else "")
+          + "; it runs as a Ray job there (ray job list), the governor guards inside it; see headroom queue")
     return 0
+
+
+def cmd_queue(args) -> int:
+    from runtime.windows.scheduler import queue_status
+
+    _connect(args.address)
+    entries = queue_status()
+    text = json.dumps(entries, indent=2, default=str)
+    if args.out:
+        write_atomically(args.out, text)
+    print(text if args.json else queue_text(entries, time.time()))
+    return 0
+
+
+def queue_text(entries: list[dict], now: float) -> str:
+    """The queue as a person reads it: one line per job, one indented line per window it used."""
+    from runtime.windows.scheduler import iso
+
+    if not entries:
+        return "the queue is empty (headroom submit SPEC --window auto --plan plan.json)"
+    lines = []
+    for e in entries:
+        nxt = e.get("next_window")
+        when = f"next window {iso(nxt[0])} .. {iso(nxt[1])}" if nxt and e["state"] == "queued" else ""
+        lines.append(f"{e['job']}: {e['state']} {when}".rstrip() + (f" -- {e['error']}" if e.get("error") else ""))
+        for r in e["runs"]:
+            rows = "" if r.get("rows_consumed") is None else f", rows {r['rows_consumed']}"
+            lines.append(f"  {iso(r['window'][0])} .. {iso(r['window'][1])}: Ray job {r['submission_id']} "
+                         f"{r['ray_status']}{' (' + r['status'] + ')' if r.get('status') else ''}{rows}")
+    return "\n".join(lines)
 
 
 def _connect(address):

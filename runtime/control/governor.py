@@ -21,7 +21,7 @@ record (lease, directive, law state, manual pause, counters) to Ray's GCS key-va
 restarted governor starts from those records (runtime/control/governor_state.py).
 
 >>> gov = get_or_create_governor()  # doctest: +SKIP
->>> ray.get(gov.status.remote())
+>>> ray.get(gov.status.remote())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class JobEntry:
     resumes: int = 0
     started: bool = False
     manual: bool = False
+    window_closed: bool = False  # its planned window ended: paused until the driver yields (WINDOW_END)
     phase: str = "training"  # finishing: no slots, only "is there headroom" for the driver's own work
     sample: Sample | None = None
     progress: dict = field(default_factory=dict)  # slot -> latest heartbeat payload
@@ -241,12 +242,28 @@ class Governor:
         if entry is None:
             return False
         entry.manual = paused
-        if paused and entry.directive.level is not Level.PAUSE:
-            now = time.time()
-            sample = replace(entry.sample, time_s=now) if entry.sample else Sample.failed(now, "no sample yet")
-            self._apply(entry, Directive(Level.PAUSE, 0, 0.0, Reason.MANUAL_PAUSE, entry.directive.slack), sample)
+        if paused:
+            self._hold(entry, Reason.MANUAL_PAUSE)
         self._persist()
         return True
+
+    async def close_window(self, job: str) -> bool:
+        """The job's planned window ended: pause it now (``WINDOW_END``), whatever the headroom, so its
+        workers stop and its driver checkpoints and yields. False if the job is unknown."""
+        entry = self.jobs.get(job)
+        if entry is None:
+            return False
+        entry.window_closed = True
+        self._hold(entry, Reason.WINDOW_END)
+        self._persist()
+        return True
+
+    def _hold(self, entry: JobEntry, reason: Reason) -> None:
+        """Pause ``entry`` at once for ``reason`` (the next samples keep it paused while the hold lasts)."""
+        if entry.directive.reason is not reason:
+            now = time.time()
+            sample = replace(entry.sample, time_s=now) if entry.sample else Sample.failed(now, "no sample yet")
+            self._apply(entry, Directive(Level.PAUSE, 0, 0.0, reason, entry.directive.slack), sample)
 
     async def directive(self, job: str) -> dict | None:
         """The job's directive now (level, reason, phase), or ``None`` if the job is unknown."""
@@ -354,7 +371,7 @@ class Governor:
 
     def _decide_pooled(self, key: str, members: list[JobEntry], sample: Sample) -> None:
         """One law decision for the serving cluster behind ``key``, divided among its jobs by priority."""
-        governed = [e for e in members if not e.manual and e.phase == "training"]
+        governed = [e for e in members if not e.manual and not e.window_closed and e.phase == "training"]
         cfg = pooled_config([e.law for e in governed or members], self.pool_slots)
         self.laws[key], pooled = decide(clamp_state(self.laws.get(key, LawState()), cfg), sample, cfg)
         shares = divide(min(pooled.workers, cfg.max_workers), pooled.rows_per_s,
@@ -363,6 +380,8 @@ class Governor:
         for entry in members:
             if entry.manual:
                 d = Directive(Level.PAUSE, 0, 0.0, Reason.MANUAL_PAUSE, pooled.slack)
+            elif entry.window_closed:
+                d = Directive(Level.PAUSE, 0, 0.0, Reason.WINDOW_END, pooled.slack)
             elif entry.phase != "training":  # no workers to share: only whether serving has room for the driver's work
                 d = pooled if pooled.level is Level.PAUSE else Directive(Level.RUN, 0, 0.0, pooled.reason, pooled.slack)
             else:
@@ -450,7 +469,8 @@ class Governor:
         return JobEntry(name, LawConfig(**r["law"]), key, lease, priority=r.get("priority", 0),
                         directive=directive_from(r["directive"]),
                         reactions_s=list(r["reactions_s"]), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
-                        resumes=r["resumes"], started=r["started"], manual=r["manual"], phase=r.get("phase", "training"))
+                        resumes=r["resumes"], started=r["started"], manual=r["manual"], phase=r.get("phase", "training"),
+                        window_closed=r.get("window_closed", False))
 
 
 def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
@@ -460,7 +480,7 @@ def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
     return {"law": vars(entry.law), "serving": json.loads(entry.source_key), "bundle": lease.bundle,
             "drain_timeout_s": lease.drain_timeout_s, "park_s": lease.park_s, "lease": lease_record(lease),
             "priority": entry.priority, "state": law_state_record(pooled), "directive": directive_record(entry.directive),
-            "manual": entry.manual, "phase": entry.phase, "pauses": entry.pauses, "resumes": entry.resumes,
+            "manual": entry.manual, "window_closed": entry.window_closed, "phase": entry.phase, "pauses": entry.pauses, "resumes": entry.resumes,
             "started": entry.started,
             "pause_started_s": entry.pause_started_s, "reactions_s": list(entry.reactions_s)}
 

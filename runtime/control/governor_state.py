@@ -43,15 +43,18 @@ class StateStore(Protocol):
 class GcsStateStore:
     """Ray's internal key-value store in the GCS: survives any actor, lost only with the cluster."""
 
+    def __init__(self, key: str = KEY):
+        self.key = key
+
     def load(self) -> bytes | None:
         from ray.experimental import internal_kv
 
-        return internal_kv._internal_kv_get(KEY, namespace=NAMESPACE)
+        return internal_kv._internal_kv_get(self.key, namespace=NAMESPACE)
 
     def save(self, blob: bytes) -> None:
         from ray.experimental import internal_kv
 
-        internal_kv._internal_kv_put(KEY, blob, overwrite=True, namespace=NAMESPACE)
+        internal_kv._internal_kv_put(self.key, blob, overwrite=True, namespace=NAMESPACE)
 
 
 class MemoryStateStore:

@@ -25,8 +25,12 @@ stores and passes back. Every directive carries a :class:`Reason`.
 
 >>> cfg = LawConfig(slo_p99_ms=50, max_workers=2, max_rows_per_s=1000)
 >>> state, d = decide(LawState(), Sample(time_s=0, p99_ms=10, rps=5), cfg)
->>> d.level, d.reason
-(<Level.RUN: 'RUN'>, <Reason.RESUME: 'RESUME'>)
+>>> d.level, d.reason, d.workers, d.rows_per_s  # a resume starts small and grows one step per hold-down
+(<Level.THROTTLE: 'THROTTLE'>, <Reason.RESUME: 'RESUME'>, 1, 250.0)
+>>> for t in (1, 10):  # slack held past the hold-down
+...     state, d = decide(state, Sample(time_s=t, p99_ms=10, rps=5), cfg)
+>>> d.reason, d.rows_per_s
+(<Reason.GROW: 'GROW'>, 500.0)
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Reason(str, enum.Enum):
     AT_MAX = "AT_MAX"  # ample slack, already at the budget
     RESUME = "RESUME"  # paused -> running again at the resume level
     MANUAL_PAUSE = "MANUAL_PAUSE"  # an operator paused the job
+    WINDOW_END = "WINDOW_END"  # the job's planned window ended: it yields until its next one (runtime.windows.scheduler)
     PRIORITY = "PRIORITY"  # the pooled headroom went to higher-priority jobs (runtime.control.shares)
 
 

@@ -4,7 +4,7 @@ The governor measures each one (:meth:`runtime.control.governor.Governor._note_r
 summary, its post-mortem and the benchmarks report them through :func:`reaction_stats`.
 
 >>> reaction_stats([0.2, 0.4])["median_s"]
-0.3
+0.30000000000000004
 """
 
 from __future__ import annotations

@@ -179,6 +179,7 @@ class PrometheusScrapeSource(_HTTPSource):
         self._last_poll_s: float | None = None
         self._last_p99_ms: float | None = None
         self._last_fresh_s: float | None = None  # the last poll that saw new observations
+        self._watching_since_s: float | None = None  # the baseline poll: quiet counts from here if nothing came yet
 
     def sample(self, now_s: float | None = None) -> Sample:
         now = self.clock() if now_s is None else now_s
@@ -227,6 +228,7 @@ class PrometheusScrapeSource(_HTTPSource):
         self._last_poll_s = now
         in_flight = None if self.in_flight is None else sum(f for _, f in scraped.values() if f is not None)
         if first_poll:
+            self._watching_since_s = now
             return self._failed(now, f"{self.url}: no baseline yet (first scrape); p99 comes from the next poll")
         if reset:
             self._polls.clear()
@@ -250,7 +252,10 @@ class PrometheusScrapeSource(_HTTPSource):
             staleness_s = 0.0 if delta[-1][1] > 0 else now - (self._last_fresh_s or now)
             return Sample(now, p99_ms=self._last_p99_ms, rps=rps, utilization=utilization,
                           staleness_s=staleness_s, in_flight=in_flight)
-        quiet_s = now - (self._last_fresh_s if self._last_fresh_s is not None else self._polls[0][0])
+        # Quiet since the last new observation, or since watching began (an app that has served nothing yet):
+        # not since the window's start, which slides and would never let a quiet spell reach idle_after_s.
+        since = self._last_fresh_s if self._last_fresh_s is not None else self._watching_since_s
+        quiet_s = now - (since if since is not None else self._polls[0][0])
         if in_flight:
             if quiet_s > self.stale_after_s:
                 return self._failed(now, f"{self.url}: {in_flight:g} request(s) in flight but none finished for "
@@ -418,7 +423,8 @@ class Prober:
     at the first :meth:`window` call, so the object pickles into an actor before it starts.
 
     >>> prober = Prober("http://127.0.0.1:8000/", interval_s=0.2)  # doctest: +SKIP
-    >>> prober.window(time.time(), 1.0)  # ([12.1, 9.8, 11.0, 10.4, 30.2], 0): latencies ms, failures
+    >>> prober.window(time.time(), 1.0)  # doctest: +SKIP
+    ... # ([12.1, 9.8, 11.0, 10.4, 30.2], 0): latencies ms, failures
     """
 
     def __init__(self, url: str, *, interval_s: float = 0.2, timeout_s: float = 1.0, clock: Clock = time.time,

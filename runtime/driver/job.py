@@ -7,7 +7,7 @@ averaged (weighted by rows) and merged into the ledger. The governor decides how
 how fast each worker reads; the driver only follows the lease.
 
 >>> summary = run_job(load_spec("jobs/demo.yaml"))  # doctest: +SKIP
->>> summary["rows_duplicated"]
+>>> summary["rows_duplicated"]  # doctest: +SKIP
 0
 """
 
@@ -120,8 +120,14 @@ def _shards(pending: list, slots: list[int], rows_per_shard: int) -> dict[int, l
 
 
 def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | None = None,
-            artifacts_dir: str | None = None, isolate_driver: bool = True) -> dict:
+            artifacts_dir: str | None = None, isolate_driver: bool = True, window: tuple[float, float] | None = None) -> dict:
     """Run ``spec`` under the governor to completion; returns the summary.
+
+    With ``window`` (``(start_s, end_s)``, epoch seconds: its planned window, as the window scheduler
+    passes it), the job yields at the window's end: the governor pauses it (``WINDOW_END``), its last
+    round is checkpointed, the lease goes back and the summary says ``window_ended``; the next run of
+    the same spec resumes from that checkpoint. Validation, registration and the post-mortem run only
+    once every row is consumed.
 
     Everything the job does once it holds a lease obeys the governor, not only its workers' steps: the
     validation, registration and post-mortem after training each wait while the directive is PAUSE
@@ -138,6 +144,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     cpu = _PhaseCPU()
     dataset = Dataset(spec.data.path, spec.data.format)
     store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
+    if store.swept:
+        log.warning("removed %d temporary checkpoint file(s) left by a writer killed mid-save: %s",
+                    len(store.swept), ", ".join(os.path.basename(p) for p in store.swept))
     truth = _warm_start(spec, store, dataset)
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     tracker.log_params(spec.model_dump())
@@ -157,16 +166,21 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     hold = _Hold(gov, spec.name)
     loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
     loop.hold = hold
+    loop.until_s = window[1] if window else None
     cpu.mark("connect")
     try:
         loop.run()
         loop.stop_actors()
         cpu.mark("training rounds")
+        if loop.window_ended_s is not None:
+            return _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu)
         _set_phase(gov, spec, "finishing")  # the slots go back; the driver's own work still waits for headroom
         result = governance.validate_and_register(truth.state, hold=hold)
         cpu.mark("validation and registration")
         summary = build_summary(spec, truth, loop, loop.record(), result, dataset, started, tracker.run_id)
         summary["driver_cpu_by_phase_s"] = cpu.marks  # the same dict: later phases land in summary.json too
+        if window is not None:
+            summary["window"] = _window_record(window, started, time.time())
         hold("the post-mortem")
         governance.finish(summary, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s, artifacts_dir=artifacts_dir)
         cpu.mark("lineage and post-mortem")
@@ -180,6 +194,32 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
         tracker.end("FAILED")
         raise
     _release(gov, spec, loop)
+    tracker.end("FINISHED")
+    return summary
+
+
+def _window_record(window: tuple[float, float] | None, started_s: float, ended_s: float) -> dict | None:
+    """The planned window against the time the run used (what the post-mortem compares)."""
+    if window is None:
+        return None
+    start, end = window
+    return {"planned_start_s": start, "planned_end_s": end, "started_s": round(started_s, 3), "ended_s": round(ended_s, 3),
+            "used_fraction": round(max(0.0, ended_s - max(start, started_s)) / max(1e-9, end - start), 4)}
+
+
+def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu) -> dict:
+    """The window ended with rows left: every returned row is in the checkpoint; hand the lease back,
+    record the run and stop. The next run of the spec resumes from the checkpoint."""
+    record = _release(gov, spec, loop)
+    summary = build_summary(spec, truth, loop, record, {"skipped": "the window ended before every row was consumed"},
+                            dataset, started, tracker.run_id)
+    summary["status"] = "window_ended"
+    summary["window"] = _window_record(window, started, loop.window_ended_s)
+    summary["driver_cpu_by_phase_s"] = cpu.marks
+    log.info("window ended: %d of %d rows consumed, checkpointed; the job resumes in its next window",
+             summary["rows_consumed"], summary["rows_total"])
+    _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
+    tracker.set_tags({"headroom.status": "window_ended"})
     tracker.end("FINISHED")
     return summary
 
@@ -305,6 +345,7 @@ class _RoundLoop:
         self._running: list[int] = []
         self._round_started = 0.0
         self._round_rows: dict[int, int] = {}  # slot -> rows of the round not yet in the ledger (reported or returned)
+        self._round_seeds: dict[int, int] = {}  # slot -> the seed of its shard in the round now in flight
         self._loss: float | None = None  # mean test-then-train loss of the last merged round
         self.decisions: list[dict] = []
         self.progress: list[dict] = []
@@ -318,13 +359,15 @@ class _RoundLoop:
         self._last_lease_check = 0.0
         self._slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
         self._spec_dict = spec.model_dump()
+        self.until_s: float | None = None  # the planned window's end (None: no window)
+        self.window_ended_s: float | None = None  # when the governor was told the window ended
 
     def run(self) -> None:
         total = self.dataset.total_rows
         rows_per_shard = self.spec.checkpoint.every_steps * self.spec.data.batch_rows
         while True:
             pending = self.truth.ledger.complement(total)
-            if not pending:
+            if not pending or self.window_ended_s is not None:  # done, or the window ended (the round is merged)
                 return
             self._reconcile()
             if not self._running:
@@ -337,6 +380,7 @@ class _RoundLoop:
             self._round_rows = {}
             seed = int(self.truth.rng.integers(2**31))
             state_id = self.truth.state_id
+            self._round_seeds = {s: seed + s for s in shards}
             refs = {self.actors[s].train.remote(state_ref, shard, seed + s, state_id): s for s, shard in shards.items()}
             self._merge(self._collect(refs))
 
@@ -439,6 +483,7 @@ class _RoundLoop:
                 self._process_cpu_s[r["pid"]] = max(self._process_cpu_s.get(r["pid"], 0.0), r["process_cpu_s"])
         useful = [r for r in results if r["rows"] > 0]
         if not useful:
+            self._round_rows, self._round_seeds = {}, {}  # nothing of this round is in flight any more
             return
         t = self.truth
         for r in useful:
@@ -455,11 +500,26 @@ class _RoundLoop:
         losses = [r["loss"] for r in useful if r["loss"] is not None]
         self._loss = float(np.mean(losses)) if losses else None
         self._round_started = time.time()  # the round's rows are in the ledger now, not in flight
-        self._round_rows = {}
+        self._round_rows, self._round_seeds = {}, {}
         self._poll(force=True)
+
+    def _end_window_if_due(self, now: float) -> None:
+        """At the window's end, the governor pauses the job (WINDOW_END): its workers stop and return
+        their rows, the round is merged and checkpointed, and :meth:`run` returns."""
+        if self.until_s is None or self.window_ended_s is not None or now < self.until_s:
+            return
+        try:
+            ray.get(self.gov.close_window.remote(self.spec.name), timeout=10)
+        except GOVERNOR_DOWN:  # the workers pause themselves when they cannot hear the governor
+            log.warning("governor unavailable at the window's end; stopping the workers directly")
+            for actor in self.actors.values():
+                ray.kill(actor, no_restart=True)
+        self.window_ended_s = now
+        log.info("the job's window ended at %s: yielding", time.strftime("%H:%M:%S", time.localtime(self.until_s)))
 
     def _poll(self, force: bool) -> None:
         now = time.time()
+        self._end_window_if_due(now)
         if not force and now - self._last_poll < 1.0:
             return
         self._last_poll = now
@@ -474,8 +534,8 @@ class _RoundLoop:
         self._last_snap = snap
         self.decisions.extend(new)
         # Rows reported by workers in the current round only: earlier rounds are in the ledger already.
-        for slot, p in snap["progress"].items():
-            if p.get("t", 0) >= self._round_started:
+        for slot, p in snap["progress"].items():  # only reports of the shard in flight in that slot now
+            if self._round_seeds and p.get("round") == self._round_seeds.get(int(slot)):
                 self._round_rows[int(slot)] = max(self._round_rows.get(int(slot), 0), p.get("rows", 0))
         in_flight = sum(self._round_rows.values())
         consumed = len(self.truth.ledger) + in_flight

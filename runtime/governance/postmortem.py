@@ -53,7 +53,7 @@ def compute_cost(cpu_s: float, price_per_cpu_hour: float) -> float:
 def render_postmortem(summary: dict, *, latency: dict, slo_p99_ms: float, currency: str, plots: dict[str, str]) -> str:
     """The report as Markdown; ``plots`` maps a plot's role to its file name beside the report."""
     parts = [_overview(summary), _trained_on(summary), _checklist(summary, plots), _validation(summary, plots),
-             _serving(summary, latency, slo_p99_ms, plots), _compute(summary, currency)]
+             _serving(summary, latency, slo_p99_ms, plots), _window(summary), _compute(summary, currency)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -140,6 +140,23 @@ def _serving(s: dict, latency: dict, slo: float, plots: dict) -> str:
         if role in plots:
             text += f"\n\n![{role}]({plots[role]})"
     return text
+
+
+def _window(s: dict) -> str:
+    """The planned window against the time this run used (runs started by the window scheduler)."""
+    w = s.get("window")
+    if not w:
+        return ""
+    from datetime import datetime, timezone
+
+    def at(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+    planned_h = (w["planned_end_s"] - w["planned_start_s"]) / 3600
+    return ("## Planned window against time used\n\n"
+            f"Planned {at(w['planned_start_s'])} .. {at(w['planned_end_s'])} UTC ({planned_h:.2f} h); this run "
+            f"{at(w['started_s'])} .. {at(w['ended_s'])} UTC, {100 * w['used_fraction']:.0f} % of the window"
+            + (" -- it ended with the window, rows left for the next one." if s.get("status") == "window_ended" else "."))
 
 
 def _compute(s: dict, currency: str) -> str:

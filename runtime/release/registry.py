@@ -11,8 +11,10 @@ crash between two calls leaves an extra alias behind, never a missing ``champion
 versions it touched (``headroom.release.*``) and can be recorded as its own MLflow run.
 
 >>> client = MlflowClient("sqlite:///mlflow.db")  # doctest: +SKIP
->>> promote(client, "demo-regressor")             # challenger -> champion, champion -> previous-champion
->>> rollback(client, "demo-regressor")            # previous-champion -> champion
+>>> promote(client, "demo-regressor")  # doctest: +SKIP
+... # challenger -> champion, champion -> previous-champion
+>>> rollback(client, "demo-regressor")  # doctest: +SKIP
+... # previous-champion -> champion
 """
 
 from __future__ import annotations

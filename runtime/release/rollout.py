@@ -7,7 +7,7 @@ split, the MLflow aliases (:mod:`runtime.release.registry`), and the rollout's M
 row per poll, ``release/decisions.json``, ``release/events.json`` and the report with its plots.
 
 >>> result = run_rollout("demo-regressor", spec.release, ServeRouter(), tracking_uri="sqlite:///mlflow.db")  # doctest: +SKIP
->>> result["outcome"]
+>>> result["outcome"]  # doctest: +SKIP
 'promoted'
 
 The router is anything with ``load``, ``configure`` and ``records`` (:class:`RouterControl`):

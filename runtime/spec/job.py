@@ -1,7 +1,8 @@
 """The job spec: YAML in, a validated :class:`JobSpec` out, or one :class:`SpecError` line.
 
->>> spec = load_spec("jobs/demo.yaml")  # doctest: +SKIP
+>>> spec = load_spec("jobs/demo.yaml")  # run from the repository root
 >>> spec.budget.max_workers
+1
 
 Errors name the file, the field and the fix, e.g.::
 
@@ -247,9 +248,9 @@ def _is_classifier(path: str) -> bool:
         return False
 
 
-def load_spec(path: str | Path, *, check_paths: bool = True) -> JobSpec:
+def load_spec(path: str | Path, *, check_paths: bool = True, base_dir: str | Path | None = None) -> JobSpec:
     """Read and validate a YAML job spec. Relative paths resolve against the current directory
-    (the uploaded working directory under ``ray job submit``)."""
+    (the uploaded working directory under ``ray job submit``), or against ``base_dir`` when given."""
     path = Path(path)
     where = str(path)
     if not path.is_file():
@@ -260,10 +261,38 @@ def load_spec(path: str | Path, *, check_paths: bool = True) -> JobSpec:
         mark = getattr(exc, "problem_mark", None)
         at = f"{where}:{mark.line + 1}" if mark else where
         raise SpecError(f"not valid YAML ({getattr(exc, 'problem', exc)})", where=at, fix="check indentation and quoting") from None
+    if base_dir is not None:
+        if not Path(base_dir).is_dir():
+            raise SpecError(f"--base-dir {str(base_dir)!r} is not a directory", where=where,
+                            fix="pass the directory the spec's relative paths start from (e.g. --base-dir $PWD)")
+        raw = absolute_paths(raw, Path(base_dir)) if isinstance(raw, dict) else raw
     spec = spec_from_dict(raw, source=where)
     if check_paths:
         check_data_paths(spec, source=where)
     return spec
+
+
+def absolute_paths(raw: dict, base: Path) -> dict:
+    """``raw`` (a spec as a dict) with its local relative paths made absolute against ``base``: data,
+    holdout, checkpoint storage and a relative sqlite MLflow store. URIs are left alone."""
+    import copy
+
+    out = copy.deepcopy(raw)
+
+    def fix(section: str, key: str) -> None:
+        part = out.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            part[key] = str((base / value).resolve())
+
+    fix("data", "path")
+    fix("validation", "holdout")
+    fix("checkpoint", "storage")
+    tracking = out.get("tracking")
+    uri = tracking.get("uri") if isinstance(tracking, dict) else None
+    if isinstance(uri, str) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        tracking["uri"] = "sqlite:///" + str((base / uri[len("sqlite:///"):]).resolve())
+    return out
 
 
 def check_data_paths(spec: JobSpec, *, source: str) -> None:

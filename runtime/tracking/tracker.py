@@ -44,7 +44,7 @@ class Tracker:
     """One MLflow run.
 
     >>> t = Tracker("sqlite:///mlflow.db", "headroom", "my-job")  # doctest: +SKIP
-    >>> t.log_metrics({"rows_per_s": 120.0}, step=3)
+    >>> t.log_metrics({"rows_per_s": 120.0}, step=3)  # doctest: +SKIP
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, *, flush_timeout_s: float = 60.0):

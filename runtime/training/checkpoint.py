@@ -4,12 +4,15 @@ One file per checkpoint: ``MAGIC | header length | header JSON | payload | sha25
 The header holds the step, the ledger of consumed rows, counters and RNG state; the payload is the
 model state (the trainer's bytes). Writing goes to a temporary name, is flushed and fsynced, then
 renamed into place, so a crash at any instant leaves either the old set of checkpoints or the new one;
-a torn or corrupt file fails its checksum and :meth:`CheckpointStore.latest` skips it.
+a torn or corrupt file fails its checksum and :meth:`CheckpointStore.latest` skips it. A writer killed
+between the write and the rename leaves its temporary file behind: the next store opened on the folder
+removes it (its name carries the writer's host and pid; one from another host goes after an hour).
 
->>> store = CheckpointStore("/tmp/ckpts", "my-job")  # doctest: +SKIP
->>> store.save(Checkpoint(step=10, ledger=[[0, 2560]], counters={}, rng={}, payload=b"..."))
->>> store.latest().step
-10
+>>> import tempfile
+>>> store = CheckpointStore(tempfile.mkdtemp(), "my-job")
+>>> path = store.save(Checkpoint(step=10, ledger=[[0, 2560]], counters={}, rng={}, payload=b"..."))
+>>> store.latest().step, store.latest().ledger
+(10, [[0, 2560]])
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import struct
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,8 @@ from runtime.training.ingest import resolve_fs
 MAGIC = b"HRCK1\n"
 _LEN = struct.Struct(">Q")
 _DIGEST_BYTES = 32
+_TMP = ".tmp-"
+STALE_TMP_S = 3600.0  # a temporary file whose writer cannot be checked (another host) is stale after this
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,26 @@ class CheckpointStore:
         except OSError as exc:
             raise CheckpointError(f"cannot create checkpoint folder ({exc})", where=self.dir,
                                   fix="check checkpoint.storage exists and is writable") from None
+        self.swept = self._sweep_stale_temporaries()  # left by writers killed between write and rename
+
+    def _sweep_stale_temporaries(self) -> list[str]:
+        """Remove temporary files whose writer is gone: on this host, a dead pid; elsewhere, older
+        than :data:`STALE_TMP_S`. A live writer's file (this process's included) is never touched."""
+        host, removed = socket.gethostname(), []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
+        for info in infos:
+            if not info.base_name.startswith(_TMP) or info.type != pafs.FileType.File:
+                continue
+            writer_host, pid = _writer(info.base_name)
+            if writer_host == host and pid is not None:
+                stale = not _alive(pid)
+            else:
+                mtime = info.mtime.timestamp() if info.mtime is not None else time.time()
+                stale = time.time() - mtime > STALE_TMP_S
+            if stale:
+                _remove_quietly(self.fs, info.path)
+                removed.append(info.path)
+        return removed
 
     def _names(self) -> list[str]:
         infos = self.fs.get_file_info(pafs.FileSelector(self.dir, allow_not_found=True))
@@ -90,7 +117,7 @@ class CheckpointStore:
     def save(self, ckpt: Checkpoint) -> str:
         """Write atomically and prune to the newest ``keep``; returns the final path."""
         final = f"{self.dir}/ckpt-{ckpt.step:012d}-{uuid.uuid4().hex[:8]}.hrc"
-        tmp = f"{self.dir}/.tmp-{uuid.uuid4().hex}"
+        tmp = f"{self.dir}/{_TMP}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex}"
         blob = encode(ckpt)
         try:
             if self._local:
@@ -160,6 +187,26 @@ def _write_local_durably(tmp: str, final: str, blob: bytes, *, mode: int = 0o600
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _writer(name: str) -> tuple[str | None, int | None]:
+    """``(host, pid)`` from a temporary file's name ``.tmp-<host>.<pid>.<hex>``; ``(None, None)`` otherwise."""
+    parts = name[len(_TMP):].rsplit(".", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None, None
+    return parts[0], int(parts[1])
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:

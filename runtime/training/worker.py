@@ -113,8 +113,10 @@ class TrainerWorker:
             pending[0] = (end, pending[0][1])
             if pending[0][0] >= pending[0][1]:
                 pending.pop(0)
-            feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None})
-        feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None})
+            feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None, "round": seed})
+        # "round": a report that reaches the governor late (after this shard's rows are merged) is not
+        # counted again as in flight: the driver counts only reports of the round it is waiting for
+        feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None, "round": seed})
         if stop_why is not None:
             trainer.park()  # the step in flight has ended; on a GPU its cached blocks go back now
         if steps:

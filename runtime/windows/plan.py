@@ -162,18 +162,42 @@ def _spec_error(path: str, exc: ValidationError) -> SpecError:
 
 
 def past_run_durations_s(job: JobModel) -> list[float]:
-    """Durations (s) of the job's past FINISHED MLflow runs (runs are named '<job>-<timestamp>')."""
-    import mlflow  # a dependency of the package: always there
+    """Durations (s) of the job's past runs, from its FINISHED MLflow runs (named '<job>-<timestamp>'):
+    one per completed job, the runs that ended with their window added to the run that finished it."""
+    from mlflow import MlflowClient  # a dependency of the package: always there
+
     filter_string = job.mlflow_filter or f"attributes.run_name LIKE '{job.name}-%' AND attributes.status = 'FINISHED'"
     try:
-        if job.mlflow_tracking_uri:
-            mlflow.set_tracking_uri(job.mlflow_tracking_uri)
-        runs = mlflow.search_runs(experiment_names=[job.mlflow_experiment], filter_string=filter_string,
-                                  output_format="list", max_results=200, order_by=["attributes.start_time DESC"])
+        client = MlflowClient(job.mlflow_tracking_uri) if job.mlflow_tracking_uri else MlflowClient()
+        experiment = client.get_experiment_by_name(job.mlflow_experiment)
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id], filter_string=filter_string, max_results=500,
+                                  order_by=["attributes.start_time DESC"])
     except Exception as exc:  # MLflow raises many types; translate at the boundary
         raise DataError(f"MLflow search failed: {exc}", where=job.mlflow_tracking_uri or "MLflow",
                         fix="check mlflow_tracking_uri, mlflow_experiment and mlflow_filter") from exc
-    return [(r.info.end_time - r.info.start_time) / 1000.0 for r in runs if r.info.end_time and r.info.start_time]
+    timed = [(r.info.start_time, r.info.end_time, r.data.tags.get("headroom.status")) for r in runs
+             if r.info.end_time and r.info.start_time]
+    return durations_across_windows(sorted(timed))
+
+
+def durations_across_windows(runs: Sequence[tuple[float, float, str | None]]) -> list[float]:
+    """``(start_ms, end_ms, status)`` in time order -> seconds per completed job: a run whose status is
+    ``window_ended`` carries its time into the job's next run; trailing ones (unfinished) are left out.
+
+    >>> durations_across_windows([(0, 60_000, "window_ended"), (100_000, 130_000, None), (200_000, 210_000, None)])
+    [90.0, 10.0]
+    """
+    out, carried = [], 0.0
+    for start, end, status in runs:
+        took = (end - start) / 1000.0
+        if status == "window_ended":
+            carried += took
+            continue
+        out.append(carried + took)
+        carried = 0.0
+    return out
 
 
 def _duration_s(job: JobModel, lookup: DurationsLookup, where: str) -> float:

@@ -18,7 +18,7 @@ from runtime.loopback import SINGLE_NODE_ENV
 from tests.faults.harness import assert_exactly_once, fault_line
 from tests.support import ServingProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
 
 def _scenario(tmp: str, metrics_url: str, out) -> None:

@@ -1,7 +1,13 @@
 """Processes killed at the worst moment: a trainer worker SIGKILLed mid-step (its shard goes back to
 pending, a fresh worker takes the slot), and the job's driver — the process that writes checkpoints —
 SIGKILLed mid-run, its newest checkpoint then torn as a non-atomic store would leave it: the rerun
-resumes from the newest complete checkpoint. Nothing lost, nothing repeated, in both."""
+resumes from the newest complete checkpoint; and the driver SIGKILLed between a checkpoint's write and its
+rename (the file whole and fsynced under its temporary name): the previous checkpoint stays the newest, the
+rerun resumes from it and removes the orphaned temporary file. Nothing lost, nothing repeated, in all.
+
+The kill lands between write and rename because the driver runs with ``os.replace`` wrapped (in the test's
+own launcher, not in the library): at its Nth checkpoint rename it announces the temporary file and sleeps,
+and the test SIGKILLs it there. The process, the file system and the kill are real."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import time
 import pytest
 import yaml
 
-from runtime.training.checkpoint import CheckpointStore
+from runtime.training.checkpoint import CheckpointStore, decode
 from tests.conftest import ROOT
 from tests.faults.harness import JobThread, assert_exactly_once, fault_line, first_snap_after, make_spec
 from tests.support import ServingProcess
@@ -81,6 +87,66 @@ def test_driver_killed_mid_run_and_torn_checkpoint_resumes_from_newest_complete(
     fault_line(capsys, "driver-kill-torn-checkpoint", summary, recover_s=back["seen"] - restarted_at,
                resumed_from_step=newest_valid.step, torn_step=complete.step)
     assert_exactly_once(summary)  # ids add up across both runs: the torn round was trained again, once
+
+
+# The driver, with its Nth checkpoint rename held: announce the temporary file, then wait to be killed.
+_HOLD_RENAME = """
+import os, runpy, sys, time
+ckpt_dir, marker, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real_replace, seen = os.replace, []
+def held_replace(src, dst, *a, **k):
+    if os.path.dirname(str(src)) == ckpt_dir and os.path.basename(str(src)).startswith(".tmp-"):
+        seen.append(src)
+        if len(seen) == nth:
+            open(marker, "w").write(str(src))
+            time.sleep(600)
+    return real_replace(src, dst, *a, **k)
+os.replace = held_replace
+sys.argv = ["jobs.retrain", sys.argv[4]]
+runpy.run_module("jobs.retrain", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_driver_killed_between_checkpoint_write_and_rename_resumes_from_the_previous_one(ray_session, tmp_path, capsys):
+    with ServingProcess(delay_s=0.002, rps=40) as server:
+        spec = make_spec(tmp_path, "fault-kill-at-rename", server.metrics_url, rows_per_s=800, slices=4, rows=2000,
+                         every_steps=4)
+        spec_file = tmp_path / "spec.yaml"
+        spec_file.write_text(yaml.safe_dump(spec.model_dump()))
+        ckpt_dir = os.path.join(spec.checkpoint.storage, spec.name)
+        marker = tmp_path / "held-at-rename"
+        env = dict(os.environ, RAY_ADDRESS=ray_session.address)
+        driver = subprocess.Popen([sys.executable, "-c", _HOLD_RENAME, ckpt_dir, str(marker), "3", str(spec_file)],
+                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 180
+            while not marker.exists() and time.time() < deadline and driver.poll() is None:
+                time.sleep(0.05)
+            assert marker.exists(), f"the driver never reached its third checkpoint rename (exit {driver.poll()})"
+            time.sleep(0.2)  # the marker is written before the sleep; the kill must not race the write itself
+        finally:
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(30)
+        orphan = marker.read_text()
+        assert os.path.exists(orphan), "the held temporary file is gone"
+        held = decode(open(orphan, "rb").read(), where=orphan)  # whole and valid: only the rename was missing
+        names = _checkpoints(ckpt_dir)
+        assert len(names) == 2, names  # the two renamed before the kill; the third never got its name
+        previous = decode(open(names[0], "rb").read(), where=names[0])
+        assert previous.step < held.step
+
+        restarted_at = time.time()
+        rerun = JobThread(spec)
+        rerun.start()
+        back = first_snap_after(rerun, restarted_at, len_ledger(previous.ledger))
+        summary = rerun.finish()
+        leftovers = [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-")]
+    assert summary["warm_start"] == f"checkpoint:step-{previous.step}"
+    assert not leftovers, leftovers  # the orphan was swept by the rerun's store
+    fault_line(capsys, "driver-kill-at-rename", summary, recover_s=back["seen"] - restarted_at,
+               resumed_from_step=previous.step, held_step=held.step)
+    assert_exactly_once(summary)  # the held round was trained again, once
 
 
 def _checkpoints(folder: str) -> list[str]:

@@ -61,6 +61,18 @@ class JobThread(threading.Thread):
             time.sleep(0.05)
         raise AssertionError(f"condition not reached in {timeout_s}s; last snapshot: {self.snaps[-1:]}")
 
+    def held_still(self, since: dict, hold_s: float) -> dict:
+        """Assert that no row was consumed and no worker ran from the snapshot ``since`` until a newer one
+        at least ``hold_s`` later (required, so a driver that stopped reporting cannot pass): every
+        snapshot in between is paused, with no active worker and the same rows consumed."""
+        last = self.wait_for(lambda s: s["seen"] >= since["seen"] + hold_s, timeout_s=hold_s + 30)
+        between = [s for s in self.snaps if since["seen"] <= s["seen"] <= last["seen"]]
+        assert len(between) >= 2, between
+        moved = [(round(s["seen"] - since["seen"], 2), s["rows_consumed"], s["active"], s["level"]) for s in between
+                 if s["rows_consumed"] != since["rows_consumed"] or s["active"] or s["level"] != "PAUSE"]
+        assert not moved, f"trained while paused (t after pause, rows, active, level): {moved[:5]}"
+        return last
+
     def finish(self, timeout_s: float = 180.0) -> dict:
         self.join(timeout_s)
         if self.error:
@@ -85,7 +97,7 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
         server.set_delay(0.15)
         paused = job.wait_for(lambda s: s["seen"] > raised_at and s["level"] == "PAUSE" and s["active"] == 0)
         rows_at_pause = paused["rows_consumed"]
-        time.sleep(2.0)
+        job.held_still(paused, 2.0)  # the latency is still high: nothing trains
         lowered_at = time.time()
         server.set_delay(0.002)
         job.wait_for(lambda s: s["seen"] > lowered_at and s["level"] != "PAUSE" and s["rows_consumed"] > rows_at_pause)
@@ -147,8 +159,7 @@ def test_headroom_pause_and_resume_by_hand(ray_session, tmp_path):
         assert out.returncode == 0, out.stderr
         paused_at = time.time()
         paused = job.wait_for(lambda s: s["seen"] > paused_at and s["reason"] == "MANUAL_PAUSE" and s["active"] == 0)
-        time.sleep(1.5)
-        assert job.snaps[-1]["rows_consumed"] == paused["rows_consumed"]  # nothing trains while paused by hand
+        job.held_still(paused, 1.5)  # nothing trains while paused by hand
         out = subprocess.run([headroom, "resume", "it-manual", "--address", ray_session.address],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr

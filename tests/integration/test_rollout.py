@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+import ray
+from ray import serve
 
 from mlflow import MlflowClient  # noqa: E402
 
@@ -115,7 +115,8 @@ def test_a_clearly_better_candidate_goes_shadow_then_stages_then_champion(routed
     assert "PROMOTED" in report.read_text() and "![latency](latency.png)" in report.read_text()
 
     # Every live request was answered; the router now serves the new champion alone.
-    assert traffic.responses and all(code == 200 for code, _ in traffic.responses)
+    assert traffic.responses and all(code == 200 for code, _ in traffic.responses), traffic.responses[-3:]
+    assert not traffic.feedback_failures, traffic.feedback_failures[:3]
     after = httpx.post(endpoints.predict_url, json={"instances": [[0.0] * N_FEATURES]}, timeout=30).json()
     assert (after["model"], after["version"]) == ("champion", challenger)
 
@@ -144,6 +145,7 @@ def test_a_candidate_that_breaches_the_latency_budget_is_rolled_back(routed, tmp
     assert "release/report.md" in _run_artifacts(uri, result["run_id"])
 
     # The slow challenger never broke a response, and the champion serves everything again.
-    assert traffic.responses and all(code == 200 for code, _ in traffic.responses)
+    assert traffic.responses and all(code == 200 for code, _ in traffic.responses), traffic.responses[-3:]
+    assert not traffic.feedback_failures, traffic.feedback_failures[:3]
     after = httpx.post(endpoints.predict_url, json={"instances": [[0.0] * N_FEATURES]}, timeout=30).json()
     assert (after["model"], after["version"]) == ("champion", champion)

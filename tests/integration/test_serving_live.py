@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+import ray
+from ray import serve
 
 from examples.loadgen import OpenLoopLoad, trace_rate_fn  # noqa: E402
 from examples.serving import ServingEndpoints, start_serving, stop_serving  # noqa: E402

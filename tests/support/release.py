@@ -61,25 +61,47 @@ class LabelledTraffic(threading.Thread):
     def __init__(self, predict_url: str, feedback_url: str, rps: float = 20.0, rows: int = 8):
         super().__init__(daemon=True)
         self.predict_url, self.feedback_url, self.rps, self.rows = predict_url, feedback_url, rps, rows
+        # (status, body) per request; a request that raised is kept as (0, {"error": ...}), never dropped,
+        # so a test's `all(code == 200 ...)` sees every failure.
         self.responses: list[tuple[int, dict]] = []
+        self.feedback_failures: list[str] = []
+        self.error: BaseException | None = None  # what stopped the thread, re-raised by stop()
         self._halt = threading.Event()
 
     def run(self) -> None:
+        try:
+            self._send()
+        except BaseException as exc:  # surfaced by stop(): a dead traffic thread must fail the test
+            self.error = exc
+
+    def _send(self) -> None:
         rng = np.random.default_rng(7)
         with httpx.Client(timeout=30.0) as client:
             i = 0
             while not self._halt.is_set():
                 x = rng.normal(size=(self.rows, N_FEATURES))
                 rid = f"r{i}"
-                r = client.post(self.predict_url, json={"instances": x.tolist(), "request_id": rid})
-                self.responses.append((r.status_code, r.json()))
-                client.post(self.feedback_url, json={"request_id": rid, "labels": (x @ WEIGHTS).tolist()})
+                try:
+                    r = client.post(self.predict_url, json={"instances": x.tolist(), "request_id": rid})
+                    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"text": r.text}
+                    self.responses.append((r.status_code, body))
+                except httpx.HTTPError as exc:
+                    self.responses.append((0, {"error": f"{type(exc).__name__}: {exc}"}))
+                try:
+                    fb = client.post(self.feedback_url, json={"request_id": rid, "labels": (x @ WEIGHTS).tolist()})
+                    if fb.status_code != 200:
+                        self.feedback_failures.append(f"{rid}: HTTP {fb.status_code}")
+                except httpx.HTTPError as exc:
+                    self.feedback_failures.append(f"{rid}: {type(exc).__name__}: {exc}")
                 i += 1
                 self._halt.wait(1.0 / self.rps)
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=60)
+        assert not self.is_alive(), "the traffic thread did not stop within 60 s"
+        if self.error is not None:
+            raise AssertionError(f"the traffic thread died: {self.error!r}") from self.error
 
     def __enter__(self) -> "LabelledTraffic":
         self.start()

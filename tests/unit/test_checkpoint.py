@@ -215,3 +215,38 @@ def test_save_never_prunes_the_checkpoint_it_just_wrote(tmp_path):
     assert store.latest() is None
     store.save(ckpt(5))  # progress after the restart
     assert store.latest() == ckpt(5)
+
+
+def test_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
+    """A writer killed between write and rename leaves ``.tmp-<host>.<pid>.<hex>``: the next store removes
+    it when the pid is dead on this host, or when it is an hour old from elsewhere; a live writer's stays."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from runtime.training.checkpoint import STALE_TMP_S
+
+    store = CheckpointStore(str(tmp_path), "job")
+    store.save(ckpt(5))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    names = {
+        "dead": f".tmp-{host}.{int(dead.stdout)}.aa",  # its writer exited: stale
+        "mine": f".tmp-{host}.{os.getpid()}.bb",  # this process may be writing it: kept
+        "alive": f".tmp-{host}.{os.getppid()}.cc",  # a live process: kept
+        "elsewhere-old": ".tmp-other-host.42.dd",  # cannot check the pid: stale after an hour
+        "elsewhere-new": ".tmp-other-host.43.ee",
+        "unnamed-new": ".tmp-deadbeef",  # an older naming scheme: by age only
+    }
+    for name in names.values():
+        (Path(store.dir) / name).write_bytes(b"partial")
+    old = time.time() - STALE_TMP_S - 60
+    os.utime(Path(store.dir) / names["elsewhere-old"], (old, old))
+
+    again = CheckpointStore(str(tmp_path), "job")
+    swept = sorted(os.path.basename(p) for p in again.swept)
+    assert swept == sorted([names["dead"], names["elsewhere-old"]])
+    left = {n for n in os.listdir(store.dir) if n.startswith(".tmp-")}
+    assert left == {names["mine"], names["alive"], names["elsewhere-new"], names["unnamed-new"]}
+    assert again.latest().step == 5  # the checkpoints themselves untouched

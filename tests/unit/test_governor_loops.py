@@ -34,12 +34,14 @@ class FakeSource:
         self.release = threading.Event()
         if not hang:
             self.release.set()
-        self.scrapes = 0
+        self.scrapes = 0  # scrapes started
+        self.landed = 0  # scrapes returned (a synchronisation point for the tests, instead of a sleep)
 
     def sample(self, now_s=None) -> Sample:
         self.scrapes += 1
         self.release.wait(30)
         time.sleep(self.takes_s)
+        self.landed += 1
         return Sample(time.time(), p99_ms=self.p99_ms, rps=50.0)
 
 
@@ -68,6 +70,11 @@ async def _until(predicate, timeout_s: float = 15.0) -> bool:
             return True
         await asyncio.sleep(POLL_S / 2)
     return False
+
+
+async def _wait(predicate, what: str, timeout_s: float = 15.0) -> None:
+    """``_until`` that fails the test when the condition never comes."""
+    assert await _until(predicate, timeout_s), f"timed out after {timeout_s} s waiting for {what}"
 
 
 def _p99s(entry) -> list:
@@ -115,7 +122,7 @@ def test_hung_sources_hold_up_neither_a_healthy_one_nor_the_tick(monkeypatch):
         await _register(gov, "healthy", "http://127.0.0.1:9/ok")
         stuck_jobs = [gov.jobs[f"hung-{i}"] for i in range(len(hung))]
         every_hung_paused = await _until(lambda: all(_stuck(e) for e in stuck_jobs))
-        fresh = await _until(lambda: len(gov.jobs["healthy"].decisions) >= 5)
+        fresh = await _until(lambda: len(gov.jobs["healthy"].decisions) >= 5)  # both asserted below
         _stop(gov)
         return every_hung_paused, fresh, gov.jobs["healthy"]
 
@@ -125,7 +132,7 @@ def test_hung_sources_hold_up_neither_a_healthy_one_nor_the_tick(monkeypatch):
         for source in hung.values():
             source.release.set()
     assert every_hung_paused and fresh
-    assert _p99s(entry) == [150.0] * len(entry.decisions) and not _stuck(entry)
+    assert len(entry.decisions) >= 5 and _p99s(entry) == [150.0] * len(entry.decisions) and not _stuck(entry)
 
 
 def test_a_slow_but_healthy_source_is_not_called_stuck_and_each_sample_is_decided_once(monkeypatch):
@@ -135,7 +142,7 @@ def test_a_slow_but_healthy_source_is_not_called_stuck_and_each_sample_is_decide
         gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [slow]})
         await _register(gov, "job-a")
         entry = gov.jobs["job-a"]
-        await _until(lambda: len(entry.decisions) >= 4)
+        await _wait(lambda: len(entry.decisions) >= 4, "four decisions")
         ticks, scrapes = gov.ticks, slow.scrapes
         _stop(gov)
         return entry, ticks, scrapes
@@ -154,12 +161,14 @@ def test_a_source_dropped_mid_scrape_stops_its_scraper_and_its_late_sample_decid
         gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [old, new]})
         await _register(gov, "job-a")
         first = gov._scrapers[gov.jobs["job-a"].source_key]
-        assert await _until(lambda: old.scrapes == 1)  # a scrape in flight in the scraper's thread
+        await _wait(lambda: old.scrapes == 1, "the old source's scrape to start")  # in flight in its thread
+        assert old.landed == 0
         await gov.unregister("job-a")
         await _register(gov, "job-b")  # same endpoint again: a new source, a new scraper
         entry = gov.jobs["job-b"]
-        await asyncio.sleep(0.5)  # the old scrape lands meanwhile
-        await _until(lambda: len(entry.decisions) >= 2)
+        await _wait(lambda: old.landed == 1, "the old scrape to land")  # late: its job is gone
+        landed_at = len(entry.decisions)
+        await _wait(lambda: len(entry.decisions) >= landed_at + 2, "two decisions after the old scrape landed")
         second = gov._scrapers[entry.source_key]
         _stop(gov)
         return first, second, entry
@@ -167,7 +176,7 @@ def test_a_source_dropped_mid_scrape_stops_its_scraper_and_its_late_sample_decid
     first, second, entry = asyncio.run(scenario())
     assert first.task.done() and second is not first
     assert old.scrapes == 1  # the dropped source was never scraped again
-    assert _p99s(entry) == [120.0] * len(entry.decisions)  # only the new source's samples decided
+    assert entry.decisions and _p99s(entry) == [120.0] * len(entry.decisions)  # only the new source's samples decided
 
 
 def test_a_restarted_governor_scrapes_nothing_in_its_constructor_and_takes_a_baseline_first(monkeypatch):
@@ -178,25 +187,32 @@ def test_a_restarted_governor_scrapes_nothing_in_its_constructor_and_takes_a_bas
     async def first_life():
         gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [before]}, store)
         await _register(gov, "job-a")
-        await _until(lambda: len(gov.jobs["job-a"].decisions) >= 2 and store.saves >= 2)
+        await _wait(lambda: len(gov.jobs["job-a"].decisions) >= 2 and store.saves >= 2, "two saved decisions")
         _stop(gov)
+        return gov.jobs["job-a"].directive
 
-    asyncio.run(first_life())
+    before_restart = asyncio.run(first_life())
+
+    restarted_at = time.time()
 
     async def second_life():
         gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [after]}, store)
         scraped_in_constructor = after.scrapes
         await gov.heartbeat("job-a", 0)  # the first call starts the loops
         entry = gov.jobs["job-a"]
-        await _until(lambda: after.scrapes >= 1)
-        await _until(lambda: len(entry.decisions) >= 2)
+        restored = len(entry.decisions)
+        await _wait(lambda: after.scrapes >= 1, "the first scrape after the restart")
+        await _wait(lambda: len(entry.decisions) >= restored + 2, "two decisions after the restart")
         _stop(gov)
         return gov, entry, scraped_in_constructor
 
     gov, entry, scraped_in_constructor = asyncio.run(second_life())
     assert gov.recovered == ["job-a"] and scraped_in_constructor == 0
-    assert len(entry.decisions) <= after.scrapes - 1  # the first scrape after the restart is a baseline only
-    assert entry.directive.reason is Reason.SLO_VIOLATED and _p99s(entry) == [130.0] * len(entry.decisions)
+    fresh = [d for d in entry.decisions if d["t"] >= restarted_at]  # not a directive restored from the store
+    assert len(fresh) >= 2 and [d["p99_ms"] for d in fresh] == [130.0] * len(fresh)
+    assert len(fresh) <= after.landed - 1  # the first scrape after the restart is a baseline only
+    assert before_restart.reason is Reason.SLO_VIOLATED  # the directive before the restart, restored
+    assert entry.directive.reason is Reason.SLO_VIOLATED and fresh[-1]["reason"] == Reason.SLO_VIOLATED.value
 
 
 @pytest.fixture(autouse=True)
@@ -228,7 +244,7 @@ def test_a_waiting_heartbeat_wakes_on_a_change_and_a_steady_one_waits(monkeypatc
         gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [FakeSource(p99_ms=150.0)]})
         await _register(gov, "job-a")
         entry = gov.jobs["job-a"]
-        assert await _until(lambda: entry.decisions)
+        await _wait(lambda: entry.decisions, "a first decision")
         first = await gov.heartbeat("job-a", 0)
         assert first["action"] == "stop" and first["version"] == entry.version
         steady = await gov.heartbeat("job-a", 0, None, first["version"], 0.2)  # nothing changes: waits, same answer
@@ -250,3 +266,80 @@ def test_a_waiting_heartbeat_wakes_on_a_change_and_a_steady_one_waits(monkeypatc
     assert woken["version"] == first["version"] + 1  # the change, not the timeout, answered
     assert entry.progress[0]["rows"] == 5  # progress rides on the long poll
     assert unknown == {"action": "stop", "rows_per_s": 0.0, "why": "unknown job", "version": None}
+
+
+def test_a_manual_pause_survives_a_governor_restart_even_with_headroom(monkeypatch):
+    """An operator's `headroom pause` is part of the saved record: the restarted governor keeps the job
+    paused by hand although its serving now has ample slack, until `headroom resume`."""
+    store = MemoryStateStore()
+
+    async def first_life():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [FakeSource(p99_ms=150.0)]}, store)
+        await _register(gov, "job-a")
+        assert await gov.set_manual_pause("job-a", True)
+        entry = gov.jobs["job-a"]
+        await _wait(lambda: entry.decisions and entry.decisions[-1]["reason"] == Reason.MANUAL_PAUSE.value,
+                    "a decision paused by hand")
+        await _wait(lambda: store.saves >= 3, "the state saved after the manual pause")
+        _stop(gov)
+
+    asyncio.run(first_life())
+    restarted_at = time.time()
+    calm = FakeSource(p99_ms=20.0)  # far under the 100 ms SLO: without the manual pause the law would run
+
+    async def second_life():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [calm]}, store)
+        answer = await gov.heartbeat("job-a", 0)  # the first call starts the loops
+        entry = gov.jobs["job-a"]
+        await _wait(lambda: len([d for d in entry.decisions if d["t"] >= restarted_at]) >= 3, "decisions after the restart")
+        held = [d for d in entry.decisions if d["t"] >= restarted_at]
+        calm.p99_ms = 150.0  # before the resume: above the SLO, so the resumed job pauses for its own reason, no lease
+        resumed_at = time.time()
+        assert await gov.set_manual_pause("job-a", False)
+        await _wait(lambda: any(d["t"] >= resumed_at and d["p99_ms"] == 150.0 for d in entry.decisions), "a decision after the resume")
+        after = [d for d in entry.decisions if d["t"] >= resumed_at and d["p99_ms"] == 150.0]
+        _stop(gov)
+        return gov, entry, answer, held, after
+
+    gov, entry, answer, held, after = asyncio.run(second_life())
+    assert gov.recovered == ["job-a"] and entry.manual is False
+    assert answer["action"] == "stop" and answer["why"] == Reason.MANUAL_PAUSE.value
+    assert {d["reason"] for d in held} == {Reason.MANUAL_PAUSE.value} and all(d["p99_ms"] == 20.0 for d in held)
+    assert not entry.lease.slots  # never granted a slot while paused by hand
+    assert after[-1]["reason"] == Reason.SLO_VIOLATED.value  # the hand is off: the law decides again
+
+
+def test_a_closed_window_pauses_the_job_whatever_the_headroom_and_survives_a_restart(monkeypatch):
+    """The driver tells the governor its window ended: WINDOW_END at once and at every sample after,
+    with ample slack, and after a governor restart too (no slot is ever granted: no Ray here)."""
+    store = MemoryStateStore()
+    calm = FakeSource(p99_ms=150.0)  # above the SLO until the window is closed: no lease before it
+
+    async def first_life():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [calm]}, store)
+        await _register(gov, "job-a")
+        entry = gov.jobs["job-a"]
+        await _wait(lambda: entry.decisions, "a first decision")
+        assert await gov.close_window("job-a") and not await gov.close_window("no-such-job")
+        closed_at = time.time()
+        assert entry.directive.reason is Reason.WINDOW_END  # at once, not at the next sample
+        calm.p99_ms = 20.0  # ample slack from here on
+        await _wait(lambda: sum(d["t"] >= closed_at for d in entry.decisions) >= 3, "decisions after the window closed")
+        _stop(gov)
+        return [d for d in entry.decisions if d["t"] >= closed_at]
+
+    after_close = asyncio.run(first_life())
+    restarted_at = time.time()
+
+    async def second_life():
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [FakeSource(p99_ms=20.0)]}, store)
+        answer = await gov.heartbeat("job-a", 0)
+        entry = gov.jobs["job-a"]
+        await _wait(lambda: sum(d["t"] >= restarted_at for d in entry.decisions) >= 2, "decisions after the restart")
+        _stop(gov)
+        return answer, [d for d in entry.decisions if d["t"] >= restarted_at], entry
+
+    answer, after_restart, entry = asyncio.run(second_life())
+    assert {d["reason"] for d in after_close} == {Reason.WINDOW_END.value} and after_close[-1]["p99_ms"] == 20.0
+    assert answer["action"] == "stop" and answer["why"] == Reason.WINDOW_END.value
+    assert {d["reason"] for d in after_restart} == {Reason.WINDOW_END.value} and not entry.lease.slots

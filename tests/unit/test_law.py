@@ -138,8 +138,8 @@ def test_one_tick(state, sample, reason, level, workers, rows):
 
 
 def test_every_reason_but_manual_is_in_the_table():
-    # MANUAL_PAUSE and PRIORITY come from the governor and runtime.control.shares, not from the law
-    assert {c[3] for c in CASES} == set(Reason) - {Reason.MANUAL_PAUSE, Reason.PRIORITY}
+    # MANUAL_PAUSE, WINDOW_END and PRIORITY come from the governor and runtime.control.shares, not from the law
+    assert {c[3] for c in CASES} == set(Reason) - {Reason.MANUAL_PAUSE, Reason.WINDOW_END, Reason.PRIORITY}
 
 
 @pytest.mark.parametrize("staleness_s, util, p99_ms, paused_", [

@@ -555,3 +555,13 @@ def test_window_keeps_a_recent_slow_tail_in_the_p99(window_s, expect_slow_p99):
     third = src.sample(0.5)
     assert (third.p99_ms > 100) is expect_slow_p99
     assert third.rps == pytest.approx(205 / 0.5 if window_s else 200 / 0.25)
+
+
+def test_scrape_an_app_that_never_served_a_request_is_idle_once_quiet_longer_than_the_window():
+    """A freshly deployed app: its series exists, empty, for longer than the p99 window. Quiet counts from
+    when watching began, not from the sliding window's start (which would never reach idle_after_s)."""
+    exporter = FakeExporter()
+    src = scrape_source(exporter, window_s=1.0, idle_after_s=3.0)
+    samples = [src.sample(now_s=t / 2) for t in range(0, 11)]  # every 0.5 s for 5 s
+    assert not any(s.ok for s in samples[1:6]) and "no observations" in samples[5].error  # < 3 s: not yet
+    assert all(s.ok and s.idle for s in samples[6:])  # from 3 s on: idle, headroom
