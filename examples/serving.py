@@ -220,6 +220,7 @@ def _main() -> None:
             for _ in range(20):
                 client.get(endpoints.predict_url).raise_for_status()
         print(f"{APP_NAME} serving at {endpoints.predict_url} (Ray Serve's ingress latency: every node's metrics port)")
+        _wait_for_jobs_agent()
         return
     ray.init(num_cpus=2, include_dashboard=False)
     endpoints = start_serving(args.port)
@@ -228,6 +229,23 @@ def _main() -> None:
     finally:
         stop_serving()
         ray.shutdown()
+
+
+def _wait_for_jobs_agent(timeout_s: float = 120.0) -> None:
+    """Return once a node's dashboard agent has registered in the GCS: until then Ray's Jobs API answers
+    `ray job submit` with HTTP 500 "No available agent" (seen here 25 s after `ray start` on a busy host)."""
+    import ray
+    from ray.experimental import internal_kv
+
+    prefix, namespace = "DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX:", b"dashboard"  # ray.dashboard.consts, Ray 2.60
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        if any(internal_kv._internal_kv_get(prefix + node, namespace=namespace) for node in nodes):
+            return
+        time.sleep(0.5)
+    print(f"warning: no dashboard agent registered after {timeout_s:.0f} s; ray job submit may answer "
+          "'No available agent' until one is", flush=True)
 
 
 if __name__ == "__main__":

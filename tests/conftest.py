@@ -61,6 +61,10 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen, log: Path) -
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     gcs_port, dash_port, metrics_port = free_port(), free_port(), free_port()
+    # Ports of its own for the agent and the Ray Client server too: left at their defaults (52365, 10001)
+    # they would take those of a cluster a test starts as a user would (tests/e2e/test_readme_cluster.py),
+    # whose dashboard agent then never comes up ("No available agent" from the Jobs API).
+    agent_port, client_port = free_port(), free_port()
     log = Path(temp_dir) / "ray-start.log"
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
@@ -72,6 +76,7 @@ def ray_head():
     cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
            "--system-config", system_config,
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--metrics-export-port", str(metrics_port), "--num-cpus", "4",
+           "--dashboard-agent-listen-port", str(agent_port), "--ray-client-server-port", str(client_port),
            "--resources", '{"training_pool": 2}', "--temp-dir", temp_dir, "--disable-usage-stats"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

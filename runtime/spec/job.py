@@ -1,6 +1,6 @@
 """The job spec: YAML in, a validated :class:`JobSpec` out, or one :class:`SpecError` line.
 
->>> spec = load_spec("jobs/demo.yaml")  # run from the repository root
+>>> spec = load_spec("jobs/demo.yaml", check_paths=False)  # from the repository root; data made by make demo
 >>> spec.budget.max_workers
 1
 

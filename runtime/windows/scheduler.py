@@ -283,3 +283,7 @@ def absolute_paths(spec_dict: dict, cwd: Path | None = None) -> dict:
     from runtime.spec.job import absolute_paths as resolve
 
     return resolve(json.loads(json.dumps(spec_dict, default=str)), cwd or Path.cwd())
+
+
+def queue_status() -> list[dict]:
+    return ray.get(get_or_create_scheduler().status.remote())

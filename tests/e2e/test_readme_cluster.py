@@ -54,7 +54,16 @@ def stop_cluster() -> list[int]:
     return [p.pid for p in victims]
 
 
+# The ports the README's `ray start` takes by default or by its flags: another listener on one of them
+# (another Ray cluster left at its defaults) makes the lines fail for reasons of this machine, not of theirs.
+PORTS = {6379: "GCS", 8265: "dashboard and Jobs API", 8000: "Serve", 8080: "metrics", 52365: "dashboard agent",
+         10001: "Ray Client server"}
+
+
 def test_the_readmes_ray_job_submit_lines_train_a_model_on_a_ray_start_cluster(tmp_path):
+    taken = {port: what for port, what in PORTS.items()
+             if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in psutil.net_connections("tcp"))}
+    assert not taken, f"ports the README's cluster needs are already taken on this machine: {taken}"
     lines = readme_lines()
     assert any(line.startswith("ray job submit") for line in lines) and any("ray start" in line for line in lines)
     example = ROOT / ".headroom" / "example"

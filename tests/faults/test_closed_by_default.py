@@ -104,8 +104,11 @@ def test_demo_stack_listens_on_loopback_only_and_refuses_callers_without_its_tok
     assert sampler.samples >= 10 and any("gcs_server" in n for n in names) and any("raylet" in n for n in names), seen
     assert [row for row in seen if row[2].startswith(SERVE_REPLICA)], f"no Serve replica among the listeners: {seen}"
     listened = {port for _, port, _ in seen}
-    missing = {k: v for k, v in ports.items() if k in NODE_PORTS and v and v not in listened}
-    assert not missing and all(ports.get(k) for k in NODE_PORTS), (ports, seen)  # every node port seen, and checked
+    # Every port the node reports must have been seen (and so checked); -1 is Ray's "not listening" (the
+    # dashboard agent's HTTP port, with no dashboard). The four core ones must be there.
+    missing = {k: v for k, v in ports.items() if k in NODE_PORTS and v and v > 0 and v not in listened}
+    core = ("NodeManagerPort", "ObjectManagerPort", "MetricsExportPort", "RuntimeEnvAgentPort")
+    assert not missing and all((ports.get(k) or 0) > 0 for k in core), (ports, seen)
     assert exposed == [], f"listening beyond loopback at some point of the stack's life: {exposed}"
     assert fields["auth"] == "token"
     assert refused.returncode != 0 and "auth" in (refused.stderr + refused.stdout).lower(), refused.stderr[-2000:]

@@ -183,3 +183,13 @@ def test_write_postmortem_writes_the_report_and_png_plots(tmp_path):
         if f.suffix == ".png":
             assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f.stat().st_size > 5000
     assert "![drift](drift.png)" in (tmp_path / "pm" / "postmortem.md").read_text()
+
+
+def test_postmortem_compares_the_planned_window_with_the_time_used():
+    window = {"planned_start_s": 1_800_000_000.0, "planned_end_s": 1_800_007_200.0, "started_s": 1_800_000_060.0,
+              "ended_s": 1_800_001_860.0, "used_fraction": 0.25}
+    text = render_postmortem(_summary(window=window), latency=latency_comparison([]), slo_p99_ms=40, currency="USD", plots={})
+    assert "## Planned window against time used" in text
+    assert "Planned 2027-01-15 08:00:00 .. 2027-01-15 10:00:00 UTC (2.00 h)" in text and "25 % of the window." in text
+    assert "Planned window" not in render_postmortem(_summary(), latency=latency_comparison([]), slo_p99_ms=40,
+                                                     currency="USD", plots={})
