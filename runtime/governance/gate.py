@@ -85,7 +85,10 @@ def evaluate_model(model, x: np.ndarray, y: np.ndarray, validation, *, classifie
 
 def _spec_score(metric: str, model, x, targets, predictions) -> float:
     """The spec's metric on the targets and predictions MLflow passes (all rows, or one when it tries the
-    metric on the first row); only log loss needs the model again, for probabilities."""
+    metric on the first row); only log loss needs the model again, for probabilities. A score that one
+    row cannot define (r2) is NaN on MLflow's first-row try, not a warning from scikit-learn."""
+    if metric == "r2" and len(targets) < 2:
+        return float("nan")
     if metric == "neg_log_loss":
         return score(metric, model, x[:len(targets)], np.asarray(targets))
     return float(PREDICTION_SCORERS[metric](np.asarray(targets), np.asarray(predictions)))
