@@ -111,7 +111,7 @@ def join_private_cluster() -> str | None:
     """The address of a private cluster that this user's ``headroom run`` started and still runs, with
     its token and single-node mode set for this process (which joins it); ``None`` when there is none."""
     record = _read_record(cluster_file())
-    if record is None or not _alive(record.get("pid")):
+    if record is None or not process_alive(record.get("pid"), this_user_only=True):
         return None
     if record.get("token"):
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -129,15 +129,16 @@ def _read_record(path: Path) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("address"), str) else None
 
 
-def _alive(pid) -> bool:
+def process_alive(pid, *, this_user_only: bool = False) -> bool:
+    """Whether process ``pid`` runs on this host; with ``this_user_only``, and belongs to this user."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: not this user's run
-        return False
+    except PermissionError:  # someone else's process
+        return not this_user_only
     return True
 
 

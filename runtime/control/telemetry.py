@@ -254,8 +254,7 @@ class PrometheusScrapeSource(_HTTPSource):
                           staleness_s=staleness_s, in_flight=in_flight)
         # Quiet since the last new observation, or since watching began (an app that has served nothing yet):
         # not since the window's start, which slides and would never let a quiet spell reach idle_after_s.
-        since = self._last_fresh_s if self._last_fresh_s is not None else self._watching_since_s
-        quiet_s = now - (since if since is not None else self._polls[0][0])
+        quiet_s = now - (self._last_fresh_s if self._last_fresh_s is not None else self._watching_since_s)
         if in_flight:
             if quiet_s > self.stale_after_s:
                 return self._failed(now, f"{self.url}: {in_flight:g} request(s) in flight but none finished for "

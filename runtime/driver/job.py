@@ -198,10 +198,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     return summary
 
 
-def _window_record(window: tuple[float, float] | None, started_s: float, ended_s: float) -> dict | None:
+def _window_record(window: tuple[float, float], started_s: float, ended_s: float) -> dict:
     """The planned window against the time the run used (what the post-mortem compares)."""
-    if window is None:
-        return None
     start, end = window
     return {"planned_start_s": start, "planned_end_s": end, "started_s": round(started_s, 3), "ended_s": round(ended_s, 3),
             "used_fraction": round(max(0.0, ended_s - max(start, started_s)) / max(1e-9, end - start), 4)}
@@ -343,7 +341,6 @@ class _RoundLoop:
         self.store, self.dataset, self.tracker, self.on_status = store, dataset, tracker, on_status
         self.actors: dict[int, object] = {}
         self._running: list[int] = []
-        self._round_started = 0.0
         self._round_rows: dict[int, int] = {}  # slot -> rows of the round not yet in the ledger (reported or returned)
         self._round_seeds: dict[int, int] = {}  # slot -> the seed of its shard in the round now in flight
         self._loss: float | None = None  # mean test-then-train loss of the last merged round
@@ -376,7 +373,6 @@ class _RoundLoop:
                 continue
             shards = _shards(pending, self._running, rows_per_shard)
             state_ref = ray.put(self.truth.state)
-            self._round_started = time.time()
             self._round_rows = {}
             seed = int(self.truth.rng.integers(2**31))
             state_id = self.truth.state_id
@@ -499,8 +495,7 @@ class _RoundLoop:
         self.checkpoints += 1
         losses = [r["loss"] for r in useful if r["loss"] is not None]
         self._loss = float(np.mean(losses)) if losses else None
-        self._round_started = time.time()  # the round's rows are in the ledger now, not in flight
-        self._round_rows, self._round_seeds = {}, {}
+        self._round_rows, self._round_seeds = {}, {}  # the round's rows are in the ledger now, not in flight
         self._poll(force=True)
 
     def _end_window_if_due(self, now: float) -> None:

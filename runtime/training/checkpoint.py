@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from runtime.errors import CheckpointError
+from runtime.loopback import process_alive
 from runtime.training.ingest import resolve_fs
 
 MAGIC = b"HRCK1\n"
@@ -100,7 +101,7 @@ class CheckpointStore:
                 continue
             writer_host, pid = _writer(info.base_name)
             if writer_host == host and pid is not None:
-                stale = not _alive(pid)
+                stale = pid != os.getpid() and not process_alive(pid)
             else:
                 mtime = info.mtime.timestamp() if info.mtime is not None else time.time()
                 stale = time.time() - mtime > STALE_TMP_S
@@ -195,18 +196,6 @@ def _writer(name: str) -> tuple[str | None, int | None]:
     if len(parts) != 3 or not parts[1].isdigit():
         return None, None
     return parts[0], int(parts[1])
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def _remove_quietly(fs: pafs.FileSystem, path: str) -> None:

@@ -34,6 +34,7 @@ import yaml
 
 from runtime.control.governor_state import GcsStateStore, StateStore
 from runtime.errors import GovernorError, SpecError
+from runtime.spec.job import absolute_paths
 
 NAME = "headroom-scheduler"
 NAMESPACE = "headroom"
@@ -274,15 +275,9 @@ def submit(spec, plan_path: str | Path, *, now_s: float | None = None) -> dict:
                             where="headroom submit",
                             fix="start the head with its dashboard (ray start --head --dashboard-host 127.0.0.1), or run "
                                 "the job directly in its window (headroom run SPEC --window START/END)")
-    return ray.get(get_or_create_scheduler().submit.remote(absolute_paths(spec.model_dump()), windows))
-
-
-def absolute_paths(spec_dict: dict, cwd: Path | None = None) -> dict:
-    """The spec with its local relative paths made absolute against ``cwd`` (the submitter's): the job
-    runs later, elsewhere, in a working directory that holds only the spec."""
-    from runtime.spec.job import absolute_paths as resolve
-
-    return resolve(json.loads(json.dumps(spec_dict, default=str)), cwd or Path.cwd())
+    # the job runs later, elsewhere, in a working directory that holds only its spec: no relative paths
+    spec_dict = absolute_paths(spec.model_dump(mode="json"), Path.cwd())
+    return ray.get(get_or_create_scheduler().submit.remote(spec_dict, windows))
 
 
 def queue_status() -> list[dict]:

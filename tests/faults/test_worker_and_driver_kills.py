@@ -52,14 +52,9 @@ def test_worker_sigkill_mid_step(ray_session, tmp_path, capsys):
 @pytest.mark.slow
 def test_driver_killed_mid_run_and_torn_checkpoint_resumes_from_newest_complete(ray_session, tmp_path, capsys):
     with ServingProcess(delay_s=0.002, rps=40) as server:
-        spec = make_spec(tmp_path, "fault-torn-ckpt", server.metrics_url, rows_per_s=800, slices=4, rows=2000,
-                         every_steps=4)
-        spec_file = tmp_path / "spec.yaml"
-        spec_file.write_text(yaml.safe_dump(spec.model_dump()))
+        spec, spec_file = _driver_spec(tmp_path, "fault-torn-ckpt", server.metrics_url)
         store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
-        env = dict(os.environ, RAY_ADDRESS=ray_session.address)
-        driver = subprocess.Popen([sys.executable, "-m", "jobs.retrain", str(spec_file)], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        driver = _start_driver(ray_session, ["-m", "jobs.retrain", str(spec_file)])
         try:
             deadline = time.time() + 120
             while len(_checkpoints(store.dir)) < 3 and time.time() < deadline and driver.poll() is None:
@@ -110,15 +105,10 @@ runpy.run_module("jobs.retrain", run_name="__main__")
 @pytest.mark.slow
 def test_driver_killed_between_checkpoint_write_and_rename_resumes_from_the_previous_one(ray_session, tmp_path, capsys):
     with ServingProcess(delay_s=0.002, rps=40) as server:
-        spec = make_spec(tmp_path, "fault-kill-at-rename", server.metrics_url, rows_per_s=800, slices=4, rows=2000,
-                         every_steps=4)
-        spec_file = tmp_path / "spec.yaml"
-        spec_file.write_text(yaml.safe_dump(spec.model_dump()))
+        spec, spec_file = _driver_spec(tmp_path, "fault-kill-at-rename", server.metrics_url)
         ckpt_dir = os.path.join(spec.checkpoint.storage, spec.name)
         marker = tmp_path / "held-at-rename"
-        env = dict(os.environ, RAY_ADDRESS=ray_session.address)
-        driver = subprocess.Popen([sys.executable, "-c", _HOLD_RENAME, ckpt_dir, str(marker), "3", str(spec_file)],
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        driver = _start_driver(ray_session, ["-c", _HOLD_RENAME, ckpt_dir, str(marker), "3", str(spec_file)])
         try:
             deadline = time.time() + 180
             while not marker.exists() and time.time() < deadline and driver.poll() is None:
@@ -147,6 +137,20 @@ def test_driver_killed_between_checkpoint_write_and_rename_resumes_from_the_prev
     fault_line(capsys, "driver-kill-at-rename", summary, recover_s=back["seen"] - restarted_at,
                resumed_from_step=previous.step, held_step=held.step)
     assert_exactly_once(summary)  # the held round was trained again, once
+
+
+def _driver_spec(tmp_path, name: str, metrics_url: str):
+    """A job spec for a driver process of its own, and the YAML file it reads."""
+    spec = make_spec(tmp_path, name, metrics_url, rows_per_s=800, slices=4, rows=2000, every_steps=4)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump()))
+    return spec, spec_file
+
+
+def _start_driver(ray_session, args: list[str]) -> subprocess.Popen:
+    """``python ARGS`` as the job's driver, in a process of its own on the session's cluster."""
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(os.environ, RAY_ADDRESS=ray_session.address),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _checkpoints(folder: str) -> list[str]:

@@ -5,14 +5,14 @@ scheduler does from the GCS."""
 from __future__ import annotations
 
 import argparse
-import json
 from types import SimpleNamespace
 
 import pytest
 
 from runtime.cli.jobs import parse_window, queue_text
 from runtime.control.governor_state import MemoryStateStore
-from runtime.windows.scheduler import Queue, absolute_paths
+from runtime.spec.job import absolute_paths
+from runtime.windows.scheduler import Queue
 
 SPEC = {"name": "ranker", "data": {"path": "data"}, "validation": {"holdout": "h.parquet"},
         "checkpoint": {"storage": "ckpt"}, "tracking": {"uri": "sqlite:///mlflow.db"}}
@@ -163,11 +163,11 @@ def test_a_running_job_cannot_be_submitted_over():
 
 
 def test_relative_paths_become_absolute_for_a_job_that_runs_elsewhere(tmp_path):
-    out = absolute_paths(SPEC, cwd=tmp_path)
+    out = absolute_paths(SPEC, tmp_path)
     assert out["data"]["path"] == str(tmp_path / "data")
     assert out["checkpoint"]["storage"] == str(tmp_path / "ckpt")
     assert out["tracking"]["uri"] == f"sqlite:///{tmp_path}/mlflow.db"
-    assert absolute_paths({"data": {"path": "s3://b/x"}}, cwd=tmp_path)["data"]["path"] == "s3://b/x"
+    assert absolute_paths({"data": {"path": "s3://b/x"}}, tmp_path)["data"]["path"] == "s3://b/x"
 
 
 def test_window_argument_parses_iso_and_epoch_and_refuses_the_rest():
@@ -185,4 +185,3 @@ def test_queue_text_lists_each_window_used():
     text = queue_text(entries, 1500.0)
     assert "ranker: queued next window 1970-01-01T00:33:20+00:00" in text
     assert "headroom-ranker-1 SUCCEEDED (window_ended), rows 500" in text
-    assert json.loads(json.dumps(entries)) == entries
