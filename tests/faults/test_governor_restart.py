@@ -34,9 +34,10 @@ def _live_workers(dashboard_url: str) -> list[str]:
     return [a.actor_id for a in alive]
 
 
-def _train_stops_s(dashboard_url: str, actor_ids: list[str], frozen_at: float) -> list[float]:
-    """When each worker that was training at ``frozen_at`` stopped, from Ray's own task events (asked
-    per worker: the session's cluster holds more train tasks than one state query returns)."""
+def _train_stops_s(dashboard_url: str, actor_ids: list[str], frozen_at: float, killed_at: float) -> list[float]:
+    """When each train task that ran while the governor was hung (``frozen_at`` to ``killed_at``)
+    stopped, from Ray's own task events (asked per worker: the session's cluster holds more train
+    tasks than one state query returns)."""
     from ray.util.state import list_tasks
 
     stops = []
@@ -44,12 +45,15 @@ def _train_stops_s(dashboard_url: str, actor_ids: list[str], frozen_at: float) -
         tasks = list_tasks(address=dashboard_url, filters=[("actor_id", "=", actor_id)], detail=True, limit=10_000)
         stops += [t.end_time_ms / 1000 - frozen_at for t in tasks
                   if t.func_or_class_name == "TrainerWorker.train" and t.start_time_ms and t.end_time_ms
-                  and t.start_time_ms / 1000 < frozen_at < t.end_time_ms / 1000]
+                  and t.start_time_ms / 1000 < killed_at and t.end_time_ms / 1000 > frozen_at]
     return stops
 
 
 def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray_session, tmp_path, capsys):
-    raw_spec = make_spec(tmp_path, "fault-governor", "http://placeholder/metrics", rows_per_s=700, slices=6, rows=2000)
+    # Shards of 4,000 rows (~6 s each at 700 rows/s over two workers): the hang falls inside a round,
+    # not in the short gap between two, when no worker trains and nothing could be shown.
+    raw_spec = make_spec(tmp_path, "fault-governor", "http://placeholder/metrics", rows_per_s=700, slices=6, rows=2000,
+                         every_steps=40)
     with ServingProcess(delay_s=0.002, rps=40) as server:
         spec = raw_spec.model_copy(update={
             "serving": raw_spec.serving.model_copy(update={"url": server.metrics_url}),
@@ -74,8 +78,8 @@ def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray
         groups_after = {slot: pg.id.hex() for slot, pg in ray.get(find_governor().lease.remote(spec.name))["ready"].items()}
         summary = job.finish(timeout_s=240)
 
-    stops = _train_stops_s(ray_session.dashboard_url, workers, frozen_at)
-    assert stops, "no worker was training when the governor hung"
+    stops = _train_stops_s(ray_session.dashboard_url, workers, frozen_at, killed_at)
+    assert stops, "no worker trained while the governor was hung"
     assert max(stops) < killed_at - frozen_at  # every worker paused itself while the governor was only hung
     assert _governor_pid(ray_session.dashboard_url) != pid
     assert spec.name in status["recovered"]  # from saved state, before any driver re-registered it
