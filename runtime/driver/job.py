@@ -32,7 +32,7 @@ from runtime.control.lease import POOL_RESOURCE
 from runtime.loopback import is_loopback, remember_private_cluster, start_private_cluster
 from runtime.spec.job import JobSpec
 from runtime.driver.summary import build_summary, law_config
-from runtime.tracking.tracker import Tracker, load_champion
+from runtime.tracking.tracker import Tracker, load_champion, mlflow_scope
 from runtime.training.trainers import average_states, state_from_model
 from runtime.training.trainers.sklearn import can_average
 from runtime.training.worker import TrainerWorker
@@ -137,9 +137,16 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     ``budget.worker_nice``) and thread limits -- which it cannot undo: pass ``False`` from a
     process that must keep its priority. The summary, the governor's decision log, the progress
     series and a timeline plot are written to ``artifacts_dir`` (a temporary folder if not given)
-    and logged to the job's MLflow run.
+    and logged to the job's MLflow run. MLflow's settings hold for the span of the job only
+    (:func:`runtime.tracking.tracker.mlflow_scope`): the caller's environment is as it was when this returns.
     """
     preflight(spec)
+    with mlflow_scope(spec.tracking.uri):
+        return _run_job(spec, address, on_status, artifacts_dir, isolate_driver, window)
+
+
+def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, artifacts_dir: str | None,
+             isolate_driver: bool, window: tuple[float, float] | None) -> dict:
     started = time.time()
     cpu = _PhaseCPU()
     dataset = Dataset(spec.data.path, spec.data.format)

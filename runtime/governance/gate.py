@@ -33,6 +33,7 @@ from mlflow.models.evaluation.validation import ModelValidationFailedException
 # caller importing at the same moment (an HTTP client, a load generator) could deadlock with it.
 import mlflow.models.evaluation.evaluator_registry  # noqa: E402,F401
 
+from runtime.tracking.tracker import mlflow_scope
 from runtime.training.trainers.sklearn import PREDICTION_SCORERS, score
 
 log = logging.getLogger("headroom.gate")
@@ -97,8 +98,7 @@ def _spec_score(metric: str, model, x, targets, predictions) -> float:
 def run_gate(candidate, champion, champion_version: int | None, x, y, *, validation, classifier: bool,
              feature_names: list[str], tracking_uri: str, run_id: str) -> GateResult:
     """Evaluate both models on ``(x, y)`` and apply the spec's thresholds with MLflow's validator."""
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id) as parent:
+    with mlflow_scope(tracking_uri), mlflow.start_run(run_id=run_id) as parent:
         cand = evaluate_model(candidate, x, y, validation, classifier=classifier, feature_names=feature_names)
         champ = None
         if champion is not None:

@@ -21,6 +21,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from runtime.errors import DataError, HeadroomError
+from runtime.tracking.tracker import mlflow_scope
 from runtime.training.ingest import read_table_file, resolve_fs
 
 _CHUNK = 1 << 20
@@ -67,8 +68,7 @@ def log_lineage(tracker, spec, slices: list[dict], point: dict) -> list[dict]:
     """Log ``slices`` and the holdout as MLflow dataset inputs and ``point`` as tags; returns the slices
     with their digests (for the summary and the post-mortem)."""
     recorded = []
-    mlflow.set_tracking_uri(tracker.uri)
-    with mlflow.start_run(run_id=tracker.run_id):
+    with mlflow_scope(tracker.uri), mlflow.start_run(run_id=tracker.run_id):
         for s in slices:
             sha = file_sha256(s["path"])
             _log_file_input(s["path"], s["slice"], sha, spec, "training",

@@ -118,15 +118,16 @@ def abort_rollout(client: MlflowClient, name: str, *, champion: int, challenger:
 
 def record_move_run(uri: str, experiment: str, move: AliasMove) -> str:
     """Record a hand-made move as its own MLflow run (tags + ``release/event.json``); returns the run id."""
-    from runtime.tracking.tracker import Tracker
+    from runtime.tracking.tracker import Tracker, mlflow_scope
 
-    tracker = Tracker(uri, experiment, f"{move.action}-{move.name}")
-    tracker.set_tags({f"{TAG}.action": move.action, f"{TAG}.model": move.name, f"{TAG}.version": move.version,
-                      f"{TAG}.champion_before": move.champion_before, f"{TAG}.champion_after": move.champion_after,
-                      f"{TAG}.reason": move.reason})
-    _call(tracker.client.log_text, tracker.run_id, json.dumps(move.as_record(), indent=2), "release/event.json")
-    tracker.end()
-    return tracker.run_id
+    with mlflow_scope(uri):
+        tracker = Tracker(uri, experiment, f"{move.action}-{move.name}")
+        tracker.set_tags({f"{TAG}.action": move.action, f"{TAG}.model": move.name, f"{TAG}.version": move.version,
+                          f"{TAG}.champion_before": move.champion_before, f"{TAG}.champion_after": move.champion_after,
+                          f"{TAG}.reason": move.reason})
+        _call(tracker.client.log_text, tracker.run_id, json.dumps(move.as_record(), indent=2), "release/event.json")
+        tracker.end()
+        return tracker.run_id
 
 
 def _tag(client: MlflowClient, move: AliasMove) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,54 @@ PIP_REQUIREMENTS = ["scikit-learn", "skops", "numpy"]
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 log = logging.getLogger("headroom.tracking")
+_scope_lock = threading.Lock()
+_scope_depth = 0
+_scope_saved: dict[str, str | None] = {}
+
+
+@contextmanager
+def mlflow_scope(uri: str) -> Iterator[None]:
+    """MLflow's tracking URI and :data:`HTTP_DEFAULTS` for the span of the block, then the caller's own back.
+
+    MLflow 3.17 takes neither as an argument: ``rest_utils.http_request`` reads its retries, back-off
+    and timeout from the environment on every call, and ``mlflow.set_tracking_uri`` writes
+    ``MLFLOW_TRACKING_URI`` into it. So they are set here for the span of one job and the calling
+    process's environment is restored when the last job in it ends (jobs may run side by side in
+    threads of one process: the first one in saves, the last one out restores).
+
+    >>> import os
+    >>> before = dict(os.environ)
+    >>> with mlflow_scope("sqlite:///mlflow.db"):
+    ...     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    '2'
+    >>> dict(os.environ) == before
+    True
+    """
+    global _scope_depth
+    keys = [*HTTP_DEFAULTS, "MLFLOW_TRACKING_URI"]
+    with _scope_lock:
+        if _scope_depth == 0:
+            from mlflow.tracking._tracking_service import utils as tracking_utils  # its global URI, restored too
+
+            _scope_saved.clear()
+            _scope_saved.update({k: os.environ.get(k) for k in keys})
+            _scope_saved["__uri__"] = tracking_utils._tracking_uri
+            for key, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+        _scope_depth += 1
+        mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        with _scope_lock:
+            _scope_depth -= 1
+            if _scope_depth == 0:
+                mlflow.set_tracking_uri(_scope_saved.pop("__uri__"))
+                for key in keys:
+                    if _scope_saved[key] is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = _scope_saved[key]
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -48,9 +99,6 @@ class Tracker:
     """
 
     def __init__(self, uri: str, experiment: str, run_name: str, *, flush_timeout_s: float = 60.0):
-        for key, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(key, value)
-        mlflow.set_tracking_uri(uri)
         self.uri = uri
         self.client = MlflowClient(uri)
         try:
@@ -121,13 +169,12 @@ def load_champion(uri: str, name: str, framework: str = "sklearn"):
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    mlflow.set_tracking_uri(uri)
-    if framework == "torch":
-        from runtime.training.trainers.torch_trainer import load_torch_model
+    with mlflow_scope(uri):
+        if framework == "torch":
+            from runtime.training.trainers.torch_trainer import load_torch_model
 
-        return load_torch_model(f"models:/{name}@{CHAMPION}"), int(mv.version)
-    model = mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}")
-    return model, int(mv.version)
+            return load_torch_model(f"models:/{name}@{CHAMPION}"), int(mv.version)
+        return mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}"), int(mv.version)
 
 
 def register_model(tracker: Tracker, model, name: str, framework: str = "sklearn", *, beats_champion: bool,
@@ -137,10 +184,10 @@ def register_model(tracker: Tracker, model, name: str, framework: str = "sklearn
     Buffered metrics go first: if the server cannot take them, nothing is registered."""
     tracker.flush()
     try:
-        mlflow.set_tracking_uri(tracker.uri)
-        with mlflow.start_run(run_id=tracker.run_id):
-            info = _log_model(model, framework)
-        mv = mlflow.register_model(info.model_uri, name)
+        with mlflow_scope(tracker.uri):
+            with mlflow.start_run(run_id=tracker.run_id):
+                info = _log_model(model, framework)
+            mv = mlflow.register_model(info.model_uri, name)
         alias = None
         if not has_champion:
             alias = CHAMPION

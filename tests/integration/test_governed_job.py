@@ -88,7 +88,12 @@ def assert_exactly_once(summary: dict) -> None:
     assert summary["row_ids_verified"] is True  # the ids read add up to exactly the ids in the data
 
 
+def _env_without_mlflow_telemetry(env) -> dict:
+    return {k: v for k, v in env.items() if not k.startswith("_MLFLOW_TELEMETRY")}
+
+
 def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_session, tmp_path, capsys):
+    env_before = dict(os.environ)
     with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=60):
         job = JobThread(make_spec(tmp_path, "it-pause-resume", server.metrics_url, rows_per_s=800))
         job.start()
@@ -102,6 +107,9 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
         server.set_delay(0.002)
         job.wait_for(lambda s: s["seen"] > lowered_at and s["level"] != "PAUSE" and s["rows_consumed"] > rows_at_pause)
         summary = job.finish()
+    # MLflow's URI and HTTP limits held for the job only: the caller's environment is as it was (but for
+    # the session id MLflow's own telemetry client keeps there, which MLflow sets and unsets itself)
+    assert _env_without_mlflow_telemetry(os.environ) == _env_without_mlflow_telemetry(env_before)
 
     decisions = logged_decisions(summary, tmp_path)
     first_pause = next(d for d in decisions if d["t"] >= raised_at and d["level"] == "PAUSE")
