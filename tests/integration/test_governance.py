@@ -16,12 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from runtime.training.datagen import write_regression_slices
 from runtime.driver.job import run_job
+from runtime.governance.job import fetch_postmortem
 from tests.integration.test_governed_job import JobThread, assert_exactly_once, make_spec
 from tests.support import LatencyServer, LoadThread
 
@@ -72,7 +72,7 @@ def test_drifted_slice_fails_the_checklist_and_nothing_trains(ray_session, tmp_p
     assert run.data.metrics["checklist.drift.pairs_drifted"] == len(drifted)
     assert run.data.metrics["checklist.harness.holdout_rows"] > 0
     assert client.search_model_versions(f"name='{spec.name}'") == []
-    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/postmortem/postmortem.md")
+    report = fetch_postmortem(run.info.run_id, spec.tracking.uri)  # from the run, as `headroom report` reads it
     assert "**failed** — nothing trained" in report and "| drift | **FAIL** |" in report
 
 
@@ -108,7 +108,7 @@ def test_governed_run_logs_lineage_and_a_postmortem_and_the_gate_holds_back_a_we
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "postmortem")}
     assert {"postmortem/postmortem.md", "postmortem/timeline.png", "postmortem/latency.png", "postmortem/drift.png",
             "postmortem/validation.png", "postmortem/checklist.json"} <= artifacts
-    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/postmortem/postmortem.md")
+    report = fetch_postmortem(run.info.run_id, spec.tracking.uri)  # from the run, as `headroom report` reads it
     assert f"# Post-mortem: `{spec.name}`" in report and "## Validation gate: passed" in report
     assert f"Checkpoints written: {summary['checkpoints']}" in report and "CPU-seconds" in report
     assert summary["compute"]["worker_cpu_s"] > 0  # the workers' measured CPU made it into the cost
@@ -214,6 +214,6 @@ def test_a_job_that_fails_mid_training_still_leaves_a_postmortem(ray_session, tm
     (run,) = client.search_runs([client.get_experiment_by_name("it").experiment_id],
                                 filter_string="attributes.run_name LIKE 'it-gov-boom-%'")
     assert run.info.status == "FAILED"
-    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/postmortem/postmortem.md")
+    report = fetch_postmortem(run.info.run_id, spec.tracking.uri)  # from the run, as `headroom report` reads it
     assert "| status | **failed** |" in report and "Boom: the operator's callback broke" in report
     assert "## Pre-work checklist: passed" in report

@@ -178,6 +178,19 @@ def test_scrape_faults_are_failed_samples(loaded: tuple[LatencyServer, LoadThrea
     assert recovered.ok, recovered.error
 
 
+def _settled(server: LatencyServer, quiet_s: float = 0.3, timeout_s: float = 10.0) -> None:
+    """Wait until no request has finished for ``quiet_s``."""
+    deadline = time.time() + timeout_s
+    last, since = server.predict_count, time.time()
+    while time.time() < deadline:
+        time.sleep(0.05)
+        if server.predict_count != last:
+            last, since = server.predict_count, time.time()
+        elif time.time() - since >= quiet_s:
+            return
+    raise AssertionError(f"requests kept finishing for {timeout_s} s after the freeze")
+
+
 def test_scrape_a_stuck_server_goes_stale_and_an_idle_one_is_headroom(loaded: tuple[LatencyServer, LoadThread]) -> None:
     server, load = loaded
     src = PrometheusScrapeSource(server.metrics_url, stale_after_s=2.0, idle_after_s=1.0, in_flight="serving_requests_in_flight")
@@ -185,7 +198,8 @@ def test_scrape_a_stuck_server_goes_stale_and_an_idle_one_is_headroom(loaded: tu
     time.sleep(0.3)
     assert src.sample().ok
     server.set_metrics_mode("frozen")  # the exporter keeps answering, but requests stop finishing
-    src.sample()  # may still see requests that finished just before the freeze
+    _settled(server)  # requests already past the gate at the freeze have finished (a busy host may delay them)
+    src.sample()
     time.sleep(0.3)
     still = src.sample()
     assert still.ok and not still.idle and 0 < still.staleness_s <= 2.0 and still.in_flight > 0, still
