@@ -78,27 +78,31 @@ def run_rollout(name: str, plan, router: RouterControl, *, tracking_uri: str, ex
                 on_decision: Callable[[Decision], None] | None = None) -> dict:
     """Roll the ``challenger`` of model ``name`` out by ``plan`` (a ``ReleaseSpec``); returns the result dict."""
     with mlflow_scope(tracking_uri):  # MLflow's HTTP limits for the span of the rollout, then the caller's own
-        client = MlflowClient(tracking_uri)
-        champion = current_champion(client, name)
-        challenger = alias_version(client, name, CHALLENGER)
-        if challenger is None:
-            raise ReleaseError(f"model {name!r} has no challenger to roll out", where="registry",
-                               fix="train a candidate that beats the champion (it is aliased challenger), then roll out")
-        router.load(champion, challenger)
-        tracker = Tracker(tracking_uri, experiment, f"rollout-{name}-v{challenger}")
-        tracker.log_params({"release": plan.model_dump(mode="json"), "model": name, "champion_version": champion,
-                            "challenger_version": challenger, "metric": metric})
-        tracker.set_tags({"headroom.release.model": name, "headroom.release.challenger": challenger})
-        rollout = _Rollout(name, plan, router, client, tracker, champion, challenger, metric, clock, sleep, on_decision)
-        try:
-            result = rollout.drive()
-        except BaseException:
-            _safe_stop(router)  # serving first: whatever went wrong, the champion takes all traffic again
-            tracker.set_tags({"headroom.release.outcome": "failed"})
-            tracker.end("FAILED")
-            raise
-        tracker.end()
-        return result
+        return _run_rollout(name, plan, router, tracking_uri, experiment, metric, clock, sleep, on_decision)
+
+
+def _run_rollout(name, plan, router, tracking_uri, experiment, metric, clock, sleep, on_decision) -> dict:
+    client = MlflowClient(tracking_uri)
+    champion = current_champion(client, name)
+    challenger = alias_version(client, name, CHALLENGER)
+    if challenger is None:
+        raise ReleaseError(f"model {name!r} has no challenger to roll out", where="registry",
+                           fix="train a candidate that beats the champion (it is aliased challenger), then roll out")
+    router.load(champion, challenger)
+    tracker = Tracker(tracking_uri, experiment, f"rollout-{name}-v{challenger}")
+    tracker.log_params({"release": plan.model_dump(mode="json"), "model": name, "champion_version": champion,
+                        "challenger_version": challenger, "metric": metric})
+    tracker.set_tags({"headroom.release.model": name, "headroom.release.challenger": challenger})
+    rollout = _Rollout(name, plan, router, client, tracker, champion, challenger, metric, clock, sleep, on_decision)
+    try:
+        result = rollout.drive()
+    except BaseException:
+        _safe_stop(router)  # serving first: whatever went wrong, the champion takes all traffic again
+        tracker.set_tags({"headroom.release.outcome": "failed"})
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    return result
 
 
 def _safe_stop(router: RouterControl) -> None:

@@ -32,7 +32,8 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 log = logging.getLogger("headroom.tracking")
 _scope_lock = threading.Lock()
 _scope_depth = 0
-_scope_saved: dict[str, str | None] = {}
+_scope_saved: dict[str, str | None] = {}  # the environment before the first scope
+_scope_saved_uri: str | None = None  # MLflow's global URI before it
 
 
 @contextmanager
@@ -53,7 +54,7 @@ def mlflow_scope(uri: str) -> Iterator[None]:
     >>> dict(os.environ) == before
     True
     """
-    global _scope_depth
+    global _scope_depth, _scope_saved_uri
     keys = [*HTTP_DEFAULTS, "MLFLOW_TRACKING_URI"]
     with _scope_lock:
         if _scope_depth == 0:
@@ -61,7 +62,7 @@ def mlflow_scope(uri: str) -> Iterator[None]:
 
             _scope_saved.clear()
             _scope_saved.update({k: os.environ.get(k) for k in keys})
-            _scope_saved["__uri__"] = tracking_utils._tracking_uri
+            _scope_saved_uri = tracking_utils._tracking_uri
             for key, value in HTTP_DEFAULTS.items():
                 os.environ.setdefault(key, value)
         _scope_depth += 1
@@ -72,7 +73,7 @@ def mlflow_scope(uri: str) -> Iterator[None]:
         with _scope_lock:
             _scope_depth -= 1
             if _scope_depth == 0:
-                mlflow.set_tracking_uri(_scope_saved.pop("__uri__"))
+                mlflow.set_tracking_uri(_scope_saved_uri)
                 for key in keys:
                     if _scope_saved[key] is None:
                         os.environ.pop(key, None)
