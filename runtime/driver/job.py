@@ -402,7 +402,9 @@ class _RoundLoop:
         for slot in view["draining"]:
             if slot in self.actors:  # idle between rounds: nothing to stop, just hand the slot back
                 self._yielded(slot)
-        keep = set(view["ready"]) | set(view["parked"])
+        # A draining slot whose worker is still here was parked or kept by that hand-back (_yielded drops
+        # the others): its warm process stays, though the view was read before the slot was parked.
+        keep = set(view["ready"]) | set(view["parked"]) | (set(view["draining"]) & set(self.actors))
         for slot in [s for s in self.actors if s not in keep]:
             self._drop(slot)
         for slot, pg in view["ready"].items():
