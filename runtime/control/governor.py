@@ -99,6 +99,18 @@ class _Scraper:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _training_clock(state: LawState, members: list[JobEntry], now: float) -> LawState:
+    """The law learns a load ceiling only from a violation ``load_learn_after_s`` into *training*: until
+    a worker reports trained rows after the resume, the clock stays at now. A worker's cold start (a new
+    process, its imports, a first batch) can take longer than that on a busy host and hurt serving on its
+    own, which says nothing about the load training can run beside."""
+    since = state.running_since_s
+    if state.level is Level.PAUSE or since is None:
+        return state
+    trained = any(p.get("rows", 0) > 0 and p.get("t", 0.0) >= since for e in members for p in e.progress.values())
+    return state if trained else replace(state, running_since_s=max(since, now))
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class Governor:
     def __init__(self, poll_interval_s: float = 0.25, state_store: StateStore | None = None):
@@ -373,7 +385,8 @@ class Governor:
         """One law decision for the serving cluster behind ``key``, divided among its jobs by priority."""
         governed = [e for e in members if not e.manual and not e.window_closed and e.phase == "training"]
         cfg = pooled_config([e.law for e in governed or members], self.pool_slots)
-        self.laws[key], pooled = decide(clamp_state(self.laws.get(key, LawState()), cfg), sample, cfg)
+        state = _training_clock(clamp_state(self.laws.get(key, LawState()), cfg), governed, sample.time_s)
+        self.laws[key], pooled = decide(state, sample, cfg)
         shares = divide(min(pooled.workers, cfg.max_workers), pooled.rows_per_s,
                         [Claim(e.job, e.priority, e.law.max_workers, e.law.max_rows_per_s, e.law.floor_rows_per_s)
                          for e in governed])

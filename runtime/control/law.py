@@ -87,7 +87,8 @@ class LawConfig:
     load_memory_s: float = 600.0  # how long the load at which training hurt serving stays a ceiling (0: never)
     load_margin: float = 0.9  # that ceiling is this fraction of the remembered load
     resume_load_fraction: float = 0.9  # after a pause, resume only below this fraction of the load ceiling
-    load_learn_after_s: float = 3.0  # a violation this soon after resuming (a worker starting) teaches no load
+    load_learn_after_s: float = 3.0  # a violation this soon into training (a worker starting) teaches no load; the
+    # governor holds running_since_s at now until a worker reports trained rows (a cold start can outlast this)
     pause_first: bool = False  # an accelerator: never THROTTLE (a duty-cycled GPU job still hurts the tail); pause
 
     @property

@@ -354,3 +354,24 @@ def test_infinite_p99_is_an_slo_violation():
 def test_nan_staleness_is_stale():
     _, d = decide(running(), at(0.0, 0.9, staleness_s=math.nan), CFG)
     assert d.level is Level.PAUSE
+
+
+def test_the_learning_clock_starts_when_a_worker_reports_trained_rows():
+    """The governor holds the law's clock at now until a worker reports rows trained after the resume: a
+    worker whose cold start outlasts ``load_learn_after_s`` (a busy host) and hurts serving on its own
+    teaches no load; once it has trained, a violation 3 s on does."""
+    from types import SimpleNamespace
+
+    from runtime.control.governor import _training_clock
+
+    state, d = decide(paused(0.0), at(10, 0.5, util=0.3), CFG)
+    assert d.reason is Reason.RESUME
+    job = SimpleNamespace(progress={0: {"rows": 500, "t": 9.0}})  # a report from before the pause: not this run
+    cold, d = decide(_training_clock(state, [job], 15.0), at(15, -0.2, util=0.3), CFG)  # 5 s, no step yet
+    assert d.reason is Reason.SLO_VIOLATED and cold.hurt_utilization is None
+    job.progress[0] = {"rows": 0, "t": 11.0}  # a report with nothing trained yet
+    assert _training_clock(state, [job], 15.0).running_since_s == 15.0
+    job.progress[0] = {"rows": 256, "t": 11.0}  # trained from 11 s
+    warm, d = decide(_training_clock(state, [job], 15.0), at(15, -0.2, util=0.3), CFG)
+    assert d.reason is Reason.SLO_VIOLATED and warm.hurt_utilization == 0.3
+    assert _training_clock(paused(3.0), [job], 15.0) == paused(3.0)  # paused: nothing to move
