@@ -76,6 +76,7 @@ def law_state_record(state: LawState) -> dict:
     return {"level": state.level.value, "workers": state.workers, "rows_per_s": state.rows_per_s,
             "paused_at_s": state.paused_at_s, "ample_since_s": state.ample_since_s, "last_grow_s": state.last_grow_s,
             "hurt_utilization": state.hurt_utilization, "hurt_at_s": state.hurt_at_s,
+            "hurt_rows_per_s": state.hurt_rows_per_s,
             "running_since_s": state.running_since_s}
 
 

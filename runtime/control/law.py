@@ -12,9 +12,11 @@ damage, so it acts first. The law works on the tightest of the three.
 - no usable telemetry, load above the ceiling, a queue past its limit, or slack below zero -> PAUSE
   (checkpoint and release); a source that read fine and saw no request at all is idle: full slack;
 - after a pause, stay paused for ``cooldown_s`` and until slack is ample again (hysteresis);
-- a pause because training hurt serving (SLO or queue) remembers the load it happened at: for
-  ``load_memory_s`` that load, less a margin, is a ceiling like ``max_utilization``, so the job
-  neither resumes into the same peak nor runs into the next one (a learned Heracles load limit);
+- a pause because training hurt serving (SLO or queue) remembers the load it happened at and the rate
+  that hurt: for ``load_memory_s``, at that load less a margin and above, the job trains at most half
+  that rate, so it neither resumes into the same peak at the same rate nor runs into the next one (a
+  learned Heracles load limit). Each further hurt halves the cap again; once it would fall below the
+  floor, that load is a ceiling like ``max_utilization``: no training there at all;
 - small slack -> THROTTLE: no growth, and multiplicative shrink of rows/s and workers (with
   ``pause_first``, for a job on an accelerator: PAUSE instead, and resume at full rate: measured on an
   H200, training duty-cycled to 20 % of its time still took inference p99 to 4.8x);
@@ -55,7 +57,7 @@ class Reason(str, enum.Enum):
     QUEUE_LIMIT = "QUEUE_LIMIT"  # requests in flight at the ingress past queue_limit
     SLO_VIOLATED = "SLO_VIOLATED"  # negative slack
     COOLDOWN = "COOLDOWN"  # paused recently; wait before resuming
-    LOAD_MEMORY = "LOAD_MEMORY"  # paused; the load is still near where training last hurt serving
+    LOAD_MEMORY = "LOAD_MEMORY"  # the load is near where training last hurt serving: capped at half that rate, or paused
     HYSTERESIS = "HYSTERESIS"  # paused; slack positive but not yet ample
     SLACK_LOW = "SLACK_LOW"  # small slack: shrink multiplicatively
     HOLD = "HOLD"  # moderate slack, or ample but not for long enough: keep the level
@@ -95,11 +97,33 @@ class LawConfig:
     def floor_rows_per_s(self) -> float:
         return self.min_rows_per_s or 0.05 * self.max_rows_per_s
 
+    def remembers(self, state: "LawState", now: float) -> bool:
+        """A load at which training hurt serving is still remembered."""
+        return state.hurt_utilization is not None and state.hurt_at_s is not None and now - state.hurt_at_s < self.load_memory_s
+
+    def rate_cap(self, state: "LawState", now: float) -> float | None:
+        """Rows/s allowed at and above the remembered load: half the rate that hurt there (0 when that
+        rate is unknown, a state saved before rates were remembered). ``None``: nothing remembered."""
+        if not self.remembers(state, now):
+            return None
+        return 0.0 if state.hurt_rows_per_s is None else self.shrink_factor * state.hurt_rows_per_s
+
     def ceiling(self, state: "LawState", now: float) -> float:
-        """The utilization ceiling now: ``max_utilization``, or lower while a hurt load is remembered."""
-        if state.hurt_utilization is None or state.hurt_at_s is None or now - state.hurt_at_s >= self.load_memory_s:
+        """The utilization ceiling now: ``max_utilization``, or the remembered load less a margin once
+        its rate cap is below the floor (or always, with ``pause_first``: a GPU is not duty-cycled)."""
+        cap = self.rate_cap(state, now)
+        if cap is None or (cap >= self.floor_rows_per_s and not self.pause_first):
             return self.max_utilization
         return min(self.max_utilization, self.load_margin * state.hurt_utilization)
+
+    def rows_allowed(self, state: "LawState", utilization: float | None, now: float) -> float:
+        """The most rows/s at this load: ``max_rows_per_s``, or the remembered cap within the margin of
+        the load where training hurt (a banned load is the ceiling's business, not this)."""
+        cap = self.rate_cap(state, now)
+        if (cap is None or utilization is None or self.ceiling(state, now) < self.max_utilization
+                or utilization < self.load_margin * state.hurt_utilization):
+            return self.max_rows_per_s
+        return max(self.floor_rows_per_s, min(self.max_rows_per_s, cap))
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,7 @@ class LawState:
     last_grow_s: float | None = None
     hurt_utilization: float | None = None  # the load at the last pause caused by training hurting serving
     hurt_at_s: float | None = None
+    hurt_rows_per_s: float | None = None  # the rate training ran at when it hurt serving at that load
     running_since_s: float | None = None  # when the job last resumed (a violation right after it is the start-up)
 
 
@@ -145,7 +170,7 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     """One tick of the law. Stages run in order; the first that decides wins."""
     now = sample.time_s
     slack = slack_of(sample, cfg)
-    for stage in (_must_pause, _stay_paused, _shrink, _grow_or_hold):
+    for stage in (_must_pause, _stay_paused, _capped, _shrink, _grow_or_hold):
         decided = stage(state, sample, slack, cfg, now)
         if decided is not None:
             return decided
@@ -159,14 +184,21 @@ def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sam
     paused_at = now
     if state.level is Level.PAUSE and reason in (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE):
         paused_at = state.paused_at_s
-    hurt_util, hurt_at = state.hurt_utilization, state.hurt_at_s
+    hurt_util, hurt_at, hurt_rows = state.hurt_utilization, state.hurt_at_s, state.hurt_rows_per_s
     learn_after = cfg.load_learn_after_s if cfg is not None else 0.0
     if (reason in (Reason.SLO_VIOLATED, Reason.QUEUE_LIMIT) and state.level is not Level.PAUSE
             and sample is not None and sample.utilization is not None
             and (state.running_since_s is None or now - state.running_since_s >= learn_after)):
-        hurt_util, hurt_at = sample.utilization, now  # steady training hurt serving at this load: remember it
+        # Steady training hurt serving at this load and rate: remember both. A memory still live keeps
+        # the lowest of each (hurting at a load and rate says as much of any load and rate above them).
+        if cfg.remembers(state, now):
+            hurt_util = min(state.hurt_utilization, sample.utilization)
+            hurt_rows = None if state.hurt_rows_per_s is None else min(state.hurt_rows_per_s, state.rows_per_s)
+        else:
+            hurt_util, hurt_rows = sample.utilization, state.rows_per_s
+        hurt_at = now
     new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=paused_at, hurt_utilization=hurt_util,
-                   hurt_at_s=hurt_at)
+                   hurt_at_s=hurt_at, hurt_rows_per_s=hurt_rows)
     return new, Directive(Level.PAUSE, 0, 0.0, reason, slack)
 
 
@@ -221,9 +253,20 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
             util is not None and util > cfg.resume_load_fraction * cfg.ceiling(state, now)):
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
     rows = cfg.max_rows_per_s if cfg.pause_first else max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)
+    rows = min(rows, cfg.rows_allowed(state, util, now))
     new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now,
-                   hurt_utilization=state.hurt_utilization, hurt_at_s=state.hurt_at_s, running_since_s=now)
+                   hurt_utilization=state.hurt_utilization, hurt_at_s=state.hurt_at_s,
+                   hurt_rows_per_s=state.hurt_rows_per_s, running_since_s=now)
     return new, Directive(new.level, 1, rows, Reason.RESUME, slack)
+
+
+def _capped(state: LawState, sample, slack, cfg: LawConfig, now):
+    """Running faster than the remembered load allows (the load rose to where training hurt): down to the cap."""
+    allowed = cfg.rows_allowed(state, sample.utilization, now)
+    if state.rows_per_s <= allowed:
+        return None
+    new = replace(state, level=_level_for(allowed, cfg), rows_per_s=allowed, ample_since_s=None)
+    return new, Directive(new.level, state.workers, allowed, Reason.LOAD_MEMORY, slack)
 
 
 def _shrink(state: LawState, sample, slack, cfg: LawConfig, now):
@@ -250,9 +293,13 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
     if state.rows_per_s >= cfg.max_rows_per_s and state.workers >= cfg.max_workers:
         new = replace(state, ample_since_s=ample_since)
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.AT_MAX, slack)
+    allowed = cfg.rows_allowed(state, sample.utilization, now)
+    if allowed < cfg.max_rows_per_s and state.rows_per_s >= allowed:  # at the remembered load's cap: no growth
+        new = replace(state, ample_since_s=ample_since)
+        return new, Directive(state.level, state.workers, state.rows_per_s, Reason.LOAD_MEMORY, slack)
     # Grow rows/s first; add a worker only once the current workers run at full rate.
     if state.rows_per_s < cfg.max_rows_per_s:
-        rows, workers = min(cfg.max_rows_per_s, state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s), state.workers
+        rows, workers = min(allowed, state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s), state.workers
     else:
         rows, workers = state.rows_per_s, state.workers + 1
     new = replace(state, level=_level_for(rows, cfg), workers=workers, rows_per_s=rows,

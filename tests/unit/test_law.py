@@ -42,20 +42,37 @@ def run_script(state: LawState, samples: list[Sample], cfg: LawConfig = CFG) -> 
     return state, out
 
 
-def test_a_pause_for_hurting_serving_remembers_the_load_and_keeps_the_job_out_of_that_peak():
-    """SLO broken at 60 % load: the job stays out while the load stays near 60 %, and comes back below it."""
+def test_a_pause_for_hurting_serving_remembers_the_load_and_the_rate_and_halves_it_there():
+    """SLO broken at 60 % load at 1000 rows/s: at that load (less the margin) the job comes back at no
+    more than 500; each further hurt there halves the cap; a cap below the floor bans the load."""
     state = running(1000.0, 1, running_since_s=0.0)
     state, d = decide(state, at(10, -0.2, util=0.6), CFG)
-    assert d.reason is Reason.SLO_VIOLATED and state.hurt_utilization == 0.6 and state.hurt_at_s == 10
-    state, d = decide(state, at(20, 0.9, util=0.58), CFG)  # latency fine again (nothing trains), load still high
-    assert d.reason is Reason.LOAD_MEMORY and d.level is Level.PAUSE
-    state, d = decide(state, at(22, 0.9, util=0.3), CFG)
-    assert d.reason is Reason.COOLDOWN  # the last LOAD_MEMORY tick restarted the cool-down
-    state, d = decide(state, at(30, 0.9, util=0.5), CFG)  # below 0.9 x 0.6, not yet 0.9 below that
-    assert d.reason is Reason.HYSTERESIS
-    state, d = decide(state, at(40, 0.9, util=0.45), CFG)
-    assert d.reason is Reason.RESUME and state.hurt_utilization == 0.6  # remembered: the next peak is a ceiling
-    state, d = decide(state, at(41, 0.9, util=0.55), CFG)
+    assert d.reason is Reason.SLO_VIOLATED and (state.hurt_utilization, state.hurt_rows_per_s, state.hurt_at_s) == (0.6, 1000.0, 10)
+    state, d = decide(state, at(20, 0.9, util=0.58), CFG)  # latency fine again, the load still near 60 %
+    assert d.reason is Reason.RESUME and d.rows_per_s == 250.0
+    state, d = decide(state, at(21, 0.9, util=0.58), CFG)  # ample from here: the hold-down runs
+    state, d = decide(state, at(23, 0.9, util=0.58), CFG)
+    assert d.reason is Reason.GROW and d.rows_per_s == 500.0  # up to the cap...
+    state, d = decide(state, at(25, 0.9, util=0.58), CFG)
+    assert d.reason is Reason.LOAD_MEMORY and d.level is Level.THROTTLE and d.rows_per_s == 500.0  # ...and no further
+    state, d = decide(state, at(27.5, 0.9, util=0.3), CFG)  # well below the remembered load: grows past it
+    assert d.reason is Reason.GROW and d.rows_per_s == 750.0
+    state, d = decide(state, at(28, 0.9, util=0.59), CFG)  # the load comes back: down to the cap at once
+    assert d.reason is Reason.LOAD_MEMORY and d.rows_per_s == 500.0
+    caps, t = [], 30.0
+    while True:  # hurt again and again at that load: each time at half the rate
+        state, d = decide(state, at(t, -0.2, util=0.62), CFG)
+        assert d.reason is Reason.SLO_VIOLATED and state.hurt_utilization == 0.6  # the lowest load that hurt
+        t += 10
+        state, d = decide(state, at(t, 0.9, util=0.58), CFG)
+        if d.level is Level.PAUSE:
+            break
+        caps.append(d.rows_per_s)
+        t += 10
+    assert caps == [250.0, 125.0, 62.5] and d.reason is Reason.LOAD_MEMORY  # 31.25 < the 50 rows/s floor: banned
+    state, d = decide(state, at(t + 10, 0.9, util=0.45), CFG)
+    assert d.reason is Reason.RESUME and d.rows_per_s == 250.0  # below the banned load, training is free to run
+    state, d = decide(state, at(t + 11, 0.9, util=0.55), CFG)
     assert d.reason is Reason.LOAD_CEILING and d.level is Level.PAUSE  # out before it hurts again
 
 
@@ -101,6 +118,18 @@ CASES = [
      Reason.LOAD_MEMORY, P, 0, 0.0),
     ("load-memory-is-a-ceiling-while-running", running(hurt_utilization=0.6, hurt_at_s=5.0), at(10, 0.9, util=0.55),
      Reason.LOAD_CEILING, P, 0, 0.0),
+    ("load-memory-caps-the-resume", replace(paused(0.0), hurt_utilization=0.6, hurt_at_s=5.0, hurt_rows_per_s=400.0),
+     at(10, 0.9, util=0.55), Reason.RESUME, Level.THROTTLE, 1, 200.0),
+    ("load-memory-caps-a-running-job", running(1000.0, 1, hurt_utilization=0.6, hurt_at_s=5.0, hurt_rows_per_s=1000.0),
+     at(10, 0.9, util=0.55), Reason.LOAD_MEMORY, Level.THROTTLE, 1, 500.0),
+    ("load-memory-holds-growth-at-the-cap", running(500.0, 1, ample_since_s=0.0, hurt_utilization=0.6, hurt_at_s=5.0,
+                                                    hurt_rows_per_s=1000.0),
+     at(10, 0.5, util=0.55), Reason.LOAD_MEMORY, Level.THROTTLE, 1, 500.0),
+    ("load-memory-below-its-margin-grows", running(500.0, 1, ample_since_s=0.0, hurt_utilization=0.6, hurt_at_s=5.0,
+                                                   hurt_rows_per_s=1000.0),
+     at(10, 0.5, util=0.3), Reason.GROW, Level.THROTTLE, 1, 750.0),
+    ("load-memory-cap-under-the-floor-bans", replace(paused(0.0), hurt_utilization=0.6, hurt_at_s=5.0, hurt_rows_per_s=80.0),
+     at(10, 0.9, util=0.55), Reason.LOAD_MEMORY, P, 0, 0.0),
     ("load-memory-forgotten", replace(paused(0.0), hurt_utilization=0.6, hurt_at_s=5.0), at(700, 0.9, util=0.55),
      Reason.RESUME, Level.THROTTLE, 1, 250.0),
     ("hysteresis-latency", paused(0.0), at(10, 0.29), Reason.HYSTERESIS, P, 0, 0.0),
