@@ -32,7 +32,7 @@ os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 RAY = Path(sys.executable).with_name("ray")
 
-from runtime.loopback import METRICS_REPORT_INTERVAL_MS, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS  # noqa: E402
+from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS  # noqa: E402
 from tests.support import free_port  # noqa: E402  -- after the environment above: nothing before it may load Ray
 
 
@@ -70,9 +70,9 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv: job entrypoints find its python
     # As the embedded default (runtime/loopback.py): Serve's latency buckets fine enough for a p99, and
-    # Ray's metrics endpoint refreshed every ~1 s instead of every 10 s.
+    # Ray's metrics endpoint refreshed every ~1 s instead of every 10 s, Ray's workers (Serve's) at nice 0.
     env.setdefault(SERVE_BUCKETS_ENV, ",".join(f"{b:g}" for b in SERVE_LATENCY_BUCKETS_MS))
-    system_config = json.dumps({"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS})
+    system_config = json.dumps(RAY_SYSTEM_CONFIG)
     cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
            "--system-config", system_config,
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--metrics-export-port", str(metrics_port), "--num-cpus", "4",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from runtime.loopback import METRICS_REPORT_INTERVAL_MS, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
+from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,4 +27,4 @@ def test_every_node_exports_fine_serve_buckets_and_a_metrics_port():
         assert "--metrics-export-port=" in text, key  # the governor scrapes every node there
     head = _commands(config, "head_start_ray_commands")
     system = json.loads(re.search(r"--system-config='([^']+)'", head).group(1))
-    assert system["metrics_report_interval_ms"] == METRICS_REPORT_INTERVAL_MS
+    assert system == RAY_SYSTEM_CONFIG  # metrics every ~1 s, serving at nice 0

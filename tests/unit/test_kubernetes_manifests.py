@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-from runtime.loopback import METRICS_REPORT_INTERVAL_MS, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
+from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
 from runtime.spec.job import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_the_raycluster_carries_the_same_pools_resources_and_settings_as_cluster
         assert _env(group)[SERVE_BUCKETS_ENV] == buckets, name
         assert group["rayStartParams"]["metrics-export-port"] == launcher_port, name
     head_config = json.loads(groups["head"]["rayStartParams"]["system-config"])
-    assert head_config["metrics_report_interval_ms"] == METRICS_REPORT_INTERVAL_MS
+    assert head_config == RAY_SYSTEM_CONFIG
     # Token auth on both; the Ray version the project pins.
     assert "RAY_AUTH_MODE=token" in " ".join(launcher["head_start_ray_commands"])
     spec = manifest("raycluster.yaml")["spec"]
