@@ -42,12 +42,14 @@ def test_a_job_runs_in_its_windows_as_ray_jobs_yields_at_the_end_and_survives_a_
 
     name = "it-windowed"
     with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
-        # 12 000 rows at <= 300 rows/s: at least 40 s of training, more than the first window holds.
-        spec = make_spec(tmp_path, name, server.metrics_url, rows_per_s=300, slices=6, rows=2000, every_steps=2)
+        # 18 000 rows at <= 300 rows/s: at least 60 s of training, more than the first window holds. The
+        # window is 45 s: on a busy host the Ray job's start-up (imports, MLflow, the checklist, a cold
+        # worker) took ~25 s of a 30-s window once, so that it trained nothing and left no checkpoint.
+        spec = make_spec(tmp_path, name, server.metrics_url, rows_per_s=300, slices=6, rows=3000, every_steps=2)
         spec_path = tmp_path / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec.model_dump()))
         first_opens = time.time() + 10
-        first_ends = first_opens + 30
+        first_ends = first_opens + 45
         second_opens = first_ends + 20
         plan = tmp_path / "plan.json"
         plan.write_text(json.dumps([{"job": name, "start": iso(first_opens), "end": iso(first_ends)},
