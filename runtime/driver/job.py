@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import ray
@@ -42,6 +43,7 @@ log = logging.getLogger("headroom.job")
 # workers pause themselves, and calls are retried on the next loop turn.
 GOVERNOR_DOWN = (RayActorError, ActorUnavailableError, GetTimeoutError)
 StatusFn = Callable[[dict], None]
+T = TypeVar("T")
 
 
 def connect(address: str | None = None, *, pool_slots: int = 1) -> None:
@@ -132,10 +134,11 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     Everything the job does once it holds a lease obeys the governor, not only its workers' steps: the
     validation, registration and post-mortem after training each wait while the directive is PAUSE
     (the checklist runs before, and stops a bad job before it asks for anything), and with
-    ``isolate_driver`` the thread that calls this (and every thread it starts)
-    runs with the workers' scheduling class and nice level (``budget.worker_sched``,
-    ``budget.worker_nice``) and thread limits -- which it cannot undo: pass ``False`` from a
-    process that must keep its priority. The summary, the governor's decision log, the progress
+    ``isolate_driver`` the driver's own work runs with the workers' scheduling class and nice level
+    (``budget.worker_sched``, ``budget.worker_nice``) and thread limits: the work before the lease
+    (MLflow's start, the checklist) on a thread of its own, then the thread that calls this (and
+    every thread it starts), which it cannot undo: pass ``False`` from a process that must keep its
+    priority. The summary's ``driver_isolation`` says what was applied. The summary, the governor's decision log, the progress
     series and a timeline plot are written to ``artifacts_dir`` (a temporary folder if not given)
     and logged to the job's MLflow run. MLflow's settings hold for the span of the job only
     (:func:`runtime.tracking.tracker.mlflow_scope`): the caller's environment is as it was when this returns.
@@ -149,24 +152,39 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
              isolate_driver: bool, window: tuple[float, float] | None) -> dict:
     started = time.time()
     cpu = _PhaseCPU()
-    dataset = Dataset(spec.data.path, spec.data.format)
-    store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
-    if store.swept:
-        log.warning("removed %d temporary checkpoint file(s) left by a writer killed mid-save: %s",
-                    len(store.swept), ", ".join(os.path.basename(p) for p in store.swept))
-    truth = _warm_start(spec, store, dataset)
-    tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    tracker.log_params(spec.model_dump())
-    tracker.set_tags({"headroom.job": spec.name, "headroom.warm_start": truth.origin})
-    governance = JobGovernance(spec, dataset, truth, tracker, checkpoint_dir=store.dir)
-    governance.driver_cpu0 = cpu.started  # the driver's cost counts from here: MLflow's start-up included
-    checklist = governance.run_checklist()
-    if not checklist.passed:  # stop before any lease is asked for, or any cluster started
-        return governance.stop_before_training(checklist, started)
+    isolation: dict[str, dict] = {}
+
+    def before_lease():
+        if isolate_driver:
+            isolation["before_lease"] = isolate_this_thread(spec)
+        dataset = Dataset(spec.data.path, spec.data.format)
+        store = CheckpointStore(spec.checkpoint.storage, spec.name, keep=spec.checkpoint.keep)
+        if store.swept:
+            log.warning("removed %d temporary checkpoint file(s) left by a writer killed mid-save: %s",
+                        len(store.swept), ", ".join(os.path.basename(p) for p in store.swept))
+        truth = _warm_start(spec, store, dataset)
+        # MLflow's logging thread starts here, so it inherits this thread's isolation
+        tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        tracker.log_params(spec.model_dump())
+        tracker.set_tags({"headroom.job": spec.name, "headroom.warm_start": truth.origin})
+        governance = JobGovernance(spec, dataset, truth, tracker, checkpoint_dir=store.dir)
+        governance.driver_cpu0 = cpu.started  # the driver's cost counts from here: MLflow's start-up included
+        checklist = governance.run_checklist()
+        if not checklist.passed:  # stop before any lease is asked for, or any cluster started
+            return governance.stop_before_training(checklist, started)
+        return dataset, store, truth, tracker, governance
+
+    # The work before the lease (MLflow's start, the checklist) runs with the workers' priority on a
+    # thread of its own: this thread keeps its own until it has connected, since a private cluster it
+    # starts must not inherit the isolation.
+    pre = on_isolated_thread(before_lease) if isolate_driver else before_lease()
+    if isinstance(pre, dict):  # the checklist stopped the job
+        return pre
+    dataset, store, truth, tracker, governance = pre
     cpu.mark("MLflow run and checklist")
-    connect(address, pool_slots=spec.budget.max_workers)  # before isolating: a private cluster must not inherit it
+    connect(address, pool_slots=spec.budget.max_workers)
     if isolate_driver:
-        isolate_this_thread(spec)
+        isolation["training_and_after"] = isolate_this_thread(spec)
     gov = get_or_create_governor(spec.budget.poll_interval_s)
     register = _registrar(gov, spec)
     register("training")
@@ -186,6 +204,7 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
         cpu.mark("validation and registration")
         summary = build_summary(spec, truth, loop, loop.record(), result, dataset, started, tracker.run_id)
         summary["driver_cpu_by_phase_s"] = cpu.marks  # the same dict: later phases land in summary.json too
+        summary["driver_isolation"] = isolation
         if window is not None:
             summary["window"] = _window_record(window, started, time.time())
         hold("the post-mortem")
@@ -194,6 +213,10 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
         hold("the job's artifacts")
         _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
     except BaseException as exc:
+        try:
+            loop.write_due()  # the last merged round is kept, whatever stopped the job
+        except Exception as save_exc:  # noqa: BLE001 -- the job's own error is the one to raise
+            log.warning("could not write the last round's checkpoint (%s)", save_exc)
         record = _release(gov, spec, loop)
         if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
             summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, tracker.run_id)
@@ -240,6 +263,25 @@ class _PhaseCPU:
         now = time.process_time()
         self.marks[phase] = round(now - self._last, 3)
         self._last = now
+
+
+def on_isolated_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on a new thread, waited for: its result, or its exception raised here. ``fn`` isolates
+    its own thread (:func:`isolate_this_thread`), which leaves the calling thread's priority as it was."""
+    out: dict = {}
+
+    def body() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the caller, which raises it
+            out["error"] = exc
+
+    thread = threading.Thread(target=body, name="headroom-before-lease", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def isolate_this_thread(spec: JobSpec) -> dict:
@@ -365,6 +407,7 @@ class _RoundLoop:
         self._spec_dict = spec.model_dump()
         self.until_s: float | None = None  # the planned window's end (None: no window)
         self.window_ended_s: float | None = None  # when the governor was told the window ended
+        self._due: Checkpoint | None = None  # the last merge's checkpoint, until it is written
 
     def run(self) -> None:
         total = self.dataset.total_rows
@@ -372,9 +415,11 @@ class _RoundLoop:
         while True:
             pending = self.truth.ledger.complement(total)
             if not pending or self.window_ended_s is not None:  # done, or the window ended (the round is merged)
+                self._checkpoint()
                 return
             self._reconcile()
             if not self._running:
+                self._checkpoint()
                 self._poll(force=False)
                 time.sleep(0.05)
                 continue
@@ -385,6 +430,7 @@ class _RoundLoop:
             state_id = self.truth.state_id
             self._round_seeds = {s: seed + s for s in shards}
             refs = {self.actors[s].train.remote(state_ref, shard, seed + s, state_id): s for s, shard in shards.items()}
+            self._checkpoint()  # the last round's, written while this one trains: the workers never wait for it
             self._merge(self._collect(refs))
 
     def _reconcile(self) -> None:
@@ -500,12 +546,25 @@ class _RoundLoop:
         t.state = average_states(self.spec.model, [r["state"] for r in useful], [r["rows"] for r in useful])
         t.state_id = useful[0].get("state_id") if len(useful) == 1 else None
         t.counters["rounds"] += 1
-        self.store.save(t.to_checkpoint(self._slices, self.spec.model.framework))
-        self.checkpoints += 1
+        # the checkpoint of this merge: the truth as it stands now (the next round only changes it at its merge)
+        self._due = t.to_checkpoint(self._slices, self.spec.model.framework)
         losses = [r["loss"] for r in useful if r["loss"] is not None]
         self._loss = float(np.mean(losses)) if losses else None
         self._round_rows, self._round_seeds = {}, {}  # the round's rows are in the ledger now, not in flight
-        self._poll(force=True)
+
+    def _checkpoint(self) -> None:
+        """Write the last merge's checkpoint, if not yet written, and report the progress it made."""
+        if self.write_due():
+            self._poll(force=True)
+
+    def write_due(self) -> bool:
+        """Write the last merge's checkpoint if it is not written yet; True if it was written now."""
+        if self._due is None:
+            return False
+        self.store.save(self._due)
+        self._due = None
+        self.checkpoints += 1
+        return True
 
     def _end_window_if_due(self, now: float) -> None:
         """At the window's end, the governor pauses the job (WINDOW_END): its workers stop and return
