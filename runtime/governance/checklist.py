@@ -78,7 +78,9 @@ def ks(reference: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
     reference, sample = _finite(reference), _finite(sample)
     if len(reference) == 0 or len(sample) == 0:
         return math.nan, math.nan
-    res = stats.ks_2samp(reference, sample)
+    # The exact p-value costs ~2 ms per feature and slice at these sizes; from 1,000 rows a side the
+    # asymptotic one is as good for a drift bound (SciPy's "auto" keeps exact up to 10,000).
+    res = stats.ks_2samp(reference, sample, method="asymp" if min(len(reference), len(sample)) >= 1000 else "auto")
     return float(res.statistic), float(res.pvalue)
 
 
