@@ -75,23 +75,27 @@ def test_a_job_runs_in_its_windows_as_ray_jobs_yields_at_the_end_and_survives_a_
                                  text=True, timeout=120)
         text = subprocess.run([HEADROOM, "queue", "--address", ray_session.address], capture_output=True, text=True,
                               timeout=120)
-        ray_jobs = {j.submission_id: j for j in JobSubmissionClient(ray_session.dashboard_url).list_jobs()}
+        client = JobSubmissionClient(ray_session.dashboard_url)
+        ray_jobs = {j.submission_id: j for j in client.list_jobs()}
+        # each window's Ray job log (its driver's output), for the failure messages: the session's logs go with it
+        logs = "\n".join(f"--- Ray job {r['submission_id']} ({r['status']}):\n{_tail(client, r['submission_id'])}"
+                         for r in done["runs"])
         ray_list = subprocess.run([RAY, "job", "list", "--address", ray_session.dashboard_url], capture_output=True,
                                   text=True, timeout=120)
 
-    assert done["state"] == "finished", done
+    assert done["state"] == "finished", (done, logs)
     runs = done["runs"]
-    assert [r["status"] for r in runs] == ["window_ended", "completed"], runs
+    assert [r["status"] for r in runs] == ["window_ended", "completed"], (runs, logs)
     assert name in restored
     # Ray's own record of each job: started inside its window, the first one ended near the window's end.
     for run, (opens, ends) in zip(runs, [(first_opens, first_ends), (second_opens, second_opens + 600)]):
         job = ray_jobs[run["submission_id"]]
         assert job.status.value == "SUCCEEDED" and job.metadata["headroom.job"] == name
         assert run["submitted_s"] >= opens and job.start_time / 1000 >= opens - 0.5  # never before the window opened
-    assert runs[0]["rows_consumed"] < done["summary"]["rows_total"]  # the first window ended with rows left
+    assert runs[0]["rows_consumed"] < done["summary"]["rows_total"], logs  # the first window ended with rows left
     assert ray_jobs[runs[0]["submission_id"]].end_time / 1000 <= first_ends + 60  # yielded at its end, not later
     summary = done["summary"]
-    assert summary["warm_start"].startswith("checkpoint:")  # the second window resumed from the first one's checkpoint
+    assert summary["warm_start"].startswith("checkpoint:"), logs  # the second window resumed from the first one's checkpoint
     assert_exactly_once(summary)
     # Planned against actual: the planner's past-duration lookup reads this job's two runs as one duration.
     from runtime.windows.plan import JobModel, past_run_durations_s
@@ -103,6 +107,13 @@ def test_a_job_runs_in_its_windows_as_ray_jobs_yields_at_the_end_and_survives_a_
     assert first["runs"][0]["submission_id"] in ray_list.stdout  # visible to `ray job list`
     assert listing.returncode == 0 and json.loads(listing.stdout)[0]["job"] in (name, "other")
     assert text.returncode == 0 and f"{name}: finished" in text.stdout and runs[0]["submission_id"] in text.stdout
+
+
+def _tail(client, submission_id: str, chars: int = 4000) -> str:
+    try:
+        return client.get_job_logs(submission_id)[-chars:]
+    except Exception as exc:  # noqa: BLE001 -- a message for a failure, never a failure of its own
+        return f"(no log: {exc})"
 
 
 def _restored() -> list[str] | None:
