@@ -138,9 +138,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     (``budget.worker_sched``, ``budget.worker_nice``) and thread limits: the work before the lease
     (MLflow's start, the checklist) on a thread of its own, then the thread that calls this (and
     every thread it starts), which it cannot undo: pass ``False`` from a process that must keep its
-    priority. The summary's ``driver_isolation`` says what was applied. The summary, the governor's decision log, the progress
-    series and a timeline plot are written to ``artifacts_dir`` (a temporary folder if not given)
-    and logged to the job's MLflow run. MLflow's settings hold for the span of the job only
+    priority. The summary's ``driver_isolation`` says what was applied. The summary, the governor's
+    decision log, the progress series and a timeline plot are written to ``artifacts_dir`` (a
+    temporary folder if not given) and logged to the job's MLflow run. MLflow's settings hold for the span of the job only
     (:func:`runtime.tracking.tracker.mlflow_scope`): the caller's environment is as it was when this returns.
     """
     preflight(spec)
@@ -198,7 +198,8 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
         loop.stop_actors()
         cpu.mark("training rounds")
         if loop.window_ended_s is not None:
-            return _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu)
+            return _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu,
+                                        isolation)
         _set_phase(gov, spec, "finishing")  # the slots go back; the driver's own work still waits for headroom
         result = governance.validate_and_register(truth.state, hold=hold)
         cpu.mark("validation and registration")
@@ -235,7 +236,8 @@ def _window_record(window: tuple[float, float], started_s: float, ended_s: float
             "used_fraction": round(max(0.0, ended_s - max(start, started_s)) / max(1e-9, end - start), 4)}
 
 
-def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu) -> dict:
+def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu,
+                         isolation: dict) -> dict:
     """The window ended with rows left: every returned row is in the checkpoint; hand the lease back,
     record the run and stop. The next run of the spec resumes from the checkpoint."""
     record = _release(gov, spec, loop)
@@ -244,6 +246,7 @@ def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, wind
     summary["status"] = "window_ended"
     summary["window"] = _window_record(window, started, loop.window_ended_s)
     summary["driver_cpu_by_phase_s"] = cpu.marks
+    summary["driver_isolation"] = isolation
     log.info("window ended: %d of %d rows consumed, checkpointed; the job resumes in its next window",
              summary["rows_consumed"], summary["rows_total"])
     _write_artifacts(spec, loop, summary, tracker, artifacts_dir)

@@ -118,6 +118,8 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     assert summary["reaction"]["count"] >= 1
     assert_exactly_once(summary)
     assert summary["registered_version"] >= 1
+    # the driver's own work ran at the workers' priority: before the lease (its own thread) and after
+    assert {k: v["sched"] for k, v in summary["driver_isolation"].items()} == {"before_lease": "idle", "training_and_after": "idle"}
     detect_s = first_pause["t"] - raised_at
     with capsys.disabled():
         print(f"\n[figures] latency raised -> PAUSE decided: {detect_s:.3f} s; PAUSE -> lease released: "
