@@ -418,6 +418,8 @@ class _RoundLoop:
         while True:
             pending = self.truth.ledger.complement(total)
             if not pending or self.window_ended_s is not None:  # done, or the window ended (the round is merged)
+                if not pending:  # every row is in: the window's end no longer applies (the finishing work
+                    self.until_s = None  # waits on headroom only; a WINDOW_END pause now would hold it for good)
                 self._checkpoint()
                 return
             self._reconcile()

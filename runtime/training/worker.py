@@ -46,6 +46,7 @@ class TrainerWorker:
         self.dataset = Dataset(self.spec.data.path, self.spec.data.format)
         self._limit_threads(max(1, int(self.spec.budget.cpus_per_worker)))
         self._trainer, self._state_id = None, None  # the live model this worker returned last, and its id
+        self._bucket = None  # the rate limiter, kept across rounds: a fresh one per round let short rounds run over the rate
         self.feed = DirectiveFeed(self._ask_governor, silence_s=silence_s, wait_s=min(DIRECTIVE_WAIT_S, silence_s)).start()
 
     def _ask_governor(self, progress: dict | None, known: int | None, wait_s: float) -> dict:
@@ -80,7 +81,9 @@ class TrainerWorker:
         else:  # on the GPU Ray assigned this worker (CUDA_VISIBLE_DEVICES), when the lease has one
             trainer = make_trainer(self.spec.model, state, threads=max(1, int(self.spec.budget.cpus_per_worker)),
                                    device="cuda" if self.spec.budget.gpus_per_worker > 0 else "cpu")
-        consumed, bucket = RangeSet(), TokenBucket()
+        if self._bucket is None:
+            self._bucket = TokenBucket()
+        consumed, bucket = RangeSet(), self._bucket
         pending = [tuple(r) for r in shard]
         batch_rows = self.spec.data.batch_rows
         steps, losses, id_sum, id_sq, stop_why = 0, [], 0, 0, None

@@ -60,9 +60,16 @@ def test_a_job_runs_in_its_windows_as_ray_jobs_yields_at_the_end_and_survives_a_
         assert out.returncode == 0, out.stderr
         assert "queued for its window" in out.stdout and "1 later one" in out.stdout
 
+        client = JobSubmissionClient(ray_session.dashboard_url)
+
+        def job_logs() -> str:  # each window's Ray job log (its driver's output): the session's logs go with it
+            return "\n".join(f"--- Ray job {r['submission_id']} ({r['status']}):\n{_tail(client, r['submission_id'])}"
+                             for r in queue_entry(name)["runs"])
+
         # The first window: a Ray job, started when the window opened, yielding at its end.
-        first = _wait(lambda: (e := queue_entry(name))["runs"] and e["runs"][0]["ray_status"] != "PENDING" and e, 60)
-        _wait(lambda: (e := queue_entry(name))["state"] == "queued" and e["runs"][0]["status"] and e, first_ends - time.time() + 120)
+        first = _wait(lambda: (e := queue_entry(name))["runs"] and e["runs"][0]["ray_status"] != "PENDING" and e, 60, job_logs)
+        _wait(lambda: (e := queue_entry(name))["state"] == "queued" and e["runs"][0]["status"] and e,
+              first_ends - time.time() + 120, job_logs)
 
         # The scheduler dies between the windows; Ray restarts it and it reloads its queue from the GCS.
         old = ray.get_actor(NAME, namespace=NAMESPACE)
@@ -70,16 +77,13 @@ def test_a_job_runs_in_its_windows_as_ray_jobs_yields_at_the_end_and_survives_a_
         restored = _wait(lambda: _restored(), 60)
 
         done = _wait(lambda: (e := queue_entry(name))["state"] in ("finished", "failed", "stopped", "unscheduled") and e,
-                     second_opens - time.time() + 300)
+                     second_opens - time.time() + 300, job_logs)
         listing = subprocess.run([HEADROOM, "queue", "--address", ray_session.address, "--json"], capture_output=True,
                                  text=True, timeout=120)
         text = subprocess.run([HEADROOM, "queue", "--address", ray_session.address], capture_output=True, text=True,
                               timeout=120)
-        client = JobSubmissionClient(ray_session.dashboard_url)
         ray_jobs = {j.submission_id: j for j in client.list_jobs()}
-        # each window's Ray job log (its driver's output), for the failure messages: the session's logs go with it
-        logs = "\n".join(f"--- Ray job {r['submission_id']} ({r['status']}):\n{_tail(client, r['submission_id'])}"
-                         for r in done["runs"])
+        logs = job_logs()
         ray_list = subprocess.run([RAY, "job", "list", "--address", ray_session.dashboard_url], capture_output=True,
                                   text=True, timeout=120)
 
@@ -123,7 +127,7 @@ def _restored() -> list[str] | None:
         return None
 
 
-def _wait(check, timeout_s: float, poll_s: float = 0.5):
+def _wait(check, timeout_s: float, describe=lambda: "", poll_s: float = 0.5):
     deadline = time.time() + timeout_s
     last = None
     while time.time() < deadline:
@@ -134,4 +138,5 @@ def _wait(check, timeout_s: float, poll_s: float = 0.5):
         if last:
             return last
         time.sleep(poll_s)
-    raise AssertionError(f"not reached in {timeout_s:.0f} s; queue: {ray.get(get_or_create_scheduler().status.remote())}")
+    raise AssertionError(f"not reached in {timeout_s:.0f} s; queue: {ray.get(get_or_create_scheduler().status.remote())}\n"
+                         f"{describe()}")

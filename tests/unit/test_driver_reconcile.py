@@ -79,3 +79,40 @@ def test_a_slot_removed_by_its_hand_back_loses_its_worker(killed):
     loop = _idle_loop(gov, worker)
     loop._reconcile()
     assert killed == [worker] and loop.actors == {} and loop._running == []
+
+
+class WindowGovernor:
+    def __init__(self):
+        self.closed: list[str] = []
+        self.close_window = _Call(lambda job: self.closed.append(job) or True)
+
+
+def _windowed_loop(gov, rows_total: int, rows_done: int) -> _RoundLoop:
+    from runtime.training.ingest import RangeSet
+
+    loop = object.__new__(_RoundLoop)
+    ledger = RangeSet()
+    if rows_done:
+        ledger.add(0, rows_done)
+    loop.spec = SimpleNamespace(name="job", checkpoint=SimpleNamespace(every_steps=1), data=SimpleNamespace(batch_rows=1))
+    loop.gov = gov
+    loop.truth, loop.dataset = SimpleNamespace(ledger=ledger), SimpleNamespace(total_rows=rows_total)
+    loop.until_s, loop.window_ended_s, loop._due = 0.0, None, None  # the window ended at the epoch: long ago
+    return loop
+
+
+def test_a_window_that_ends_after_the_last_row_does_not_pause_the_finishing_work(killed):
+    """Every row consumed before the window's end: the last poll (validation and the post-mortem come
+    after it) must not close the window, or its WINDOW_END pause would hold the finishing work for good."""
+    gov = WindowGovernor()
+    loop = _windowed_loop(gov, rows_total=100, rows_done=100)
+    loop.run()  # nothing pending: returns at once
+    loop._end_window_if_due(1e12)
+    assert gov.closed == [] and loop.window_ended_s is None
+
+
+def test_a_window_that_ends_with_rows_left_is_closed(killed):
+    gov = WindowGovernor()
+    loop = _windowed_loop(gov, rows_total=100, rows_done=40)
+    loop._end_window_if_due(1e12)
+    assert gov.closed == ["job"] and loop.window_ended_s == 1e12
