@@ -140,8 +140,9 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     every thread it starts), which it cannot undo: pass ``False`` from a process that must keep its
     priority. The summary's ``driver_isolation`` says what was applied. The summary, the governor's
     decision log, the progress series and a timeline plot are written to ``artifacts_dir`` (a
-    temporary folder if not given) and logged to the job's MLflow run. MLflow's settings hold for the span of the job only
-    (:func:`runtime.tracking.tracker.mlflow_scope`): the caller's environment is as it was when this returns.
+    temporary folder if not given) and logged to the job's MLflow run. MLflow's settings hold for
+    the span of the job only (:func:`runtime.tracking.tracker.mlflow_scope`): the caller's
+    environment is as it was when this returns.
     """
     preflight(spec)
     with mlflow_scope(spec.tracking.uri):
@@ -185,6 +186,7 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
     connect(address, pool_slots=spec.budget.max_workers)
     if isolate_driver:
         isolation["training_and_after"] = isolate_this_thread(spec)
+    driver = {"driver_cpu_by_phase_s": cpu.marks, "driver_isolation": isolation}  # what the summary says of the driver
     gov = get_or_create_governor(spec.budget.poll_interval_s)
     register = _registrar(gov, spec)
     register("training")
@@ -198,14 +200,13 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
         loop.stop_actors()
         cpu.mark("training rounds")
         if loop.window_ended_s is not None:
-            return _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu,
-                                        isolation)
+            return _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir,
+                                        driver)
         _set_phase(gov, spec, "finishing")  # the slots go back; the driver's own work still waits for headroom
         result = governance.validate_and_register(truth.state, hold=hold)
         cpu.mark("validation and registration")
         summary = build_summary(spec, truth, loop, loop.record(), result, dataset, started, tracker.run_id)
-        summary["driver_cpu_by_phase_s"] = cpu.marks  # the same dict: later phases land in summary.json too
-        summary["driver_isolation"] = isolation
+        summary.update(driver)  # cpu.marks is the same dict: later phases land in summary.json too
         if window is not None:
             summary["window"] = _window_record(window, started, time.time())
         hold("the post-mortem")
@@ -236,8 +237,7 @@ def _window_record(window: tuple[float, float], started_s: float, ended_s: float
             "used_fraction": round(max(0.0, ended_s - max(start, started_s)) / max(1e-9, end - start), 4)}
 
 
-def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, cpu,
-                         isolation: dict) -> dict:
+def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, driver: dict) -> dict:
     """The window ended with rows left: every returned row is in the checkpoint; hand the lease back,
     record the run and stop. The next run of the spec resumes from the checkpoint."""
     record = _release(gov, spec, loop)
@@ -245,8 +245,7 @@ def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, wind
                             dataset, started, tracker.run_id)
     summary["status"] = "window_ended"
     summary["window"] = _window_record(window, started, loop.window_ended_s)
-    summary["driver_cpu_by_phase_s"] = cpu.marks
-    summary["driver_isolation"] = isolation
+    summary.update(driver)
     log.info("window ended: %d of %d rows consumed, checkpointed; the job resumes in its next window",
              summary["rows_consumed"], summary["rows_total"])
     _write_artifacts(spec, loop, summary, tracker, artifacts_dir)

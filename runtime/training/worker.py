@@ -36,7 +36,7 @@ class TrainerWorker:
         budget = spec_dict.get("budget", {})
         self.isolation = isolate(slot, int(budget.get("worker_nice", 0)), float(budget.get("cpus_per_worker", 1.0)),
                                  budget.get("pin_cpus"), budget.get("worker_sched", "normal"))
-        from runtime.training.ingest import Dataset
+        from runtime.training.ingest import Dataset, TokenBucket
         from runtime.spec.job import JobSpec
 
         from runtime.training.directive import DirectiveFeed
@@ -46,7 +46,7 @@ class TrainerWorker:
         self.dataset = Dataset(self.spec.data.path, self.spec.data.format)
         self._limit_threads(max(1, int(self.spec.budget.cpus_per_worker)))
         self._trainer, self._state_id = None, None  # the live model this worker returned last, and its id
-        self._bucket = None  # the rate limiter, kept across rounds: a fresh one per round let short rounds run over the rate
+        self._bucket = TokenBucket()  # across rounds: a fresh one per round let short rounds run over the rate
         self.feed = DirectiveFeed(self._ask_governor, silence_s=silence_s, wait_s=min(DIRECTIVE_WAIT_S, silence_s)).start()
 
     def _ask_governor(self, progress: dict | None, known: int | None, wait_s: float) -> dict:
@@ -72,7 +72,7 @@ class TrainerWorker:
         names the state: when it is the one this worker returned last, its live model goes on."""
         import numpy as np
 
-        from runtime.training.ingest import RangeSet, TokenBucket, take_batch, to_xy
+        from runtime.training.ingest import RangeSet, take_batch, to_xy
         from runtime.training.trainers import make_trainer
 
         np.random.seed(seed % (2**32))
@@ -81,8 +81,6 @@ class TrainerWorker:
         else:  # on the GPU Ray assigned this worker (CUDA_VISIBLE_DEVICES), when the lease has one
             trainer = make_trainer(self.spec.model, state, threads=max(1, int(self.spec.budget.cpus_per_worker)),
                                    device="cuda" if self.spec.budget.gpus_per_worker > 0 else "cpu")
-        if self._bucket is None:
-            self._bucket = TokenBucket()
         consumed, bucket = RangeSet(), self._bucket
         pending = [tuple(r) for r in shard]
         batch_rows = self.spec.data.batch_rows

@@ -8,7 +8,7 @@ import time
 from runtime.spec.job import spec_from_dict
 from runtime.training.datagen import write_regression_slices
 from runtime.training.directive import DirectiveFeed
-from runtime.training.ingest import Dataset
+from runtime.training.ingest import Dataset, TokenBucket
 from runtime.training.worker import TrainerWorker
 
 RATE = 2000.0  # rows/s the directive grants
@@ -29,7 +29,7 @@ def _worker(tmp_path):
     worker = object.__new__(TrainerWorker.__ray_metadata__.modified_class)  # the class behind the Ray actor
     worker.spec, worker.job, worker.slot, worker.silence_s = spec, "rate", 0, 5.0
     worker.dataset = Dataset(spec.data.path, spec.data.format)
-    worker._trainer, worker._state_id, worker._bucket = None, None, None
+    worker._trainer, worker._state_id, worker._bucket = None, None, TokenBucket()
     worker.feed = DirectiveFeed(_steady_run, silence_s=5.0, wait_s=0.1).start()
     return worker
 
