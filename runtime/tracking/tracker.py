@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 log = logging.getLogger("headroom.tracking")
 _scope_lock = threading.Lock()
+_import_lock = threading.Lock()
 _scope_depth = 0
 _scope_saved: dict[str, str | None] = {}  # the environment before the first scope
 _scope_saved_uri: str | None = None  # MLflow's global URI before it
@@ -137,8 +139,8 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), artifact_dir)
 
     def set_tags(self, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        if tags:  # one write for all of them, not one per tag
+            self.client.log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
 
     def end(self, status: str = "FINISHED") -> None:
         """Close the run; best effort, so that a dead server never hides the error that ended a job."""
@@ -151,12 +153,38 @@ class Tracker:
             self.metrics.close()
 
 
+# The one sub-package of scikit-learn that imports PyTorch (its array-API shim for torch tensors).
+_SKLEARN_TORCH_SHIM = "sklearn.externals.array_api_compat.torch"
+
+
+def import_skops_io():
+    """``skops.io``, imported without importing PyTorch.
+
+    skops lists the types it trusts with scikit-learn's ``all_estimators()``, whose package walk
+    imports every sub-package, ``sklearn.externals.array_api_compat.torch`` included, and that one
+    imports torch: 1.25 of the ~3 CPU-s the import costs here, in a process that trains no torch model.
+    No estimator lives there (``all_estimators`` skips ``externals``) and the walk passes over a package
+    that cannot be imported, so for the span of this import that one is marked absent; the trusted
+    lists come out the same (``tests/unit/test_skops_import.py``), and the shim imports normally after.
+    """
+    with _import_lock:
+        if not ({"skops.io", "torch", _SKLEARN_TORCH_SHIM} & sys.modules.keys()):
+            sys.modules[_SKLEARN_TORCH_SHIM] = None  # "import" of it raises ImportError, which the walk skips
+            try:
+                import skops.io  # noqa: F401
+            finally:
+                del sys.modules[_SKLEARN_TORCH_SHIM]
+    import skops.io
+
+    return skops.io
+
+
 def _log_model(model, framework: str):
     if framework == "torch":
         from runtime.training.trainers.torch_trainer import log_torch_model
 
         return log_torch_model(model)
-    import skops.io as sio
+    sio = import_skops_io()
 
     trusted = [t for t in sio.get_untrusted_types(data=sio.dumps(model)) if t.startswith("sklearn.")]
     return mlflow.sklearn.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
@@ -175,6 +203,7 @@ def load_champion(uri: str, name: str, framework: str = "sklearn"):
             from runtime.training.trainers.torch_trainer import load_torch_model
 
             return load_torch_model(f"models:/{name}@{CHAMPION}"), int(mv.version)
+        import_skops_io()  # MLflow's skops flavour imports it: first here, without torch
         return mlflow.sklearn.load_model(f"models:/{name}@{CHAMPION}"), int(mv.version)
 
 
