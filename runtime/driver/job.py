@@ -13,10 +13,14 @@ how fast each worker reads; the driver only follows the lease.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -145,11 +149,11 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     environment is as it was when this returns.
     """
     preflight(spec)
-    with mlflow_scope(spec.tracking.uri):
-        return _run_job(spec, address, on_status, artifacts_dir, isolate_driver, window)
+    with mlflow_scope(spec.tracking.uri), tempfile.TemporaryDirectory(prefix="headroom-artifacts-") as tmp:
+        return _run_job(spec, address, on_status, artifacts_dir or tmp, isolate_driver, window)
 
 
-def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, artifacts_dir: str | None,
+def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, artifacts_dir: str,
              isolate_driver: bool, window: tuple[float, float] | None) -> dict:
     started = time.time()
     cpu = _PhaseCPU()
@@ -213,7 +217,7 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
         governance.finish(summary, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s, artifacts_dir=artifacts_dir)
         cpu.mark("lineage and post-mortem")
         hold("the job's artifacts")
-        _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
+        _write_artifacts(spec, loop, summary, tracker, artifacts_dir, timeline=governance.timeline)
     except BaseException as exc:
         try:
             loop.write_due()  # the last merged round is kept, whatever stopped the job
@@ -351,23 +355,24 @@ def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
     return record
 
 
-def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: Tracker, artifacts_dir: str | None) -> None:
-    import json
-    import tempfile
-    from pathlib import Path
+def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: Tracker, artifacts_dir: str, *,
+                     timeline: Path | None = None) -> None:
+    """The summary, the decision log, the progress series and the timeline plot, into ``artifacts_dir``
+    and onto the run. ``timeline``: the same plot, already drawn for the post-mortem (~0.45 CPU-s a plot)."""
+    from runtime.plots import plot_timeline  # matplotlib: only a driver that gets this far imports it
 
-    from runtime.plots import plot_timeline
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(artifacts_dir or tmp)
-        out.mkdir(parents=True, exist_ok=True)
-        files = {"summary.json": summary, "decisions.json": loop.decisions, "progress.json": loop.progress}
-        for name, obj in files.items():
-            atomic_write_text(out / name, json.dumps(obj, indent=1, default=str))
+    out = Path(artifacts_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"summary.json": summary, "decisions.json": loop.decisions, "progress.json": loop.progress}
+    for name, obj in files.items():
+        atomic_write_text(out / name, json.dumps(obj, indent=1, default=str))
+    if timeline is not None and timeline.exists():
+        shutil.copyfile(timeline, out / "timeline.png")
+    else:
         plot_timeline(loop.decisions, loop.progress, out / "timeline.png", slo_p99_ms=spec.serving.slo_p99_ms,
                       title=f"{spec.name}: governed retraining")
-        for name in (*files, "timeline.png"):
-            tracker.log_file(out / name, "governor" if name != "summary.json" else None)
+    for name in (*files, "timeline.png"):
+        tracker.log_file(out / name, "governor" if name != "summary.json" else None)
 
 
 def _registrar(gov, spec: JobSpec):

@@ -55,6 +55,7 @@ class JobGovernance:
         self.outcome: cl.ChecklistOutcome | None = None
         self.champion_version = champion_version(spec.tracking.uri, spec.name)  # the rollback target
         self._champion_loaded: tuple | None = None
+        self.timeline: Path | None = None  # the post-mortem's timeline plot, once written to an artifacts folder
 
     # --- before the lease ---------------------------------------------------------------------
 
@@ -252,6 +253,8 @@ class JobGovernance:
                                      psi_max=spec.checklist.psi_max, currency=spec.cost.currency)
             for f in files:
                 self.tracker.log_file(f, ARTIFACT_DIR)
+            # the governor's timeline (the job's own artifact too), kept when it lands in the caller's folder
+            self.timeline = next((f for f in files if f.name == "timeline.png"), None) if artifacts_dir else None
         return summary
 
 
