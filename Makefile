@@ -24,9 +24,15 @@ demo: install
 	$(PY) -m examples.demo
 
 # lint-imports: the subsystem layering of runtime/ (pyproject.toml [tool.importlinter]) fails the build when broken.
+# The doctests and unit tests first, in one process, before any Ray session exists; then the Ray tiers
+# on PYTEST_WORKERS processes (pytest-xdist), each with a Ray head of its own: they mostly wait on real
+# jobs, pauses and traffic (tests/conftest.py keeps a file's tests, and the tests that start clusters
+# on Ray's default ports, together).
+PYTEST_WORKERS ?= 2
 test: install tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q runtime tests/unit
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests/integration tests/faults tests/e2e
 
 # Every fault test, the slow ones included (CI): each prints a "FAULT <name>: rows_lost=0 ..." line.
 test-faults: install tools

@@ -36,6 +36,22 @@ from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY
 from tests.support import free_port  # noqa: E402  -- after the environment above: nothing before it may load Ray
 
 
+# Files whose tests start Ray clusters of their own, as a user would, on Ray's default ports (the
+# README's `ray start` lines take 6379, 8265 and 8000; a private cluster's dashboard agent takes 52365
+# when it is free): under pytest-xdist (`make test`) they share one worker, so no two run at once.
+OWN_CLUSTERS = {"tests/e2e/test_readme_cluster.py", "tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",
+                "tests/e2e/test_cli_and_job_submit.py", "tests/faults/test_closed_by_default.py",
+                "tests/faults/test_node_removal.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup``: a file's tests stay on one worker (its module fixtures are set up
+    once), and the files of :data:`OWN_CLUSTERS` on one worker together."""
+    for item in items:
+        path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group("own-clusters" if path in OWN_CLUSTERS else path))
+
+
 @dataclass
 class RayHead:
     address: str  # GCS address for ray.init
