@@ -36,10 +36,11 @@ from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY
 from tests.support import free_port  # noqa: E402  -- after the environment above: nothing before it may load Ray
 
 
-# Files whose tests start Ray clusters of their own, as a user would, on Ray's default ports (the
-# README's `ray start` lines take 6379, 8265 and 8000; a private cluster's dashboard agent takes 52365
-# when it is free): under pytest-xdist (`make test`) they share one worker, so no two run at once.
-OWN_CLUSTERS = {"tests/e2e/test_readme_cluster.py", "tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",
+# Files whose tests start Ray clusters of their own, as a user would (a private cluster's dashboard
+# agent takes Ray's default port 52365 when it is free): under pytest-xdist (`make test`) they share
+# one worker, so no two run at once. The README's `ray start` lines, which need every default port
+# free, run after the parallel tiers, alone (Makefile).
+OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",
                 "tests/e2e/test_cli_and_job_submit.py", "tests/faults/test_closed_by_default.py",
                 "tests/faults/test_node_removal.py"}
 
