@@ -39,8 +39,8 @@ from tests.support import free_port  # noqa: E402  -- after the environment abov
 # Files whose tests start Ray clusters of their own, as a user would (a private cluster's dashboard
 # agent takes Ray's default port 52365 when it is free): under pytest-xdist (`make test`) they share
 # one worker, so no two run at once. The README's `ray start` lines, which need every default port
-# free, run after the parallel tiers, alone (Makefile).
-OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",
+# free, and the shortened benchmark run after the parallel tiers, alone (Makefile).
+OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",  # (make test runs the benchmark alone)
                 "tests/e2e/test_cli_and_job_submit.py", "tests/faults/test_closed_by_default.py",
                 "tests/faults/test_node_removal.py"}
 
