@@ -168,14 +168,14 @@ def import_skops_io():
     lists come out the same (``tests/unit/test_skops_import.py``), and the shim imports normally after.
     """
     with _import_lock:
-        if not ({"skops.io", "torch", _SKLEARN_TORCH_SHIM} & sys.modules.keys()):
+        guard = not ({"skops.io", "torch", _SKLEARN_TORCH_SHIM} & sys.modules.keys())
+        if guard:
             sys.modules[_SKLEARN_TORCH_SHIM] = None  # "import" of it raises ImportError, which the walk skips
-            try:
-                import skops.io  # noqa: F401
-            finally:
+        try:
+            import skops.io
+        finally:
+            if guard:
                 del sys.modules[_SKLEARN_TORCH_SHIM]
-    import skops.io
-
     return skops.io
 
 
