@@ -118,7 +118,8 @@ def run_governed(work: Path, data: Path, holdout: Path, url: str, rep: int) -> d
     compute = summary.get("compute", {})
     return {"rows_total": summary["rows_total"], "rows_per_s": rate_between(points, summary["rows_total"]),
             "rows_duplicated": summary["rows_duplicated"], "pauses": summary["pauses"], "wall_s": time.time() - started,
-            "driver_cpu_s": compute.get("driver_cpu_s"), "worker_cpu_s": compute.get("worker_cpu_s")}
+            "driver_cpu_s": compute.get("driver_cpu_s"), "office_cpu_s": compute.get("office_cpu_s"),
+            "worker_cpu_s": compute.get("worker_cpu_s")}
 
 
 def main(argv=None) -> int:
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
                          else run_governed(work, data, holdout, service.url, rep))
                     results[way].append(r)
                     rate = "n/a" if r["rows_per_s"] is None else f"{r['rows_per_s']:.0f}"
-                    extra = (f", driver {r['driver_cpu_s']:.1f} CPU-s, workers {r['worker_cpu_s']:.1f} CPU-s, "
+                    extra = (f", driver {r['driver_cpu_s']:.1f} CPU-s, office {r['office_cpu_s']:.1f} CPU-s, "
+                             f"workers {r['worker_cpu_s']:.1f} CPU-s, "
                              f"pauses {r['pauses']}" if way == "governed" else "")
                     print(f"[overhead]   {rate} rows/s{extra}", flush=True)
         finally:
@@ -157,8 +159,9 @@ def main(argv=None) -> int:
     gov = results["governed"]
     driver = statistics.median([r["driver_cpu_s"] for r in gov])
     workers = statistics.median([r["worker_cpu_s"] for r in gov])
+    office = statistics.median([r["office_cpu_s"] for r in gov])
     report = {"rows": args.rows, "reps": args.reps, "results": results, "median_rows_per_s": med,
-              "governed_over_bare": ratio, "driver_cpu_s": driver, "worker_cpu_s": workers,
+              "governed_over_bare": ratio, "driver_cpu_s": driver, "office_cpu_s": office, "worker_cpu_s": workers,
               "target": "governed >= 0.9 x bare", "met": None if ratio is None else bool(ratio >= 0.9)}
     pairs = [g["rows_per_s"] / b["rows_per_s"] for b, g in zip(results["bare"], results["governed"])
              if b["rows_per_s"] and g["rows_per_s"]]
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
     print(f"\n  bare loop        {med['bare']:8.0f} rows/s (median of {args.reps})")
     print(f"  run_job governed {med['governed']:8.0f} rows/s   ratio {ratio:.2f} (target >= 0.9: "
           f"{'met' if report['met'] else 'MISSED'}); per repetition " + ", ".join(f"{x:.2f}" for x in pairs))
-    print(f"  governed job CPU: driver {driver:.1f} s, workers {workers:.1f} s (driver / workers {driver / workers:.2f})")
+    print(f"  governed job CPU: driver {driver:.1f} s, office {office:.1f} s, workers {workers:.1f} s "
+          f"(driver / workers {driver / workers:.2f}, office / workers {office / workers:.2f})")
     print(f"  wrote {out}")
     return 0
 

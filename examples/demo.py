@@ -177,6 +177,10 @@ def phase_table(client: list[tuple[float, float | None]], decisions: list[dict],
     return rows
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+
 def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_uri: str) -> None:
     r = summary["reaction"]
     v = summary["validation"]
@@ -195,13 +199,16 @@ def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_u
         ("pauses / resumes", f"{summary['pauses']} / {summary['resumes']}"),
         ("reaction (pause -> released)", f"median {_s(r['median_s'])}, p95 {_s(r['p95_s'])}" if r["count"] else "n/a"),
         ("checkpoints", summary["checkpoints"]),
-        ("driver's work held for headroom", f"{summary.get('held', {}).get('seconds', 0):.1f} s"),
+        ("job's work after training held for headroom", f"{summary.get('held', {}).get('seconds', 0):.1f} s"),
         ("holdout " + str(v.get("metric")), f"candidate {_f(v.get('candidate'))} vs champion {_f(v.get('champion'))}"),
         ("registered", f"v{summary['registered_version']} alias={summary['registered_alias']}"),
         ("checklist / gate", f"{'passed' if summary.get('checklist', {}).get('passed') else 'failed'} / "
                              f"{'passed' if v.get('passed') else 'failed'}"),
-        ("compute", f"{c.get('cpu_s', 0):.1f} CPU-s (driver {c.get('driver_cpu_s', 0):.1f}, workers "
-                    f"{c.get('worker_cpu_s', 0):.1f}) = {c.get('cost', 0):.4f} {c.get('currency', '')}"),
+        ("compute", f"{c.get('cpu_s', 0):.1f} CPU-s (driver {c.get('driver_cpu_s', 0):.1f}, office "
+                    f"{c.get('office_cpu_s', 0):.1f}, workers {c.get('worker_cpu_s', 0):.1f}) = {c.get('cost', 0):.4f} "
+                    f"{c.get('currency', '')}"),
+        ("driver / workers CPU", _ratio(c.get("driver_cpu_s"), c.get("worker_cpu_s"))),
+        ("office / workers CPU", _ratio(c.get("office_cpu_s"), c.get("worker_cpu_s"))),
         ("duration", f"{summary['duration_s']:.0f} s"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -158,7 +158,7 @@ def summary_text(s: dict) -> str:
         lines.append(f"  validation skipped: {v['skipped']}")
     if c:
         lines.append(f"  compute {c.get('cpu_s', 0):.1f} CPU-s (driver {c.get('driver_cpu_s', 0):.1f}, "
-                     f"workers {c.get('worker_cpu_s', 0):.1f})")
+                     f"office {c.get('office_cpu_s', 0):.1f}, workers {c.get('worker_cpu_s', 0):.1f})")
     if s.get("error"):
         lines.append(f"  error: {s['error']}")
     return "\n".join(lines)

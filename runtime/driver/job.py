@@ -13,10 +13,8 @@ how fast each worker reads; the driver only follows the lease.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -28,17 +26,16 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from runtime.training.checkpoint import Checkpoint, CheckpointStore, atomic_write_text
+from runtime.training.checkpoint import Checkpoint, CheckpointStore
 from runtime.errors import DataError, SpecError
-from runtime.governance.job import JobGovernance
+from runtime.driver.office import Office, PhaseCPU
 from runtime.control.governor import get_or_create_governor
 from runtime.training.ingest import Dataset, RangeSet
 from runtime.control.lease import POOL_RESOURCE
 from runtime.loopback import is_loopback, remember_private_cluster, start_private_cluster
 from runtime.spec.job import JobSpec
 from runtime.driver.summary import build_summary, law_config
-from runtime.tracking.tracker import Tracker, load_champion, mlflow_scope
-from runtime.training.trainers import average_states, state_from_model
+from runtime.training.trainers import average_states
 from runtime.training.trainers.sklearn import can_average
 from runtime.training.worker import TrainerWorker
 
@@ -85,7 +82,10 @@ class _Truth:
                           meta={"origin": self.origin, "slices": slices, "framework": framework})
 
 
-def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset) -> _Truth:
+def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset,
+                champion: Callable[[], tuple[bytes, int] | None]) -> _Truth:
+    """The newest checkpoint, else the champion (``champion()``: its state bytes and version, from the
+    office), else a fresh model, as ``spec.model.warm_start`` allows."""
     slices = [[os.path.basename(s.path), s.rows] for s in dataset.slices]
     ckpt = store.latest() if spec.model.warm_start in ("auto", "checkpoint") else None
     if ckpt is not None:
@@ -101,9 +101,9 @@ def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset) -> _Tru
     counters = {"steps": 0, "rounds": 0, "rows_duplicated": 0, "id_sum": 0, "id_sq": 0}
     rng = np.random.default_rng(0)
     if spec.model.warm_start in ("auto", "champion"):
-        champ = load_champion(spec.tracking.uri, spec.name, spec.model.framework)
+        champ = champion()
         if champ is not None:
-            return _Truth(state_from_model(spec.model, champ[0]), RangeSet(), counters, rng, f"champion:v{champ[1]}")
+            return _Truth(champ[0], RangeSet(), counters, rng, f"champion:v{champ[1]}")
     return _Truth(None, RangeSet(), counters, rng, "fresh")
 
 
@@ -135,28 +135,30 @@ def run_job(spec: JobSpec, *, address: str | None = None, on_status: StatusFn | 
     the same spec resumes from that checkpoint. Validation, registration and the post-mortem run only
     once every row is consumed.
 
-    Everything the job does once it holds a lease obeys the governor, not only its workers' steps: the
-    validation, registration and post-mortem after training each wait while the directive is PAUSE
-    (the checklist runs before, and stops a bad job before it asks for anything), and with
-    ``isolate_driver`` the driver's own work runs with the workers' scheduling class and nice level
-    (``budget.worker_sched``, ``budget.worker_nice``) and thread limits: the work before the lease
-    (MLflow's start, the checklist) on a thread of its own, then the thread that calls this (and
-    every thread it starts), which it cannot undo: pass ``False`` from a process that must keep its
-    priority. The summary's ``driver_isolation`` says what was applied. The summary, the governor's
-    decision log, the progress series and a timeline plot are written to ``artifacts_dir`` (a
-    temporary folder if not given) and logged to the job's MLflow run. MLflow's settings hold for
-    the span of the job only (:func:`runtime.tracking.tracker.mlflow_scope`): the caller's
-    environment is as it was when this returns.
+    The driver keeps the job's truth (rounds, merges, checkpoints) and nothing else. Everything else
+    the job does runs in its office (:mod:`runtime.driver.office`), an actor on the training pool
+    isolated like a worker: the MLflow run, the champion, the checklist (before the job asks for a
+    lease: a failed item stops it there), the gate, registration, the post-mortem and the artifacts.
+    After training each of those waits while the directive is PAUSE. With ``isolate_driver``
+    the driver's own work runs with the workers' scheduling class and nice level (``budget.worker_sched``,
+    ``budget.worker_nice``) and thread limits: opening the data and the checkpoint store on a thread
+    of its own, then, once connected, the thread that calls this (and every thread it starts), which
+    it cannot undo: pass ``False`` from a process that must keep its priority. The summary's
+    ``driver_isolation`` says what was applied (the office's too), and its ``compute`` the CPU-s of
+    driver, office and workers. The summary, the post-mortem, the governor's decision log, the
+    progress series and a timeline plot are written to ``artifacts_dir`` (a temporary folder if not
+    given) and logged to the job's MLflow run. The calling process's environment and MLflow settings
+    are left as they were: MLflow runs in the office.
     """
     preflight(spec)
-    with mlflow_scope(spec.tracking.uri), tempfile.TemporaryDirectory(prefix="headroom-artifacts-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="headroom-artifacts-") as tmp:
         return _run_job(spec, address, on_status, artifacts_dir or tmp, isolate_driver, window)
 
 
 def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, artifacts_dir: str,
              isolate_driver: bool, window: tuple[float, float] | None) -> dict:
     started = time.time()
-    cpu = _PhaseCPU()
+    cpu = PhaseCPU()
     isolation: dict[str, dict] = {}
 
     def before_lease():
@@ -167,71 +169,93 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
         if store.swept:
             log.warning("removed %d temporary checkpoint file(s) left by a writer killed mid-save: %s",
                         len(store.swept), ", ".join(os.path.basename(p) for p in store.swept))
-        truth = _warm_start(spec, store, dataset)
-        # MLflow's logging thread starts here, so it inherits this thread's isolation
-        tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        tracker.log_params(spec.model_dump())
-        tracker.set_tags({"headroom.job": spec.name, "headroom.warm_start": truth.origin})
-        governance = JobGovernance(spec, dataset, truth, tracker, checkpoint_dir=store.dir)
-        governance.driver_cpu0 = cpu.started  # the driver's cost counts from here: MLflow's start-up included
-        checklist = governance.run_checklist()
-        if not checklist.passed:  # stop before any lease is asked for, or any cluster started
-            return governance.stop_before_training(checklist, started)
-        return dataset, store, truth, tracker, governance
+        return dataset, store
 
-    # The work before the lease (MLflow's start, the checklist) runs with the workers' priority on a
-    # thread of its own: this thread keeps its own until it has connected, since a private cluster it
-    # starts must not inherit the isolation.
-    pre = on_isolated_thread(before_lease) if isolate_driver else before_lease()
-    if isinstance(pre, dict):  # the checklist stopped the job
-        return pre
-    dataset, store, truth, tracker, governance = pre
-    cpu.mark("MLflow run and checklist")
+    # The data and the checkpoint store are opened with the workers' priority on a thread of its own:
+    # this thread keeps its own until it has connected, since a private cluster it starts must not
+    # inherit the isolation.
+    dataset, store = on_isolated_thread(before_lease) if isolate_driver else before_lease()
     connect(address, pool_slots=spec.budget.max_workers)
     if isolate_driver:
         isolation["training_and_after"] = isolate_this_thread(spec)
-    driver = {"driver_cpu_by_phase_s": cpu.marks, "driver_isolation": isolation}  # what the summary says of the driver
+    cpu.mark("data and connect")
     gov = get_or_create_governor(spec.budget.poll_interval_s)
+    office = Office(spec, gov)  # MLflow, the checklist, the gate and the post-mortem: on the training pool
+    try:
+        return _with_office(spec, gov, office, dataset, store, cpu, isolation, started, on_status, artifacts_dir, window)
+    finally:
+        office.close()
+
+
+def _with_office(spec, gov, office: "Office", dataset, store, cpu: PhaseCPU, isolation: dict, started: float,
+                 on_status, artifacts_dir: str, window) -> dict:
+    truth = _warm_start(spec, store, dataset, lambda: office.call("champion_state"))
+    opened = office.open(run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", origin=truth.origin,
+                         ledger=truth.ledger.to_list(), counters=truth.counters, checkpoint_dir=store.dir)
+    isolation["office"] = opened["isolation"]
+    run_id = opened["run_id"]
+    checklist = office.call("checklist")
+    cpu.mark("MLflow run and checklist (in the office)")
+    if not checklist["passed"]:  # stop before any lease is asked for
+        summary = office.call("stop_before_training", started, _driver_cpu(cpu))
+        return dict(summary, driver_isolation=isolation)
     register = _registrar(gov, spec)
     register("training")
-    hold = _Hold(gov, spec.name)
-    loop = _RoundLoop(spec, gov, register, truth, store, dataset, tracker, on_status)
-    loop.hold = hold
+    loop = _RoundLoop(spec, gov, register, truth, store, dataset, office, on_status)
     loop.until_s = window[1] if window else None
-    cpu.mark("connect")
+    driver = {"driver_isolation": isolation}  # what the summary says of the driver
     try:
         loop.run()
         loop.stop_actors()
         cpu.mark("training rounds")
         if loop.window_ended_s is not None:
-            return _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir,
-                                        driver)
-        _set_phase(gov, spec, "finishing")  # the slots go back; the driver's own work still waits for headroom
-        result = governance.validate_and_register(truth.state, hold=hold)
-        cpu.mark("validation and registration")
-        summary = build_summary(spec, truth, loop, loop.record(), result, dataset, started, tracker.run_id)
-        summary.update(driver)  # cpu.marks is the same dict: later phases land in summary.json too
+            return _yield_at_window_end(spec, gov, truth, loop, dataset, started, office, run_id, window, artifacts_dir,
+                                        dict(driver, driver_cpu_by_phase_s=cpu.marks))
+        _set_phase(gov, spec, "finishing")  # the slots go back; the office's work still waits for headroom
+        result = office.call("validate_and_register", truth.state)
+        cpu.mark("validation and registration (in the office)")
+        summary = build_summary(spec, truth, loop, loop.record(), result, dataset, started, run_id)
+        summary.update(driver, checklist=checklist, office_replacements=office.replaced)
         if window is not None:
             summary["window"] = _window_record(window, started, time.time())
-        hold("the post-mortem")
-        governance.finish(summary, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s, artifacts_dir=artifacts_dir)
-        cpu.mark("lineage and post-mortem")
-        hold("the job's artifacts")
-        _write_artifacts(spec, loop, summary, tracker, artifacts_dir, timeline=governance.timeline)
+        cpu.mark("summary")
+        summary, files = office.call("finish", summary, loop.decisions, loop.progress, truth.ledger.to_list(),
+                                     truth.counters, _driver_cpu(cpu), loop.worker_cpu_s)
+        _write_files(artifacts_dir, files)
     except BaseException as exc:
         try:
             loop.write_due()  # the last merged round is kept, whatever stopped the job
         except Exception as save_exc:  # noqa: BLE001 -- the job's own error is the one to raise
             log.warning("could not write the last round's checkpoint (%s)", save_exc)
         record = _release(gov, spec, loop)
-        if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
-            summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, tracker.run_id)
-            governance.finish_failed(summary, exc, loop.decisions, loop.progress, worker_cpu_s=loop.worker_cpu_s)
-        tracker.end("FAILED")
+        try:
+            if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
+                summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, run_id)
+                office.call("finish_failed", summary, f"{type(exc).__name__}: {exc}", loop.decisions, loop.progress,
+                            truth.ledger.to_list(), truth.counters, _driver_cpu(cpu), loop.worker_cpu_s)
+            office.call("end", "FAILED")
+        except Exception as office_exc:  # noqa: BLE001 -- the job's own error is the one to raise
+            log.warning("no post-mortem for the failed job %s (%s)", spec.name, office_exc)
         raise
     _release(gov, spec, loop)
-    tracker.end("FINISHED")
+    office.call("end", "FINISHED")
     return summary
+
+
+def _driver_cpu(cpu: PhaseCPU) -> dict:
+    """The driver's CPU so far, for the office's post-mortem (from the job's start: the calling process
+    may do other things, so its own start-up is not the job's)."""
+    return {"total_s": round(time.process_time() - cpu.started, 3), "by_phase_s": dict(cpu.marks)}
+
+
+def _write_files(folder: str, files: dict[str, bytes]) -> None:
+    """The office's files (the post-mortem, the summary, the decision log, the timeline) into ``folder``."""
+    for name, data in files.items():
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
 
 
 def _window_record(window: tuple[float, float], started_s: float, ended_s: float) -> dict:
@@ -241,34 +265,21 @@ def _window_record(window: tuple[float, float], started_s: float, ended_s: float
             "used_fraction": round(max(0.0, ended_s - max(start, started_s)) / max(1e-9, end - start), 4)}
 
 
-def _yield_at_window_end(spec, gov, truth, loop, dataset, started, tracker, window, artifacts_dir, driver: dict) -> dict:
+def _yield_at_window_end(spec, gov, truth, loop, dataset, started, office, run_id, window, artifacts_dir,
+                         driver: dict) -> dict:
     """The window ended with rows left: every returned row is in the checkpoint; hand the lease back,
     record the run and stop. The next run of the spec resumes from the checkpoint."""
     record = _release(gov, spec, loop)
     summary = build_summary(spec, truth, loop, record, {"skipped": "the window ended before every row was consumed"},
-                            dataset, started, tracker.run_id)
+                            dataset, started, run_id)
     summary["status"] = "window_ended"
     summary["window"] = _window_record(window, started, loop.window_ended_s)
     summary.update(driver)
     log.info("window ended: %d of %d rows consumed, checkpointed; the job resumes in its next window",
              summary["rows_consumed"], summary["rows_total"])
-    _write_artifacts(spec, loop, summary, tracker, artifacts_dir)
-    tracker.set_tags({"headroom.status": "window_ended"})
-    tracker.end("FINISHED")
+    _write_files(artifacts_dir, office.call("window_ended", summary, loop.decisions, loop.progress))
+    office.call("end", "FINISHED")
     return summary
-
-
-class _PhaseCPU:
-    """This process's CPU-seconds per phase of the job (the driver's cost, where it went)."""
-
-    def __init__(self) -> None:
-        self.started = self._last = time.process_time()
-        self.marks: dict[str, float] = {}
-
-    def mark(self, phase: str) -> None:
-        now = time.process_time()
-        self.marks[phase] = round(now - self._last, 3)
-        self._last = now
 
 
 def on_isolated_thread(fn: Callable[[], T]) -> T:
@@ -303,37 +314,6 @@ def isolate_this_thread(spec: JobSpec) -> dict:
     return done
 
 
-class _Hold:
-    """Wait while the governor says PAUSE: the driver's own work (checklist, validation, registration,
-    the post-mortem) obeys the directive like the workers' steps. Governor unreachable: wait too."""
-
-    def __init__(self, gov, job: str, poll_s: float = 0.25):
-        self.gov, self.job, self.poll_s = gov, job, poll_s
-        self.held_s = 0.0
-        self.held: list[dict] = []  # one entry per phase that had to wait
-
-    def __call__(self, phase: str) -> float:
-        started = last_log = time.time()
-        why = None
-        while True:
-            try:
-                snap = ray.get(self.gov.directive.remote(self.job), timeout=10)
-            except GOVERNOR_DOWN as exc:
-                snap, why = {"level": "PAUSE", "reason": f"governor unreachable ({type(exc).__name__})"}, None
-            if snap is None or snap["level"] != "PAUSE":
-                break
-            why = snap["reason"]
-            if time.time() - last_log >= 10:
-                log.info("holding %s: the governor says PAUSE (%s) for %.0f s", phase, why, time.time() - started)
-                last_log = time.time()
-            time.sleep(self.poll_s)
-        waited = time.time() - started
-        if why is not None:
-            self.held_s += waited
-            self.held.append({"phase": phase, "waited_s": round(waited, 3), "reason": why})
-        return waited
-
-
 def _set_phase(gov, spec: JobSpec, phase: str) -> None:
     try:
         ray.get(gov.set_phase.remote(spec.name, phase), timeout=30)
@@ -355,26 +335,6 @@ def _release(gov, spec: JobSpec, loop: "_RoundLoop") -> dict:
     return record
 
 
-def _write_artifacts(spec: JobSpec, loop: "_RoundLoop", summary: dict, tracker: Tracker, artifacts_dir: str, *,
-                     timeline: Path | None = None) -> None:
-    """The summary, the decision log, the progress series and the timeline plot, into ``artifacts_dir``
-    and onto the run. ``timeline``: the same plot, already drawn for the post-mortem (~0.45 CPU-s a plot)."""
-    from runtime.plots import plot_timeline  # matplotlib: only a driver that gets this far imports it
-
-    out = Path(artifacts_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"summary.json": summary, "decisions.json": loop.decisions, "progress.json": loop.progress}
-    for name, obj in files.items():
-        atomic_write_text(out / name, json.dumps(obj, indent=1, default=str))
-    if timeline is not None and timeline.exists():
-        shutil.copyfile(timeline, out / "timeline.png")
-    else:
-        plot_timeline(loop.decisions, loop.progress, out / "timeline.png", slo_p99_ms=spec.serving.slo_p99_ms,
-                      title=f"{spec.name}: governed retraining")
-    for name in (*files, "timeline.png"):
-        tracker.log_file(out / name, "governor" if name != "summary.json" else None)
-
-
 def _registrar(gov, spec: JobSpec):
     serving = spec.serving.source_config()
     bundle = {"CPU": spec.budget.cpus_per_worker, POOL_RESOURCE: 1}
@@ -393,6 +353,8 @@ class _RoundLoop:
     """Rounds until every row is consumed; keeps the time series the summary and plots need."""
 
     def __init__(self, spec, gov, register, truth: _Truth, store, dataset, tracker, on_status):
+        """``tracker``: where the round metrics go (the job's :class:`~runtime.driver.office.Office`:
+        sent, not waited for)."""
         self.spec, self.gov, self.register, self.truth = spec, gov, register, truth
         self.store, self.dataset, self.tracker, self.on_status = store, dataset, tracker, on_status
         self.actors: dict[int, object] = {}

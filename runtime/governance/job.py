@@ -2,8 +2,8 @@
 post-mortem after training. This is the I/O side; the decisions live in :mod:`runtime.governance.checklist`,
 :mod:`runtime.governance.gate`, :mod:`runtime.governance.lineage` and :mod:`runtime.governance.postmortem`.
 
-The driver (:func:`runtime.driver.job.run_job`) calls, in order, each step held while the governor
-says PAUSE::
+The job's office (:class:`runtime.driver.office.JobOffice`, for the driver :func:`runtime.driver.job.run_job`)
+calls, in order, each step after training held while the governor says PAUSE::
 
     gov = JobGovernance(spec, dataset, truth, tracker)
     outcome = gov.run_checklist()            # before asking for a lease
@@ -11,7 +11,7 @@ says PAUSE::
         return gov.stop_before_training(outcome, started_s)   # summary + post-mortem, run FAILED
     ...train...                              # on an exception: gov.finish_failed(summary, exc, ...)
     result = gov.validate_and_register(truth.state, hold=hold)
-    gov.finish(summary, decisions, progress, worker_cpu_s=...)   # lineage + post-mortem, into the summary
+    gov.finish(summary, decisions, progress, worker_cpu_s=..., cpu=...)   # lineage + post-mortem, into the summary
 
 ``fetch_postmortem(run_id, tracking_uri)`` reads a logged post-mortem back (``headroom report``).
 """
@@ -24,6 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +38,20 @@ from runtime.release.registry import alias_version
 from runtime.tracking.tracker import CHAMPION, load_champion, register_model
 
 log = logging.getLogger("headroom.governance")
+CpuFn = Callable[[], dict]
+
+
+def compute_summary(worker_cpu_s: float, driver_cpu_s: float, office_cpu_s: float, price_per_cpu_hour: float,
+                    currency: str) -> dict:
+    """The job's compute: every process it ran (workers, driver, office), and what it cost.
+
+    >>> compute_summary(8.0, 0.5, 3.5, 0.048, "USD")["cpu_s"]
+    12.0
+    """
+    cpu_s = worker_cpu_s + driver_cpu_s + office_cpu_s
+    return {"cpu_s": round(cpu_s, 3), "worker_cpu_s": round(worker_cpu_s, 3), "driver_cpu_s": round(driver_cpu_s, 3),
+            "office_cpu_s": round(office_cpu_s, 3), "price_per_cpu_hour": price_per_cpu_hour,
+            "cost": compute_cost(cpu_s, price_per_cpu_hour), "currency": currency}
 
 
 def champion_version(uri: str, name: str) -> int | None:
@@ -51,7 +66,6 @@ class JobGovernance:
         self.spec, self.dataset, self.truth, self.tracker = spec, dataset, truth, tracker
         self.checkpoint_dir = checkpoint_dir
         self.ledger_before = truth.ledger.ranges()
-        self.driver_cpu0 = time.process_time()
         self.outcome: cl.ChecklistOutcome | None = None
         self.champion_version = champion_version(spec.tracking.uri, spec.name)  # the rollback target
         self._champion_loaded: tuple | None = None
@@ -168,7 +182,7 @@ class JobGovernance:
             path.write_text(json.dumps(outcome.to_dict(), indent=1, default=str))
             t.log_file(path, ARTIFACT_DIR)
 
-    def stop_before_training(self, outcome: cl.ChecklistOutcome, started_s: float) -> dict:
+    def stop_before_training(self, outcome: cl.ChecklistOutcome, started_s: float, *, cpu: CpuFn | None = None) -> dict:
         """The job's end when the checklist failed: a summary, a post-mortem, a FAILED run; no lease was taken."""
         t = self.truth
         consumed = len(t.ledger)
@@ -180,19 +194,19 @@ class JobGovernance:
             "reaction": reaction_stats([]), "validation": {"skipped": "the pre-work checklist failed"},
             "registered_version": None, "registered_alias": None, "duration_s": round(time.time() - started_s, 2),
         }
-        self.finish(summary, [], [], worker_cpu_s=0.0)
+        self.finish(summary, [], [], worker_cpu_s=0.0, cpu=cpu)
         self.tracker.set_tags({"headroom.status": "checklist_failed"})
         self.tracker.end("FAILED")
         return summary
 
     # --- after training -----------------------------------------------------------------------
 
-    def finish_failed(self, summary: dict, error: BaseException, decisions: list[dict], progress: list[dict], *,
-                      worker_cpu_s: float) -> None:
+    def finish_failed(self, summary: dict, error: BaseException | str, decisions: list[dict], progress: list[dict], *,
+                      worker_cpu_s: float, cpu: CpuFn | None = None) -> None:
         """The post-mortem of a job that raised: best effort, never hiding the job's own error."""
-        summary.update(status="failed", error=f"{type(error).__name__}: {error}"[:500])
+        summary.update(status="failed", error=(error if isinstance(error, str) else f"{type(error).__name__}: {error}")[:500])
         try:
-            self.finish(summary, decisions, progress, worker_cpu_s=worker_cpu_s)
+            self.finish(summary, decisions, progress, worker_cpu_s=worker_cpu_s, cpu=cpu)
         except Exception as exc:  # the original error is what the caller must see
             log.warning("no post-mortem for the failed job %s (%s)", self.spec.name, exc)
 
@@ -230,8 +244,10 @@ class JobGovernance:
                 "passed": gate.passed, "reasons": gate.reasons, "thresholds": gate.thresholds, **reg}
 
     def finish(self, summary: dict, decisions: list[dict], progress: list[dict], *, worker_cpu_s: float,
-               artifacts_dir: str | None = None) -> dict:
-        """Add checklist, lineage and compute to ``summary``; write and log the post-mortem."""
+               cpu: CpuFn | None = None, artifacts_dir: str | None = None) -> dict:
+        """Add checklist, lineage and compute to ``summary``; write and log the post-mortem. ``cpu()``:
+        the driver's and the office's CPU-s as they stand (``driver_cpu_s``, ``office_cpu_s`` and each
+        one's ``..._by_phase_s``; :meth:`runtime.driver.office.JobOffice._cpu_figures`)."""
         spec = self.spec
         if self.outcome is not None:
             summary["checklist"] = self.outcome.to_dict()
@@ -241,11 +257,11 @@ class JobGovernance:
         if summary.get("registered_version") is not None:
             tag_model_version(spec.tracking.uri, spec.name, summary["registered_version"], point,
                               summary["lineage"]["slices"], self.tracker.run_id)
-        driver_cpu_s = time.process_time() - self.driver_cpu0
-        cpu_s = worker_cpu_s + driver_cpu_s
-        summary["compute"] = {"cpu_s": round(cpu_s, 3), "worker_cpu_s": round(worker_cpu_s, 3),
-                              "driver_cpu_s": round(driver_cpu_s, 3), "price_per_cpu_hour": spec.cost.price_per_cpu_hour,
-                              "cost": compute_cost(cpu_s, spec.cost.price_per_cpu_hour), "currency": spec.cost.currency}
+        figures = cpu() if cpu is not None else {}
+        summary.update({k: v for k, v in figures.items() if k.endswith("_by_phase_s")})
+        summary["compute"] = compute_summary(worker_cpu_s, figures.get("driver_cpu_s", 0.0), figures.get("office_cpu_s", 0.0),
+                                             spec.cost.price_per_cpu_hour, spec.cost.currency)
+        cpu_s = summary["compute"]["cpu_s"]
         self.tracker.log_metrics({"compute.cpu_s": cpu_s, "compute.cost": summary["compute"]["cost"]}, step=0)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(artifacts_dir or tmp) / ARTIFACT_DIR

@@ -163,18 +163,24 @@ def _compute(s: dict, currency: str) -> str:
     c = s.get("compute") or {}
     if not c:
         return ""
+    office = c.get("office_cpu_s", 0.0)
     text = ("## Compute used\n\n"
-            f"{c['cpu_s']:.1f} CPU-seconds (workers {c['worker_cpu_s']:.1f}, driver {c['driver_cpu_s']:.1f}) "
-            f"at {c['price_per_cpu_hour']:g} {currency}/CPU-hour = **{c['cost']:.6f} {currency}**.")
+            f"{c['cpu_s']:.1f} CPU-seconds (workers {c['worker_cpu_s']:.1f}, driver {c['driver_cpu_s']:.1f}, "
+            f"office {office:.1f}) at {c['price_per_cpu_hour']:g} {currency}/CPU-hour = **{c['cost']:.6f} {currency}**. "
+            "The office is the job's actor on the training pool, isolated like a worker: MLflow, the checklist, the "
+            "gate, registration and this report. Figures as of this report's writing.")
     if c.get("worker_cpu_s"):
-        text += (f" The driver used {c['driver_cpu_s'] / c['worker_cpu_s']:.2f} CPU-s per worker CPU-s (every worker "
-                 "process counted from its start).")
-    phases = s.get("driver_cpu_by_phase_s") or {}
-    if phases:
-        text += "\n\n| driver phase | CPU-s |\n|---|---|\n" + "\n".join(f"| {k} | {v:.2f} |" for k, v in phases.items())
+        text += (f" Per worker CPU-s: driver {c['driver_cpu_s'] / c['worker_cpu_s']:.2f}, office "
+                 f"{office / c['worker_cpu_s']:.2f} (every worker and office process counted from its start; the "
+                 "driver from the job's start).")
+    for who in ("driver", "office"):
+        phases = s.get(f"{who}_cpu_by_phase_s") or {}
+        if phases:
+            text += (f"\n\n| {who} phase | CPU-s |\n|---|---|\n"
+                     + "\n".join(f"| {k} | {v:.2f} |" for k, v in phases.items()))
     held = s.get("held") or {}
     if held.get("phases"):
-        text += ("\n\nThe driver's own work waited for headroom: " +
+        text += ("\n\nThe job's work after training waited for headroom: " +
                  "; ".join(f"{h['phase']} {h['waited_s']:.1f} s ({h['reason']})" for h in held["phases"]) + ".")
     return text
 

@@ -114,6 +114,19 @@ class Tracker:
         self.flush_timeout_s = flush_timeout_s
         self.metrics = MetricBuffer(self.client.log_batch, self.run_id)  # never blocks training on MLflow
 
+    @classmethod
+    def resume(cls, uri: str, run_id: str, *, flush_timeout_s: float = 60.0) -> "Tracker":
+        """The tracker of an existing run (a replacement for a lost process takes the run over)."""
+        self = cls.__new__(cls)
+        self.uri, self.client, self.run_id, self.flush_timeout_s = uri, MlflowClient(uri), run_id, flush_timeout_s
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise TrackingError(f"cannot take over MLflow run {run_id} ({exc.message})", where=uri,
+                                fix="check tracking.uri is reachable; the job resumes from its checkpoint") from None
+        self.metrics = MetricBuffer(self.client.log_batch, self.run_id)
+        return self
+
     def log_params(self, params: dict) -> None:
         flat = {k: str(v)[:500] for k, v in flatten(params).items()}
         items = list(flat.items())

@@ -112,7 +112,8 @@ def test_job_survives_removal_of_a_training_node_and_never_lands_on_serving(tmp_
     assert events["progress_after_removal"], "no progress after the training node was removed"
     summary = events["summary"]
     fault_line(capsys, "node-removal", summary, recover_s=events["recover_s"], crashes=summary["worker_crashes"],
-               training_nodes_used=len(events["pg_nodes"]))  # recover_s: removal -> 2,000 more rows
+               training_nodes_used=len(events["pg_nodes"]), office_replacements=summary["office_replacements"])
+    # recover_s: removal -> 2,000 more rows; office_replacements: 1 when the job's office was on the removed node
     assert_exactly_once(summary)
     assert summary["worker_crashes"] >= 1  # the removed node's worker died with it
     assert events["pg_nodes"] and set(events["pg_nodes"]) <= set(events["training_nodes"]), \

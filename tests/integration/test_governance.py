@@ -180,16 +180,23 @@ def _holdout_unreadable(spec, tmp_path) -> dict:
     (_schema_changed, "schema", "slice-0002.parquet: missing f3"),
     (_holdout_unreadable, "harness", "holdout not readable"),
 ])
-def test_each_checklist_item_stops_the_job_on_its_own(tmp_path, monkeypatch, breakage, item, needle):
-    """No Ray needed: a failed checklist returns before the driver connects to any cluster (were it to
-    try, this address would make it fail instead of starting one)."""
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+def test_each_checklist_item_stops_the_job_on_its_own(ray_session, tmp_path, breakage, item, needle):
+    """A failed checklist (run by the job's office) returns before the job asks for a lease: the governor
+    never hears of the job, and no placement group is ever created for it."""
+    import ray
+    from ray.util import placement_group_table
+
+    from runtime.control.governor import get_or_create_governor
+
+    groups_before = set(placement_group_table())
     spec = make_spec(tmp_path, f"it-gov-{item.replace('_', '-')}", "http://127.0.0.1:9/metrics", rows_per_s=800, slices=3)
     spec = spec.model_copy(update=breakage(spec, tmp_path))
 
     summary = run_job(spec)
 
     assert summary["status"] == "checklist_failed" and summary["rows_consumed"] == 0
+    assert ray.get(get_or_create_governor().lease.remote(spec.name)) is None
+    assert set(placement_group_table()) == groups_before
     assert summary["checklist"]["failed_items"] == [item]
     failed = next(i for i in summary["checklist"]["items"] if i["item"] == item)
     assert needle in failed["detail"], failed["detail"]

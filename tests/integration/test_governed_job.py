@@ -118,8 +118,12 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     assert summary["reaction"]["count"] >= 1
     assert_exactly_once(summary)
     assert summary["registered_version"] >= 1
-    # the driver's own work ran at the workers' priority: before the lease (its own thread) and after
-    assert {k: v["sched"] for k, v in summary["driver_isolation"].items()} == {"before_lease": "idle", "training_and_after": "idle"}
+    # the driver's own work ran at the workers' priority: before connecting (its own thread) and after;
+    # the office (MLflow, checklist, gate, post-mortem) in a process of its own, isolated like a worker
+    assert {k: v["sched"] for k, v in summary["driver_isolation"].items()} == {
+        "before_lease": "idle", "training_and_after": "idle", "office": "idle"}
+    c = summary["compute"]
+    assert c["office_cpu_s"] > 0 and c["cpu_s"] == pytest.approx(c["worker_cpu_s"] + c["driver_cpu_s"] + c["office_cpu_s"], abs=0.01)
     detect_s = first_pause["t"] - raised_at
     with capsys.disabled():
         print(f"\n[figures] latency raised -> PAUSE decided: {detect_s:.3f} s; PAUSE -> lease released: "
@@ -178,3 +182,36 @@ def test_headroom_pause_and_resume_by_hand(ray_session, tmp_path):
                                  capture_output=True, text=True, timeout=60)
     assert_exactly_once(summary)
     assert unknown.returncode == 1 and "no job named 'no-such-job'" in unknown.stderr
+
+
+def test_an_office_killed_mid_job_is_replaced_and_the_run_completes(ray_session, tmp_path):
+    """SIGKILL the job's office (the actor that holds its MLflow run) while the job trains: a new office
+    takes the same run over, the job completes exactly once, and the run gets its post-mortem."""
+    import ray
+    from mlflow import MlflowClient
+
+    from runtime.driver.office import OFFICE_PREFIX
+
+    def offices() -> list[str]:
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"{OFFICE_PREFIX}it-office-lost-")]
+
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
+        job = JobThread(make_spec(tmp_path, "it-office-lost", server.metrics_url, rows_per_s=1500))
+        job.start()
+        job.wait_for(lambda s: s["rows_consumed"] > 0 and s["active"] > 0)
+        (office,) = offices()
+        os.kill(ray.get(ray.get_actor(office, namespace="headroom").pid.remote()), signal.SIGKILL)
+        killed_at = time.time()
+        job.wait_for(lambda s: s["seen"] > killed_at + 2.0)  # rounds go on, and their metrics go to a new office
+        summary = job.finish()
+    assert_exactly_once(summary)
+    assert summary["office_replacements"] == 1
+    assert summary["registered_version"] >= 1 and summary["checklist"]["passed"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert "rows_consumed" in run.data.metrics  # logged by one office or the other, on the one run
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "postmortem")}
+    assert "postmortem/postmortem.md" in artifacts
+    assert not offices()  # the job's end closes its office

@@ -141,7 +141,8 @@ def _summary(**over) -> dict:
          "checklist": {"passed": True, "items": [{"item": "drift", "passed": True, "detail": "ok", "numbers": {}}],
                        "drift": [{"slice": "slice-0003.parquet", "feature": "f0", "psi": 0.01, "ks_stat": 0.02,
                                   "ks_pvalue": 0.5, "within": True}]},
-         "compute": {"cpu_s": 90.0, "worker_cpu_s": 80.0, "driver_cpu_s": 10.0, "price_per_cpu_hour": 0.04, "cost": 0.001}}
+         "compute": {"cpu_s": 90.0, "worker_cpu_s": 80.0, "driver_cpu_s": 2.0, "office_cpu_s": 8.0, "price_per_cpu_hour": 0.04,
+                     "cost": 0.001}}
     s.update(over)
     return s
 
@@ -157,7 +158,8 @@ def test_postmortem_markdown_carries_the_numbers():
     assert "Bounds (MLflow MetricThreshold): at least 0.6." in text
     assert "| baseline (job held no workers) | 1 | 10.0 |" in text and "| while training | 1 | 30.0 |" in text
     assert "Training / baseline median p99: 3.00x" in text and "median 0.300 s" in text and "Checkpoints written: 7" in text
-    assert "90.0 CPU-seconds (workers 80.0, driver 10.0) at 0.04 EUR/CPU-hour = **0.001000 EUR**" in text
+    assert "90.0 CPU-seconds (workers 80.0, driver 2.0, office 8.0) at 0.04 EUR/CPU-hour = **0.001000 EUR**" in text
+    assert "Per worker CPU-s: driver 0.03, office 0.10" in text
     assert "![timeline](timeline.png)" in text
 
 
