@@ -1,0 +1,45 @@
+"""The office's pure helpers (no Ray started): CPU per phase, and the files it hands the driver."""
+
+from __future__ import annotations
+
+import time
+
+from runtime.driver.job import _write_files
+from runtime.driver.office import PhaseCPU, _files
+
+
+def _burn(cpu_s: float) -> None:
+    end = time.process_time() + cpu_s
+    while time.process_time() < end:
+        pass
+
+
+def test_a_phase_that_comes_back_adds_to_its_total():
+    cpu = PhaseCPU()
+    _burn(0.05)
+    cpu.mark("round metrics")
+    _burn(0.05)
+    cpu.mark("checklist")
+    _burn(0.05)
+    cpu.mark("round metrics")
+
+    assert cpu.marks["round metrics"] >= 0.1 and 0.05 <= cpu.marks["checklist"] < cpu.marks["round metrics"]
+    assert list(cpu.marks) == ["round metrics", "checklist"]
+
+
+def test_the_offices_files_land_in_the_artifacts_folder_as_written(tmp_path):
+    made = tmp_path / "office"
+    (made / "postmortem").mkdir(parents=True)
+    (made / "postmortem" / "postmortem.md").write_text("# Post-mortem")
+    (made / "summary.json").write_text("{}")
+    (made / "timeline.png").write_bytes(b"\x89PNG")
+    out = tmp_path / "artifacts"
+    (out / "postmortem").mkdir(parents=True)
+    (out / "postmortem" / "postmortem.md").write_text("an older run's report")
+
+    _write_files(str(out), _files(made))
+
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "postmortem/postmortem.md", "summary.json", "timeline.png"]  # no temporary file left behind
+    assert (out / "postmortem" / "postmortem.md").read_text() == "# Post-mortem"
+    assert (out / "timeline.png").read_bytes() == b"\x89PNG"
