@@ -73,7 +73,7 @@ class JobEntry:
     started: bool = False
     manual: bool = False
     window_closed: bool = False  # its planned window ended: paused until the driver yields (WINDOW_END)
-    phase: str = "training"  # finishing: no slots, only "is there headroom" for the driver's own work
+    phase: str = "training"  # finishing: no slots, only "is there headroom" for the job's office
     sample: Sample | None = None
     progress: dict = field(default_factory=dict)  # slot -> latest heartbeat payload
     version: int = 0  # bumped whenever what a worker would be told changes (the workers' long polls wake)

@@ -194,7 +194,7 @@ def _with_office(spec, gov, office: "Office", dataset, store, cpu: PhaseCPU, iso
                          ledger=truth.ledger.to_list(), counters=truth.counters, checkpoint_dir=store.dir)
     isolation["office"] = opened["isolation"]
     run_id = opened["run_id"]
-    checklist = office.call("checklist")
+    checklist = office.call("checklist")  # its outcome, kept here too: a replaced office has none
     cpu.mark("MLflow run and checklist (in the office)")
     if not checklist["passed"]:  # stop before any lease is asked for
         summary = office.call("stop_before_training", started, _driver_cpu(cpu))
@@ -221,6 +221,7 @@ def _with_office(spec, gov, office: "Office", dataset, store, cpu: PhaseCPU, iso
         cpu.mark("summary")
         summary, files = office.call("finish", summary, loop.decisions, loop.progress, truth.ledger.to_list(),
                                      truth.counters, _driver_cpu(cpu), loop.worker_cpu_s)
+        summary["office_replacements"] = office.replaced  # one lost during the post-mortem counts too
         _write_files(artifacts_dir, files)
     except BaseException as exc:
         try:
@@ -228,11 +229,14 @@ def _with_office(spec, gov, office: "Office", dataset, store, cpu: PhaseCPU, iso
         except Exception as save_exc:  # noqa: BLE001 -- the job's own error is the one to raise
             log.warning("could not write the last round's checkpoint (%s)", save_exc)
         record = _release(gov, spec, loop)
+        if not isinstance(exc, Exception):  # Ctrl-C: the user wants out now, whatever the office is doing
+            office.abort()
+            raise
         try:
-            if isinstance(exc, Exception):  # not on Ctrl-C: the user wants out now
-                summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, run_id)
-                office.call("finish_failed", summary, f"{type(exc).__name__}: {exc}", loop.decisions, loop.progress,
-                            truth.ledger.to_list(), truth.counters, _driver_cpu(cpu), loop.worker_cpu_s)
+            summary = build_summary(spec, truth, loop, record, {"skipped": "the job failed"}, dataset, started, run_id)
+            summary.update(driver, checklist=checklist)
+            office.call("finish_failed", summary, f"{type(exc).__name__}: {exc}", loop.decisions, loop.progress,
+                        truth.ledger.to_list(), truth.counters, _driver_cpu(cpu), loop.worker_cpu_s)
             office.call("end", "FAILED")
         except Exception as office_exc:  # noqa: BLE001 -- the job's own error is the one to raise
             log.warning("no post-mortem for the failed job %s (%s)", spec.name, office_exc)

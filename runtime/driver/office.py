@@ -119,6 +119,16 @@ def write_artifacts(spec, decisions: list, progress: list, summary: dict, tracke
         tracker.log_file(out / name, "governor" if name != "summary.json" else None)
 
 
+def _thread_priority() -> dict:
+    """The scheduling class and nice level of the calling thread as they are now (Linux keeps both per
+    thread: what ``isolate`` set in ``__init__`` holds for the methods only if they run on its thread)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return {}
+    idle = getattr(os, "SCHED_IDLE", None)
+    return {"sched_now": "idle" if os.sched_getscheduler(0) == idle else "normal",
+            "nice_now": os.getpriority(os.PRIO_PROCESS, 0)}
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder``, by its path relative to it."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -175,8 +185,9 @@ class JobOffice:
         return None if champ is None else (state_from_model(self.spec.model, champ[0]), champ[1])
 
     def open(self, run_name: str, origin: str, ledger: list, counters: dict, checkpoint_dir: str,
-             run_id: str | None = None) -> dict:
-        """Start the job's MLflow run (params and tags), or take over ``run_id`` (a replaced office)."""
+             run_id: str | None = None, champion_version: int | None = None) -> dict:
+        """Start the job's MLflow run (params and tags), or take over ``run_id`` (a replaced office; its
+        ``champion_version`` is the rollback target the first office found, before any registration)."""
         from runtime.governance.job import JobGovernance
         from runtime.tracking.tracker import Tracker
 
@@ -189,10 +200,13 @@ class JobOffice:
             self.tracker = Tracker.resume(spec.tracking.uri, run_id)
         self.governance = JobGovernance(spec, self.dataset, _TruthView(origin, ledger, counters), self.tracker,
                                         checkpoint_dir=checkpoint_dir)
+        if run_id is not None:
+            self.governance.champion_version = champion_version
         if self._champion_loaded is not None:
             self.governance._champion_loaded = self._champion_loaded
         self.cpu.mark("MLflow run")
-        return {"run_id": self.tracker.run_id, "isolation": self.isolation}
+        return {"run_id": self.tracker.run_id, "isolation": dict(self.isolation, **_thread_priority()),
+                "champion_version": self.governance.champion_version}
 
     # --- before the lease -----------------------------------------------------------------------
 
@@ -249,6 +263,7 @@ class JobOffice:
     def finish_failed(self, summary: dict, error: str, decisions: list, progress: list, ledger: list, counters: dict,
                       driver_cpu: dict, worker_cpu_s: float) -> None:
         self._update_truth(ledger, counters, driver_cpu)
+        summary["held"] = self.hold.record()
         self.governance.finish_failed(summary, error, decisions, progress, worker_cpu_s=worker_cpu_s,
                                       cpu=self._cpu_figures)
 
@@ -278,6 +293,29 @@ class JobOffice:
                 "office_cpu_s": round(time.process_time(), 3), "office_cpu_by_phase_s": dict(self.cpu.marks)}
 
 
+# What the office needs of the driver's environment (Ray workers on a running cluster do not inherit
+# the shell that submitted the job): MLflow's settings and credentials, and the object stores' keys.
+PASSED_ENV_PREFIXES = ("MLFLOW_", "AWS_", "AZURE_", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def office_env(spec) -> dict[str, str]:
+    """The office's environment variables: the driver's MLflow and storage settings, and the workers'
+    thread limits where they differ from the one thread Ray gives an actor that reserves no CPU (BLAS
+    and OpenMP read them when they load, before any ``threadpool_limits``). Empty (and then no
+    runtime environment of its own, so Ray may hand the office an idle worker process it already
+    started) when there is nothing to pass.
+
+    >>> from types import SimpleNamespace
+    >>> office_env(SimpleNamespace(budget=SimpleNamespace(cpus_per_worker=2.0))).get("OMP_NUM_THREADS")
+    '2'
+    """
+    threads = max(1, int(spec.budget.cpus_per_worker))
+    env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+    if threads > 1:
+        env |= {k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    return env
+
+
 def pool_node() -> str | None:
     """The node for the office: the driver's own when it is in the training pool, else the alive pool
     node with the most slots; ``None`` when no node offers the pool (the job cannot train either)."""
@@ -305,11 +343,18 @@ class Office:
         # named, so that an operator (or a test) can find it: ray list actors, or ray.get_actor(name, "headroom")
         options: dict = {"num_cpus": 0, "name": f"{OFFICE_PREFIX}{self.spec.name}-{uuid.uuid4().hex[:8]}",
                          "namespace": NAMESPACE}
+        env = office_env(self.spec)
+        if env:
+            options["runtime_env"] = {"env_vars": env}
         if node is not None:  # soft: a pool that lost that node meanwhile still gets an office
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
         actor = JobOffice.options(**options).remote(self._spec_dict, self.gov)
-        if self._opened is not None:
-            ray.get(actor.open.remote(**self._opened))
+        if self._opened is not None:  # a replacement: it takes the run over before anything else
+            try:
+                ray.get(actor.open.remote(**self._opened))
+            except BaseException:
+                ray.kill(actor, no_restart=True)
+                raise
         return actor
 
     def call(self, method: str, *args, **kwargs):
@@ -326,13 +371,20 @@ class Office:
     def _replace(self, lost: Exception) -> None:
         log.warning("the job's office was lost (%s); a new one takes over MLflow run %s (metrics it had not "
                     "sent yet are lost)", type(lost).__name__, self._opened["run_id"])
+        old, self._last_sent = self.actor, None
+        try:  # unreachable is not always dead: never two offices on one run
+            ray.kill(old, no_restart=True)
+        except Exception:  # noqa: BLE001 -- already gone
+            pass
+        try:
+            self.actor = self._start()
+        except RayTaskError as exc:
+            raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None
         self.replaced += 1
-        self._last_sent = None
-        self.actor = self._start()
 
     def open(self, **kwargs) -> dict:
         opened = self.call("open", **kwargs)
-        self._opened = dict(kwargs, run_id=opened["run_id"])
+        self._opened = dict(kwargs, run_id=opened["run_id"], champion_version=opened["champion_version"])
         return opened
 
     def log_metrics(self, metrics: dict, step: int) -> None:
@@ -344,10 +396,28 @@ class Office:
                 ray.get(last)
             except RayActorError as exc:
                 if self._opened is not None:
-                    self._replace(exc)
+                    try:
+                        self._replace(exc)
+                    except Exception as again:  # noqa: BLE001 -- training goes on; the next send tries again
+                        log.warning("no new office yet (%s); round metrics wait for one", again)
+                        self._last_sent = last
+                        return
             except RayTaskError as exc:
                 log.warning("the office could not log round metrics (%s)", exc.cause)
         self._last_sent = self.actor.log_metrics.remote(metrics, step)
+
+    def abort(self) -> None:
+        """The driver was interrupted: the office is stopped at once, whatever it is doing (validation,
+        registration, the post-mortem, or waiting for headroom), and the run is marked KILLED from here."""
+        self.close()
+        if self._opened is None:
+            return
+        try:
+            from runtime.tracking.tracker import mark_run  # MLflow, in the driver: on this one path only
+
+            mark_run(self.spec.tracking.uri, self._opened["run_id"], "KILLED")
+        except Exception as exc:  # noqa: BLE001 -- on the way out
+            log.warning("could not mark MLflow run %s KILLED (%s)", self._opened["run_id"], exc)
 
     def close(self) -> None:
         ray.kill(self.actor, no_restart=True)

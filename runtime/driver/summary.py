@@ -63,7 +63,8 @@ def build_summary(spec, truth, loop, record: dict, validation: dict, dataset, st
 
 
 def _held(loop) -> dict:
-    """How long the driver's own work (checklist, validation, registration, post-mortem) waited for headroom."""
+    """How long the job's work after training waited for headroom: zero here; the job's office
+    (:class:`runtime.driver.office.Hold`) puts its own record in the summary when it writes the post-mortem."""
     hold = getattr(loop, "hold", None)
     if hold is None:
         return {"seconds": 0.0, "phases": []}

@@ -89,6 +89,20 @@ def _finite(values) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
+def evenly_spaced(n: int, cap: int | None) -> np.ndarray:
+    """Indices of at most ``cap`` rows spread evenly over ``n`` (all of them when ``cap`` is unset or
+    not smaller): a slice sorted by time is sampled from its start to its end.
+
+    >>> evenly_spaced(10, 4).tolist()
+    [0, 3, 6, 9]
+    >>> len(evenly_spaced(5, None))
+    5
+    """
+    if cap is None or n <= cap:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+
+
 def drift_rows(reference: dict[str, np.ndarray], slice_name: str, sample: dict[str, np.ndarray], cfg) -> list[dict]:
     """PSI and KS of every feature of one slice; ``within`` says whether the ``cfg`` bounds hold."""
     rows = []

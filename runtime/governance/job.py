@@ -122,12 +122,15 @@ class JobGovernance:
         if reference is not None and drift:
             features, expected = self._columns(reference)
             numeric = [f for f in features if expected.get(f) == "numeric"]
-            ref = {f: reference.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in numeric}
+            keep = cl.evenly_spaced(reference.num_rows, self.spec.checklist.drift_sample_rows)  # the same bound
+            ref = {f: reference.column(f).to_numpy(zero_copy_only=False).astype(np.float64)[keep] for f in numeric}
         for s in self._new_slices():
             table = self.dataset.read(s.base, s.base + s.rows)
             name = os.path.basename(s.path)
             schemas[name] = {f.name: cl.type_kind(f.type) for f in table.schema if f.name != self.spec.data.id_column}
             present = {f: ref[f] for f in numeric if schemas[name].get(f) == "numeric"}
+            if present:
+                table = table.take(cl.evenly_spaced(table.num_rows, self.spec.checklist.drift_sample_rows))
             sample = {f: table.column(f).to_numpy(zero_copy_only=False).astype(np.float64) for f in present}
             rows += cl.drift_rows(present, name, sample, self.spec.checklist)
         return schemas, rows
@@ -214,7 +217,7 @@ class JobGovernance:
         """The gate (MLflow evaluation of candidate and champion on one holdout), then registration:
         the first version becomes ``champion`` if it clears the absolute bound; later ones ``challenger``
         only if they clear every bound. ``hold(phase)`` is called before each step and returns when
-        serving has headroom for it (the driver's :class:`runtime.driver.job._Hold`)."""
+        serving has headroom for it (the office's :class:`runtime.driver.office.Hold`)."""
         from runtime.governance.gate import run_gate
         from runtime.training.trainers import model_from_state
 

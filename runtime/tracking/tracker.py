@@ -166,6 +166,12 @@ class Tracker:
             self.metrics.close()
 
 
+def mark_run(uri: str, run_id: str, status: str) -> None:
+    """End ``run_id`` with ``status`` (``KILLED``: the job was interrupted), within the job's MLflow settings."""
+    with mlflow_scope(uri):
+        MlflowClient(uri).set_terminated(run_id, status)
+
+
 # The one sub-package of scikit-learn that imports PyTorch (its array-API shim for torch tensors).
 _SKLEARN_TORCH_SHIM = "sklearn.externals.array_api_compat.torch"
 

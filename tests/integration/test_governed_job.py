@@ -122,6 +122,8 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     # the office (MLflow, checklist, gate, post-mortem) in a process of its own, isolated like a worker
     assert {k: v["sched"] for k, v in summary["driver_isolation"].items()} == {
         "before_lease": "idle", "training_and_after": "idle", "office": "idle"}
+    office = summary["driver_isolation"]["office"]  # and the thread its methods run on, measured there
+    assert office["sched_now"] == "idle" and office["nice_now"] >= 10, office
     c = summary["compute"]
     assert c["office_cpu_s"] > 0 and c["cpu_s"] == pytest.approx(c["worker_cpu_s"] + c["driver_cpu_s"] + c["office_cpu_s"], abs=0.01)
     detect_s = first_pause["t"] - raised_at
@@ -215,3 +217,65 @@ def test_an_office_killed_mid_job_is_replaced_and_the_run_completes(ray_session,
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "postmortem")}
     assert "postmortem/postmortem.md" in artifacts
     assert not offices()  # the job's end closes its office
+
+
+def _interrupted_child(spec_dict: dict, address: str) -> None:
+    """Child process: the job, paused by hand the moment its last row is in (its office then holds
+    validation); the parent interrupts it there."""
+    import ray as child_ray
+
+    from runtime.control.governor import get_or_create_governor
+    from runtime.spec.job import JobSpec
+
+    spec = JobSpec.model_validate(spec_dict)
+    paused = []
+
+    def on_status(snap: dict) -> None:
+        if snap["rows_consumed"] >= snap["rows_total"] and not paused:
+            child_ray.get(get_or_create_governor().set_manual_pause.remote(spec.name, True))
+            paused.append(True)
+
+    run_job(spec, address=address, on_status=on_status, isolate_driver=False)
+
+
+def test_ctrl_c_while_the_office_holds_validation_ends_the_run_killed_with_nothing_registered(ray_session, tmp_path):
+    """Ctrl-C reaches the driver while its office waits, held by a PAUSE, to validate: the driver does
+    not wait behind it. The run is marked KILLED, the office is gone, and no model is registered."""
+    import multiprocessing
+
+    import ray
+    from mlflow import MlflowClient
+
+    from runtime.control.governor import get_or_create_governor
+    from runtime.driver.office import OFFICE_PREFIX
+
+    name = "it-office-ctrl-c"
+    gov = get_or_create_governor()
+
+    def phase() -> str | None:
+        status = ray.get(gov.status.remote(), timeout=10)
+        return next((j.get("phase") for j in status["jobs"] if j["job"] == name), None)
+
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
+        spec = make_spec(tmp_path, name, server.metrics_url, rows_per_s=3000, slices=2)
+        child = multiprocessing.get_context("spawn").Process(
+            target=_interrupted_child, args=(spec.model_dump(), ray_session.address), daemon=True)
+        child.start()
+        deadline = time.time() + 180
+        while phase() != "finishing":
+            assert child.is_alive() and time.time() < deadline, "the job never reached its finishing phase"
+            time.sleep(0.2)
+        time.sleep(2.0)  # the office is now held before validation
+        interrupted_at = time.time()
+        os.kill(child.pid, signal.SIGINT)
+        child.join(60)
+        exited_s = time.time() - interrupted_at
+    ray.get(gov.set_manual_pause.remote(name, False))
+    assert child.exitcode is not None and child.exitcode != 0, "the interrupted job did not exit"
+    client = MlflowClient(spec.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("it").experiment_id],
+                                filter_string=f"attributes.run_name LIKE '{name}-%'")
+    assert run.info.status == "KILLED"
+    assert not client.search_model_versions(f"name='{name}'")
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"{OFFICE_PREFIX}{name}-")]
+    print(f"\n[figures] Ctrl-C -> driver exited in {exited_s:.1f} s (the office was held before validation)")
