@@ -39,9 +39,8 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from runtime.control.governor import NAMESPACE
-from runtime.control.lease import POOL_RESOURCE
-from runtime.training.checkpoint import atomic_write_text
+# Nothing heavier than Ray at module level: a new office process imports this module to build its
+# actor before ``__init__`` has lowered its priority (the rest is imported where it is used).
 
 log = logging.getLogger("headroom.office")
 OFFICE_PREFIX = "headroom-office-"  # + the job's name + a suffix of its own
@@ -104,6 +103,7 @@ def write_artifacts(spec, decisions: list, progress: list, summary: dict, tracke
     """The summary, the decision log, the progress series and the timeline plot, into ``artifacts_dir``
     and onto the run. ``timeline``: the same plot, already drawn for the post-mortem (~0.45 CPU-s a plot)."""
     from runtime.plots import plot_timeline  # matplotlib: only an office that gets this far imports it
+    from runtime.training.checkpoint import atomic_write_text
 
     out = Path(artifacts_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,6 +319,8 @@ def office_env(spec) -> dict[str, str]:
 def pool_node() -> str | None:
     """The node for the office: the driver's own when it is in the training pool, else the alive pool
     node with the most slots; ``None`` when no node offers the pool (the job cannot train either)."""
+    from runtime.control.lease import POOL_RESOURCE
+
     here = ray.get_runtime_context().get_node_id()
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(POOL_RESOURCE, 0) > 0]
     if any(n["NodeID"] == here for n in nodes):
@@ -339,6 +341,8 @@ class Office:
         self.actor = self._start()
 
     def _start(self):
+        from runtime.control.governor import NAMESPACE
+
         node = pool_node()
         # named, so that an operator (or a test) can find it: ray list actors, or ray.get_actor(name, "headroom")
         options: dict = {"num_cpus": 0, "name": f"{OFFICE_PREFIX}{self.spec.name}-{uuid.uuid4().hex[:8]}",

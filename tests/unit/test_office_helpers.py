@@ -43,3 +43,15 @@ def test_the_offices_files_land_in_the_artifacts_folder_as_written(tmp_path):
         "postmortem/postmortem.md", "summary.json", "timeline.png"]  # no temporary file left behind
     assert (out / "postmortem" / "postmortem.md").read_text() == "# Post-mortem"
     assert (out / "timeline.png").read_bytes() == b"\x89PNG"
+
+
+def test_an_office_process_builds_its_actor_without_heavy_imports():
+    """A new office process imports this module at its default priority, before ``__init__`` lowers it:
+    nothing heavier than Ray may load there (pyarrow, MLflow, scikit-learn come after the isolation)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ray; before = set(sys.modules); import runtime.driver.office; "
+            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert not {"pyarrow", "mlflow", "sklearn", "pandas", "matplotlib"} & set(eval(out)), out
