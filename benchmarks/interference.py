@@ -53,7 +53,11 @@ TRACE = ROOT / "data" / "nasa-http-1995-07.csv"
 DEFAULT_WORK = ".headroom/bench-interference"
 POLICIES = ("none", "unmanaged", "nice", "idle", "static", "cron", "governed")
 TRAIN_LOOP_POLICIES = ("unmanaged", "nice", "idle", "static", "cron")
-GOVERNED_LEAD_S = 10.0  # night-rate traffic before the governed window: the job starts and warms up
+# Night-rate traffic before the governed window: the job starts and warms up, as the other policies'
+# trainers are warm when theirs opens. Its office (a process of its own: start-up, MLflow's run, the
+# checklist, all at SCHED_IDLE) took 11-18 s before the job registered, in run G, and a worker then
+# starts; 10 s left a shortened run's window (8 s) with no training at all.
+GOVERNED_LEAD_S = 30.0
 FAILED_MS = 2000.0  # a failed request counts as the load generator's timeout (OpenLoopLoad's default)
 PEAK_RATE_FRACTION = 0.8  # peak hours: replay seconds where the trace rate is >= 80 % of its peak
 
