@@ -23,12 +23,12 @@ from typing import Callable, TypeVar
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from runtime.training.checkpoint import Checkpoint, CheckpointStore
+from runtime.training.checkpoint import Checkpoint, CheckpointStore, atomic_write_bytes
 from runtime.errors import DataError, SpecError
-from runtime.driver.office import Office, PhaseCPU
+from runtime.driver.office import GOVERNOR_DOWN, Office, PhaseCPU
 from runtime.control.governor import get_or_create_governor
 from runtime.training.ingest import Dataset, RangeSet
 from runtime.control.lease import POOL_RESOURCE
@@ -40,9 +40,8 @@ from runtime.training.trainers.sklearn import can_average
 from runtime.training.worker import TrainerWorker
 
 log = logging.getLogger("headroom.job")
-# The governor restarting (or briefly unreachable) is survivable: the driver keeps its truth, the
-# workers pause themselves, and calls are retried on the next loop turn.
-GOVERNOR_DOWN = (RayActorError, ActorUnavailableError, GetTimeoutError)
+# The governor restarting (or briefly unreachable) is survivable (GOVERNOR_DOWN): the driver keeps its
+# truth, the workers pause themselves, and calls are retried on the next loop turn.
 StatusFn = Callable[[dict], None]
 T = TypeVar("T")
 
@@ -255,11 +254,7 @@ def _driver_cpu(cpu: PhaseCPU) -> dict:
 def _write_files(folder: str, files: dict[str, bytes]) -> None:
     """The office's files (the post-mortem, the summary, the decision log, the timeline) into ``folder``."""
     for name, data in files.items():
-        path = Path(folder) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(Path(folder) / name, data)
 
 
 def _window_record(window: tuple[float, float], started_s: float, ended_s: float) -> dict:

@@ -149,7 +149,6 @@ class JobOffice:
     """One job's MLflow run, checklist, gate, registration and post-mortem (see the module's text)."""
 
     def __init__(self, spec_dict: dict, gov):
-        started = time.process_time()  # this process's start-up and imports are the job's too
         from runtime.training.isolation import isolate
 
         b = spec_dict.get("budget", {})
@@ -168,7 +167,7 @@ class JobOffice:
         self.hold = Hold(gov, self.spec.name)
         self.tracker = self.governance = None
         self._champion_loaded: tuple | None = None
-        self.cpu = PhaseCPU(started=0.0)
+        self.cpu = PhaseCPU(started=0.0)  # from the process's start: its start-up and imports are the job's too
         self.cpu.mark("start-up")
 
     # --- the run and the champion ---------------------------------------------------------------

@@ -58,14 +58,5 @@ def build_summary(spec, truth, loop, record: dict, validation: dict, dataset, st
         "registered_version": validation.get("version"),
         "registered_alias": validation.get("alias"),
         "duration_s": round(time.time() - started_s, 2),
-        "held": _held(loop),
+        "held": {"seconds": 0.0, "phases": []},  # the office's own record replaces it with the post-mortem
     }
-
-
-def _held(loop) -> dict:
-    """How long the job's work after training waited for headroom: zero here; the job's office
-    (:class:`runtime.driver.office.Hold`) puts its own record in the summary when it writes the post-mortem."""
-    hold = getattr(loop, "hold", None)
-    if hold is None:
-        return {"seconds": 0.0, "phases": []}
-    return {"seconds": round(hold.held_s, 3), "phases": list(hold.held)}
