@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -23,14 +25,14 @@ pytestmark = pytest.mark.integration
 
 
 def make_spec(tmp_path, name: str, metrics_url: str, *, rows_per_s: float, slices: int = 6, rows: int = 2000,
-              every_steps: int = 5) -> object:
+              every_steps: int = 5, slo_p99_ms: float = 50) -> object:
     data, holdout = write_regression_slices(tmp_path / "data", slices=slices, rows_per_slice=rows)
     return spec_from_dict({
         "name": name,
         "model": {"estimator": "sklearn.linear_model.SGDRegressor", "params": {"random_state": 0}},
         "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": 100},
         "validation": {"holdout": str(holdout), "metric": "r2"},
-        "serving": {"url": metrics_url, "slo_p99_ms": 50, "stale_after_s": 3, "in_flight": "serving_requests_in_flight"},
+        "serving": {"url": metrics_url, "slo_p99_ms": slo_p99_ms, "stale_after_s": 3, "in_flight": "serving_requests_in_flight"},
         "budget": {"max_rows_per_s": rows_per_s, "cooldown_s": 1.0, "holddown_s": 0.5, "poll_interval_s": 0.25},
         "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": every_steps},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "it"},
@@ -77,8 +79,16 @@ class JobThread(threading.Thread):
         self.join(timeout_s)
         if self.error:
             raise self.error
-        assert self.summary is not None, "job did not finish in time"
+        assert self.summary is not None, f"job did not finish in {timeout_s:.0f}s\n{self.where()}"
         return self.summary
+
+    def where(self) -> str:
+        """Where a job that is late stands: its last snapshot and what the job's thread is waiting on."""
+        frame = sys._current_frames().get(self.ident)
+        stack = "".join(traceback.format_stack(frame)[-12:]) if frame else "(thread ended)"
+        last = self.snaps[-1] if self.snaps else None
+        age = f"{time.time() - last['seen']:.1f}s ago" if last else "never"
+        return f"last snapshot ({age}): {last}\njob thread:\n{stack}"
 
 
 def assert_exactly_once(summary: dict) -> None:
