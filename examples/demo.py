@@ -41,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--peak-rps", type=float, default=None, help="load at the trace's peak (default: 60%% of measured capacity)")
     p.add_argument("--port", type=int, default=8000, help="Serve's HTTP port on 127.0.0.1")
     p.add_argument("--out", default="demo-out", help="folder for the summary, decision log and timeline plot")
-    p.add_argument("--rows", type=int, default=96_000, help="rows of new training data")
+    p.add_argument("--rows", type=int, default=288_000,
+                   help="rows of new training data (enough for ~40 s of training here: a p99 needs requests)")
     p.add_argument("--day-start", default="1995-07-03T03:00", help="trace local time the replay starts at (a Monday night)")
     p.add_argument("--slo-factor", type=float, default=2.5, help="SLO p99 = this x the baseline day's ingress p99")
     p.add_argument("--workdir", default=str(ROOT / ".headroom" / "demo"), help="folder for the demo's data and checkpoints")
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
         phases = _phases(decisions, t0, job_started, job_ended)
         table = phase_table(client, decisions, phases, t0, args.seconds_per_day)
         (out / "phases.json").write_text(json.dumps({"slo_p99_ms": slo, "phases": table}, indent=1))
+        (out / "client.json").write_text(json.dumps({"t0": t0, "job_started": job_started, "job_ended": job_ended,
+                                                     "requests": [[round(t, 4), v] for t, v in client]}))
         plot = plot_timeline(decisions, progress, out / "timeline.png", client_latency=client, slo_p99_ms=slo,
                              title="headroom demo: NASA trace replay + governed retraining (client vs governor)")
         stop_serving()
@@ -144,37 +147,90 @@ def _baseline_p99_ms(app: str, t0: float, seconds: float) -> float:
     return sample.p99_ms
 
 
-def _phases(decisions: list[dict], t0: float, job_started: float, job_ended: float) -> dict[str, tuple[float, float]]:
-    """baseline (load, no job), training (the job holds its lease), post-training (validation to the end)."""
+Spans = list[tuple[float, float]]
+
+
+def _phases(decisions: list[dict], t0: float, job_started: float, job_ended: float) -> dict[str, Spans]:
+    """baseline (load, no job), training (the job holds its lease), post-training (validation to the end);
+    and the training phase split by the governor's directive: the spans it let the job run (RUN or
+    THROTTLE) and the spans it paused it, so that a tail caused by training can be told from one the
+    host made while the job stood still."""
     finishing = [d["t"] for d in decisions if d.get("phase") == "finishing"]
     training_end = min(finishing) if finishing else job_ended
-    return {"baseline": (t0, job_started), "training": (job_started, training_end),
-            "post-training": (training_end, job_ended)}
+    running, paused = directive_spans(decisions, job_started, training_end)
+    return {"baseline": [(t0, job_started)], "training": [(job_started, training_end)],
+            "  running": running, "  paused": paused, "post-training": [(training_end, job_ended)]}
 
 
-def phase_table(client: list[tuple[float, float | None]], decisions: list[dict], phases: dict[str, tuple[float, float]],
+def directive_spans(decisions: list[dict], lo: float, hi: float) -> tuple[Spans, Spans]:
+    """The spans of [lo, hi) under a directive that let the job train, and those under PAUSE (each
+    decision holds until the next one; before the first, the job is starting: paused).
+
+    >>> directive_spans([{"t": 1, "level": "RUN"}, {"t": 3, "level": "PAUSE"}, {"t": 4, "level": "THROTTLE"}], 0, 6)
+    ([(1, 3), (4, 6)], [(0, 1), (3, 4)])
+    """
+    running: Spans = []
+    paused: Spans = []
+    marks = [(d["t"], d["level"] != "PAUSE") for d in decisions if lo <= d["t"] < hi]
+    edges = [(lo, False), *marks]
+    for (start, runs), (end, _) in zip(edges, [*edges[1:], (hi, None)]):
+        if end > start:
+            spans = running if runs else paused
+            if spans and spans[-1][1] == start:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((start, end))
+    return running, paused
+
+
+def phase_table(client: list[tuple[float, float | None]], decisions: list[dict], phases: dict[str, Spans],
                 t0: float, day_s: float) -> list[dict]:
     """Per phase: the client's p50/p99 (a failed request counts as the 2-s timeout), the p99 of the same
-    hours of the baseline day (the first ``day_s`` after ``t0``), their ratio, and the median p99 the
-    governor decided on."""
+    hours of the baseline day (the first ``day_s`` after ``t0``), their ratio with its 90 % interval,
+    and the median p99 the governor decided on."""
     def ms(v):
         return 2000.0 if v is None else v * 1e3
 
+    def within(t, spans):
+        return any(lo <= t < hi for lo, hi in spans)
+
     baseline = [(t, ms(v)) for t, v in client if t0 <= t < t0 + day_s]
     rows = []
-    for name, (lo, hi) in phases.items():
-        lat = [ms(v) for t, v in client if lo <= t < hi]
-        hours = {int((t - t0) % day_s) for t, _ in client if lo <= t < hi}  # 1-s bins of the replayed day
+    for name, spans in phases.items():
+        lat = [ms(v) for t, v in client if within(t, spans)]
+        hours = {int((t - t0) % day_s) for t, _ in client if within(t, spans)}  # 1-s bins of the replayed day
         matched = [v for t, v in baseline if int(t - t0) in hours]
-        gov = [d["p99_ms"] for d in decisions if lo <= d["t"] < hi and d.get("p99_ms") is not None]
+        gov = [d["p99_ms"] for d in decisions if within(d["t"], spans) and d.get("p99_ms") is not None]
         p99 = float(np.percentile(lat, 99)) if lat else None
         same_hours = float(np.percentile(matched, 99)) if matched else None
-        rows.append({"phase": name, "seconds": round(hi - lo, 1), "requests": len(lat),
+        rows.append({"phase": name.strip(), "part_of": "training" if name.startswith(" ") else None,
+                     "seconds": round(sum(hi - lo for lo, hi in spans), 1), "requests": len(lat),
                      "client_p50_ms": float(np.percentile(lat, 50)) if lat else None, "client_p99_ms": p99,
                      "baseline_same_hours_p99_ms": same_hours,
                      "client_p99_vs_baseline": p99 / same_hours if p99 and same_hours else None,
+                     "ratio_90ci": p99_ratio_interval(lat, matched),
                      "governor_p99_ms": float(np.median(gov)) if gov else None})
     return rows
+
+
+def p99_ratio_interval(phase: list[float], baseline: list[float], *, resamples: int = 2000,
+                       seed: int = 0) -> list[float] | None:
+    """A 90 % bootstrap interval of p99(phase) / p99(baseline): how far the ratio could move by chance
+    alone. A p99 of a few hundred requests is one of their few slowest, so a phase of the demo's length
+    reads anywhere in a wide band on an unchanged host; the interval says how wide.
+
+    >>> lo, hi = p99_ratio_interval(list(range(1, 1001)), list(range(1, 1001)))
+    >>> lo < 1.0 < hi
+    True
+    """
+    if len(phase) < 20 or len(baseline) < 20:
+        return None
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(phase, dtype=float), np.asarray(baseline, dtype=float)
+    ra = np.percentile(rng.choice(a, (resamples, a.size)), 99, axis=1)
+    rb = np.percentile(rng.choice(b, (resamples, b.size)), 99, axis=1)
+    lo, hi = np.percentile(ra / rb, [5, 95])
+    return [round(float(lo), 3), round(float(hi), 3)]
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -187,12 +243,16 @@ def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_u
     c = summary.get("compute", {})
     print(f"\n  what users felt (client p99 from intended send time) and what the governor saw (SLO p99 {slo:g} ms):\n")
     print(f"  {'phase':<14} {'seconds':>7} {'requests':>8} {'client p50':>10} {'client p99':>10} "
-          f"{'baseline, same hours':>20} {'ratio':>6} {'governor p99':>12}")
+          f"{'baseline, same hours':>20} {'ratio':>6} {'90% interval':>12} {'governor p99':>12}")
     for row in table:
         ratio = "-" if row["client_p99_vs_baseline"] is None else f"{row['client_p99_vs_baseline']:.2f}x"
-        print(f"  {row['phase']:<14} {row['seconds']:>7.1f} {row['requests']:>8} {_ms(row['client_p50_ms']):>10} "
-              f"{_ms(row['client_p99_ms']):>10} {_ms(row['baseline_same_hours_p99_ms']):>20} {ratio:>6} "
+        ci = "-" if not row.get("ratio_90ci") or row["phase"] == "baseline" else \
+            "{:.2f}-{:.2f}x".format(*row["ratio_90ci"])
+        name = ("  " if row.get("part_of") else "") + row["phase"]
+        print(f"  {name:<14} {row['seconds']:>7.1f} {row['requests']:>8} {_ms(row['client_p50_ms']):>10} "
+              f"{_ms(row['client_p99_ms']):>10} {_ms(row['baseline_same_hours_p99_ms']):>20} {ratio:>6} {ci:>12} "
               f"{_ms(row['governor_p99_ms']):>12}")
+    print("  (90% interval: where the ratio could fall by chance alone, a bootstrap of both phases' requests)")
     rows = [
         ("rows consumed / total", f"{summary['rows_consumed']} / {summary['rows_total']}"),
         ("rows duplicated", summary["rows_duplicated"]),

@@ -29,8 +29,11 @@ def test_demo_post_mortem_is_an_artifact_of_its_mlflow_run(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rows_duplicated"] == 0
     phases = json.loads((tmp_path / "out" / "phases.json").read_text())["phases"]
-    assert [p["phase"] for p in phases] == ["baseline", "training", "post-training"]
+    assert [p["phase"] for p in phases] == ["baseline", "training", "running", "paused", "post-training"]
     assert all(p["requests"] > 0 and p["client_p99_ms"] for p in phases[:2]), phases  # what users felt, per phase
+    training, running, paused = phases[1:4]
+    assert running["part_of"] == paused["part_of"] == "training"
+    assert running["requests"] + paused["requests"] == training["requests"]  # the split loses no request
     assert "client p99" in demo.stdout and "governor p99" in demo.stdout
 
     run_id = summary["mlflow_run_id"]
