@@ -33,7 +33,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 RAY = Path(sys.executable).with_name("ray")
 
 from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS  # noqa: E402
-from tests.support import free_port  # noqa: E402  -- after the environment above: nothing before it may load Ray
+from tests.support import free_ports  # noqa: E402  -- after the environment above: nothing before it may load Ray
 
 
 # Files whose tests start Ray clusters of their own, as a user would (a private cluster's dashboard
@@ -77,11 +77,10 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen, log: Path) -
 @pytest.fixture(scope="session")
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs_port, dash_port, metrics_port = free_port(), free_port(), free_port()
+    gcs_port, dash_port, metrics_port, agent_port, client_port = free_ports(5)
     # Ports of its own for the agent and the Ray Client server too: left at their defaults (52365, 10001)
     # they would take those of a cluster a test starts as a user would (tests/e2e/test_readme_cluster.py),
     # whose dashboard agent then never comes up ("No available agent" from the Jobs API).
-    agent_port, client_port = free_port(), free_port()
     log = Path(temp_dir) / "ray-start.log"
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)

@@ -5,6 +5,6 @@
 ...     server.set_delay(0.2)
 """
 
-from .servers import BUCKETS_S, HISTOGRAM, METRICS_MODES, LatencyServer, LoadThread, ServingProcess, free_port
+from .servers import BUCKETS_S, HISTOGRAM, METRICS_MODES, LatencyServer, LoadThread, ServingProcess, free_port, free_ports
 
-__all__ = ["BUCKETS_S", "HISTOGRAM", "METRICS_MODES", "LatencyServer", "LoadThread", "ServingProcess", "free_port"]
+__all__ = ["BUCKETS_S", "HISTOGRAM", "METRICS_MODES", "LatencyServer", "LoadThread", "ServingProcess", "free_port", "free_ports"]

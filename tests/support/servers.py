@@ -41,9 +41,21 @@ _HANG_LIMIT_S = 120.0  # a hung handler gives up eventually so a forgotten test 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (also handy for "connection refused" tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports nothing listens on right now. Each is held until all are chosen: asked
+    one at a time, the kernel may hand out the same port twice (CI once got the Ray head's GCS and
+    dashboard ports equal, and the head refused to start)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 class LatencyServer:
