@@ -327,6 +327,16 @@ def pool_node() -> str | None:
     return max(nodes, key=lambda n: n["Resources"][POOL_RESOURCE])["NodeID"] if nodes else None
 
 
+def _wait(ref):
+    """``ray.get(ref)``, waited for in slices of a second so that this (main) thread hears Ctrl-C while
+    the office is held for headroom, for as long as that is. A single blocking ``ray.get`` relies on
+    Ray's own signal checks, and in two of three CI rehearsals a SIGINT during it was never raised
+    (the driver still in that ``ray.get`` 150 s later, its stack showed)."""
+    while not ray.wait([ref], timeout=1.0)[0]:
+        pass
+    return ray.get(ref)
+
+
 class Office:
     """The driver's handle on its :class:`JobOffice`: calls wait for the answer and raise the office's own
     error; if the office is lost with its node, another takes over the run and the call is made again."""
@@ -363,7 +373,7 @@ class Office:
     def call(self, method: str, *args, **kwargs):
         for attempt in (0, 1):
             try:
-                return ray.get(getattr(self.actor, method).remote(*args, **kwargs))
+                return _wait(getattr(self.actor, method).remote(*args, **kwargs))
             except RayTaskError as exc:  # the office's own error, as if raised here: one line for the CLI
                 raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None
             except RayActorError as exc:
