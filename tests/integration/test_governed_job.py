@@ -239,6 +239,10 @@ def _interrupted_child(spec_dict: dict, address: str) -> None:
     from runtime.spec.job import JobSpec
 
     faulthandler.register(signal.SIGUSR1)  # the parent asks for this process's stacks if it does not exit
+    # As a driver in a terminal has it: a test run started in the background (CI's, a shell's `&`) hands
+    # its children SIGINT ignored, and Python then never raises KeyboardInterrupt (CI: the driver still
+    # waiting on its held office 150 s after the SIGINT, its stack showed)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = JobSpec.model_validate(spec_dict)
     paused = []
 
