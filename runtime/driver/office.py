@@ -328,10 +328,9 @@ def pool_node() -> str | None:
 
 
 def _wait(ref):
-    """``ray.get(ref)``, waited for in slices of a second so that this (main) thread hears Ctrl-C while
-    the office is held for headroom, for as long as that is. A single blocking ``ray.get`` relies on
-    Ray's own signal checks, and in two of three CI rehearsals a SIGINT during it was never raised
-    (the driver still in that ``ray.get`` 150 s later, its stack showed)."""
+    """``ray.get(ref)``, waited for in slices of a second: this (main) thread runs Python between them,
+    so Ctrl-C is raised within a second while the office is held for headroom, however long that is,
+    without relying on Ray's own signal checks inside one blocking ``ray.get``."""
     while not ray.wait([ref], timeout=1.0)[0]:
         pass
     return ray.get(ref)
