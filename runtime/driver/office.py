@@ -327,15 +327,6 @@ def pool_node() -> str | None:
     return max(nodes, key=lambda n: n["Resources"][POOL_RESOURCE])["NodeID"] if nodes else None
 
 
-def _wait(ref):
-    """``ray.get(ref)``, waited for in slices of a second: this (main) thread runs Python between them,
-    so Ctrl-C is raised within a second while the office is held for headroom, however long that is,
-    without relying on Ray's own signal checks inside one blocking ``ray.get``."""
-    while not ray.wait([ref], timeout=1.0)[0]:
-        pass
-    return ray.get(ref)
-
-
 class Office:
     """The driver's handle on its :class:`JobOffice`: calls wait for the answer and raise the office's own
     error; if the office is lost with its node, another takes over the run and the call is made again."""
@@ -372,7 +363,7 @@ class Office:
     def call(self, method: str, *args, **kwargs):
         for attempt in (0, 1):
             try:
-                return _wait(getattr(self.actor, method).remote(*args, **kwargs))
+                return ray.get(getattr(self.actor, method).remote(*args, **kwargs))
             except RayTaskError as exc:  # the office's own error, as if raised here: one line for the CLI
                 raise (exc.cause if isinstance(exc.cause, BaseException) else exc) from None
             except RayActorError as exc:
