@@ -281,6 +281,8 @@ def _loadgen_server(conn) -> None:
     """
     conn.send("ready")
     while (msg := conn.recv()) is not None:
+        if msg == "stop":  # a stop for a load that had already ended on its own: nothing to stop
+            continue
         url, rate, duration_s, seed, start_at_s, warmup_s = msg
         warm = None
         if warmup_s > 0:
@@ -334,5 +336,8 @@ class LoadProcess:
         return self.conn.recv()
 
     def close(self) -> None:
-        self.conn.send(None)
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):  # the child is gone already: nothing to tell it
+            pass
         self.proc.join(10)

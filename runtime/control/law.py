@@ -20,7 +20,18 @@ damage, so it acts first. The law works on the tightest of the three.
 - small slack -> THROTTLE: no growth, and multiplicative shrink of rows/s and workers (with
   ``pause_first``, for a job on an accelerator: PAUSE instead, and resume at full rate: measured on an
   H200, training duty-cycled to 20 % of its time still took inference p99 to 4.8x);
-- ample slack held for ``holddown_s`` -> grow additively, one step per hold-down.
+- ample slack held for ``holddown_s`` -> grow additively, one step per hold-down;
+- with ``impact_max_ratio``, the job's own effect is guarded too, not only the SLO (the phase-in /
+  phase-out of Bubble-Flux, Yang et al., ISCA 2013). An SLO set well above the tail leaves a job all
+  the slack it wants; this keeps it to what users would barely notice. At least every
+  ``impact_every_s``, and whenever the load leaves ``impact_load_band`` of every load measured so, the
+  job pauses (``MEASURING``, at most ``impact_pause_s``) so the law sees serving without it. The
+  requests that finished (a histogram's new counts, settled) are pooled per side: the
+  ``impact_quantile`` with the job over the same quantile without it, at about the same load, is its
+  *impact*, judged once each side has ``impact_min_requests``. Above the ratio: shrink, at the floor
+  pause (``IMPACT``, no load learnt); growth waits for a measured impact within the ratio and stops
+  short of a rate that went over it until the next measure. When even the floor is over it, the job
+  stays out for ``impact_every_s`` (``IMPACT``) unless the load falls out of the band below.
 
 No clocks, no I/O: the time is ``sample.time_s``, the memory is the frozen :class:`LawState` the caller
 stores and passes back. Every directive carries a :class:`Reason`.
@@ -39,9 +50,10 @@ from __future__ import annotations
 
 import enum
 import math
+import statistics
 from dataclasses import dataclass, replace
 
-from runtime.control.sample import Sample
+from runtime.control.sample import Sample, quantile_from_buckets
 
 
 class Level(str, enum.Enum):
@@ -56,6 +68,8 @@ class Reason(str, enum.Enum):
     LOAD_CEILING = "LOAD_CEILING"  # serving load above the utilization ceiling
     QUEUE_LIMIT = "QUEUE_LIMIT"  # requests in flight at the ingress past queue_limit
     SLO_VIOLATED = "SLO_VIOLATED"  # negative slack
+    IMPACT = "IMPACT"  # the job's measured impact (latency with it / without it) is above impact_max_ratio
+    MEASURING = "MEASURING"  # a short pause to measure serving without the job (impact_max_ratio)
     COOLDOWN = "COOLDOWN"  # paused recently; wait before resuming
     LOAD_MEMORY = "LOAD_MEMORY"  # the load is near where training last hurt serving: capped at half that rate, or paused
     HYSTERESIS = "HYSTERESIS"  # paused; slack positive but not yet ample
@@ -92,6 +106,14 @@ class LawConfig:
     load_learn_after_s: float = 3.0  # a violation this soon into training (a worker starting) teaches no load; the
     # governor holds running_since_s at now until a worker reports trained rows (a cold start can outlast this)
     pause_first: bool = False  # an accelerator: never THROTTLE (a duty-cycled GPU job still hurts the tail); pause
+    impact_max_ratio: float | None = None  # training may raise serving's latency quantile to this multiple of it without the job
+    impact_quantile: float = 0.9  # ... that quantile, of hundreds of requests pooled (a p99 of so few is mostly noise)
+    impact_min_requests: int = 200  # requests on each side before an impact is judged
+    impact_every_s: float = 30.0  # serving without the job is measured, in a pause, at least this often
+    impact_pause_s: float = 6.0  # that pause at most: impact_settle_s to settle, then min_requests or the rest of it
+    impact_settle_s: float = 1.5  # requests that finish this soon after the job starts, stops or changes rate are not counted
+    impact_window_s: float = 20.0  # the requests at the current rate of the last this many seconds are pooled
+    impact_load_band: float = 0.25  # ... against requests without the job at a load within this fraction of the load now
 
     @property
     def floor_rows_per_s(self) -> float:
@@ -140,6 +162,16 @@ class LawState:
     hurt_at_s: float | None = None
     hurt_rows_per_s: float | None = None  # the rate training ran at when it hurt serving at that load
     running_since_s: float | None = None  # when the job last resumed (a violation right after it is the start-up)
+    # impact_max_ratio's memory (not saved across a governor restart: a new governor measures again)
+    reference: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings with the job paused
+    running: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings at the current rate and workers
+    changed_at_s: float | None = None  # when the job last paused, resumed or changed rate (samples settle from here)
+    loads: tuple = ()  # ((time_s, rps, utilization), ...) the readings of the last LOAD_SMOOTH_S: the load is their median
+    measuring_rows_per_s: float | None = None  # in a MEASURING pause: the rate (and workers) to go back to
+    measuring_workers: int = 0
+    impact_cap_rows_per_s: float | None = None  # a rate whose impact was above the ratio: no growth to it until measured again
+    impact_hold_until_s: float | None = None  # even the floor was over the ratio: paused till then, unless the load falls
+    impact_hold_load: float | None = None  # ... below this, less the load band
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,7 @@ class Directive:
     rows_per_s: float
     reason: Reason
     slack: float | None = None
+    impact: float | None = None  # impact_max_ratio: the job's measured impact this decision saw (None: not measured)
 
     def as_dict(self) -> dict:
         return {"level": self.level.value, "workers": self.workers, "rows_per_s": self.rows_per_s,
@@ -170,10 +203,12 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     """One tick of the law. Stages run in order; the first that decides wins."""
     now = sample.time_s
     slack = slack_of(sample, cfg)
-    for stage in (_must_pause, _stay_paused, _capped, _shrink, _grow_or_hold):
+    state = _observe(state, sample, cfg, now)
+    impact = impact_ratio(state, cfg, now) if cfg.impact_max_ratio is not None else None
+    for stage in (_must_pause, _stay_paused, _capped, _impact, _shrink, _grow_or_hold):
         decided = stage(state, sample, slack, cfg, now)
         if decided is not None:
-            return decided
+            return _carry_impact(state, decided[0], cfg, now), replace(decided[1], impact=impact)
     raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
 
 
@@ -198,7 +233,8 @@ def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sam
             hurt_util, hurt_rows = sample.utilization, state.rows_per_s
         hurt_at = now
     new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=paused_at, hurt_utilization=hurt_util,
-                   hurt_at_s=hurt_at, hurt_rows_per_s=hurt_rows)
+                   hurt_at_s=hurt_at, hurt_rows_per_s=hurt_rows, impact_cap_rows_per_s=state.impact_cap_rows_per_s,
+                   impact_hold_until_s=state.impact_hold_until_s, impact_hold_load=state.impact_hold_load)
     return new, Directive(Level.PAUSE, 0, 0.0, reason, slack)
 
 
@@ -243,8 +279,20 @@ def _effective_slack(sample: Sample, slack, cfg: LawConfig, state: LawState | No
 def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
     if state.level is not Level.PAUSE:
         return None
+    measuring = cfg.impact_max_ratio is not None and not sample.idle and not reference_ready(state, cfg, now, load_now(state))
+    if state.measuring_rows_per_s is not None:  # a MEASURING pause: back to the same rate once measured
+        if measuring:
+            return state, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
+        rows, workers = state.measuring_rows_per_s, max(1, state.measuring_workers)
+        new = replace(state, level=_level_for(rows, cfg), workers=workers, rows_per_s=rows, last_grow_s=now,
+                      running_since_s=now, measuring_rows_per_s=None, measuring_workers=0)
+        return new, Directive(new.level, workers, rows, Reason.RESUME, slack)
     if state.paused_at_s is not None and now - state.paused_at_s < cfg.cooldown_s:
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.COOLDOWN, slack)
+    if state.impact_hold_until_s is not None and now < state.impact_hold_until_s:
+        load = load_now(state)
+        if load is None or state.impact_hold_load is None or load >= (1 - cfg.impact_load_band) * state.impact_hold_load:
+            return state, Directive(Level.PAUSE, 0, 0.0, Reason.IMPACT, slack)
     # Resume needs ample latency and queue slack, and a load a margin below the ceiling (a band of its
     # own: the latency band would keep the job out until the load fell to 70 % of its ceiling).
     room = [s for s in (slack, queue_slack(sample, cfg)) if s is not None]
@@ -252,11 +300,16 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
     if (room and min(room) < cfg.grow_above_slack) or (
             util is not None and util > cfg.resume_load_fraction * cfg.ceiling(state, now)):
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
+    if measuring:  # no recent measure of serving without the job: take one before it starts
+        return state, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
     rows = cfg.max_rows_per_s if cfg.pause_first else max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)
     rows = min(rows, cfg.rows_allowed(state, util, now))
+    if state.impact_cap_rows_per_s is not None:  # paused for its impact: back at the floor
+        rows = min(rows, max(cfg.floor_rows_per_s, cfg.shrink_factor * state.impact_cap_rows_per_s))
     new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now,
                    hurt_utilization=state.hurt_utilization, hurt_at_s=state.hurt_at_s,
-                   hurt_rows_per_s=state.hurt_rows_per_s, running_since_s=now)
+                   hurt_rows_per_s=state.hurt_rows_per_s, running_since_s=now,
+                   impact_cap_rows_per_s=state.impact_cap_rows_per_s)
     return new, Directive(new.level, 1, rows, Reason.RESUME, slack)
 
 
@@ -269,15 +322,42 @@ def _capped(state: LawState, sample, slack, cfg: LawConfig, now):
     return new, Directive(new.level, state.workers, allowed, Reason.LOAD_MEMORY, slack)
 
 
+def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now):
+    """``impact_max_ratio``: measure serving without the job when that measure is due; shrink (at the
+    floor, pause) while the job's measured impact is above the ratio."""
+    if cfg.impact_max_ratio is None or state.level is Level.PAUSE or sample.idle:
+        return None
+    if _reference_due(state, cfg, now, load_now(state)):
+        new = LawState(level=Level.PAUSE, paused_at_s=now, hurt_utilization=state.hurt_utilization,
+                       hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
+                       measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers)
+        return new, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
+    ratio = impact_ratio(state, cfg, now)
+    if ratio is None or ratio <= cfg.impact_max_ratio:
+        return None
+    if cfg.pause_first or (state.rows_per_s <= cfg.floor_rows_per_s and state.workers <= 1):
+        # a small, measured effect: no load is learnt from it (that is for the SLO); the job comes back
+        # at the floor after the cool-down and grows no further until serving is measured again
+        new, d = _pause(state, now, Reason.IMPACT, slack)
+        return replace(new, impact_cap_rows_per_s=cfg.floor_rows_per_s, impact_hold_until_s=now + cfg.impact_every_s,
+                       impact_hold_load=load_now(state)), d
+    new, d = _shrunk(state, Reason.IMPACT, slack, cfg)
+    return replace(new, impact_cap_rows_per_s=state.rows_per_s), d
+
+
 def _shrink(state: LawState, sample, slack, cfg: LawConfig, now):
     if _effective_slack(sample, slack, cfg, state) >= cfg.shrink_below_slack:
         return None
     if cfg.pause_first:  # on a GPU, less of the job is no less in the way: out, with the usual cool-down
         return _pause(state, now, Reason.SLACK_LOW, slack)
+    return _shrunk(state, Reason.SLACK_LOW, slack, cfg)
+
+
+def _shrunk(state: LawState, reason: Reason, slack, cfg: LawConfig):
     rows = max(cfg.floor_rows_per_s, state.rows_per_s * cfg.shrink_factor)
     workers = max(1, math.floor(state.workers * cfg.shrink_factor)) if state.workers > 1 else 1
     new = replace(state, level=Level.THROTTLE, workers=workers, rows_per_s=rows, ample_since_s=None)
-    return new, Directive(Level.THROTTLE, workers, rows, Reason.SLACK_LOW, slack)
+    return new, Directive(Level.THROTTLE, workers, rows, reason, slack)
 
 
 def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
@@ -293,6 +373,13 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
     if state.rows_per_s >= cfg.max_rows_per_s and state.workers >= cfg.max_workers:
         new = replace(state, ample_since_s=ample_since)
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.AT_MAX, slack)
+    if cfg.impact_max_ratio is not None and not sample.idle and _impact_pending(state, cfg, now):
+        new = replace(state, ample_since_s=ample_since)  # grow only on a measured impact within the ratio
+        return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)
+    if state.impact_cap_rows_per_s is not None and (
+            state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s >= state.impact_cap_rows_per_s):
+        new = replace(state, ample_since_s=ample_since)  # the next step would be the rate that hurt: hold till measured again
+        return new, Directive(state.level, state.workers, state.rows_per_s, Reason.IMPACT, slack)
     allowed = cfg.rows_allowed(state, sample.utilization, now)
     if allowed < cfg.max_rows_per_s and state.rows_per_s >= allowed:  # at the remembered load's cap: no growth
         new = replace(state, ample_since_s=ample_since)
@@ -309,3 +396,135 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
 
 def _level_for(rows_per_s: float, cfg: LawConfig) -> Level:
     return Level.RUN if rows_per_s >= cfg.max_rows_per_s else Level.THROTTLE
+
+
+# ---- impact_max_ratio: serving's latency with the job against without it ---------------------------
+
+def _observe(state: LawState, sample: Sample, cfg: LawConfig, now: float) -> LawState:
+    """Keep the requests that finished since the last reading (a histogram's new counts) as serving
+    *without* the job (paused) or *with* it (running), once the last change has settled: a request
+    that finished just after it may have run before it, and Ray's metrics refresh lags ~1 s."""
+    if cfg.impact_max_ratio is None or sample.error is not None:
+        return state
+    if sample.rps is not None:
+        state = replace(state, loads=tuple(r for r in state.loads if r[0] > now - LOAD_SMOOTH_S)
+                        + ((now, sample.rps, sample.utilization),))
+    if not sample.counts:
+        return state
+    if state.changed_at_s is not None and now - state.changed_at_s < cfg.impact_settle_s:
+        return state
+    utils = [r[2] for r in state.loads if r[2] is not None]
+    entry = (now, sample.counts, load_now(state), statistics.median(utils) if utils else None)
+    if state.level is Level.PAUSE:
+        keep = [r for r in state.reference if r[0] >= now - 3 * cfg.impact_every_s][-511:]
+        return replace(state, reference=tuple(keep) + (entry,))
+    keep = [r for r in state.running if r[0] >= now - cfg.impact_window_s][-511:]
+    return replace(state, running=tuple(keep) + (entry,))
+
+
+def _carry_impact(before: LawState, after: LawState, cfg: LawConfig, now: float) -> LawState:
+    """The stages build new states; the impact memory carries over. A pause, a resume or a new rate or
+    worker count is a change: requests settle again, and the running ones start over."""
+    if cfg.impact_max_ratio is None:
+        return after
+    changed = (before.level is Level.PAUSE) != (after.level is Level.PAUSE) or (
+        after.level is not Level.PAUSE and (before.rows_per_s, before.workers) != (after.rows_per_s, after.workers))
+    if changed:
+        return replace(after, reference=before.reference, running=(), changed_at_s=now, loads=before.loads)
+    return replace(after, reference=before.reference, running=before.running, changed_at_s=before.changed_at_s,
+                   loads=before.loads)
+
+
+LOAD_SMOOTH_S = 5.0  # one reading's rate moves +-50 % with Ray's ~1-s refresh: the load is a median of seconds
+
+
+def load_now(state: LawState) -> float | None:
+    """The serving load (req/s) of the last seconds' readings, for comparing like with like."""
+    return statistics.median(r[1] for r in state.loads) if state.loads else None
+
+
+def _near(rps: float | None, load: float | None, cfg: LawConfig) -> bool:
+    """Requests counted at ``rps`` came at about the load ``load`` (a tail depends on load as much as on
+    the job beside it: a reference from a quieter hour would count the load's rise as the job's)."""
+    if rps is None or load is None:
+        return True
+    return abs(rps - load) <= max(cfg.impact_load_band * load, 2.0)
+
+
+def _reference_at(state: LawState, cfg: LawConfig, now: float, load: float | None, within_s: float) -> list:
+    return [r for r in state.reference if r[0] >= now - within_s and _near(r[2], load, cfg)]
+
+
+def _pooled(entries) -> tuple[list[tuple[float, float]] | None, float]:
+    """The entries' counts summed by bucket (one histogram of all their requests), and how many requests."""
+    if not entries:
+        return None, 0.0
+    pooled: dict[float, float] = {}
+    for entry in entries:
+        for le, count in entry[1]:
+            pooled[le] = pooled.get(le, 0.0) + count
+    buckets = sorted(pooled.items())
+    return buckets, buckets[-1][1]
+
+
+def _reference_due(state: LawState, cfg: LawConfig, now: float, load: float | None) -> bool:
+    """Serving without the job was not measured in the last ``impact_every_s``, or not at this load
+    in the last three of them."""
+    if not state.reference or state.reference[-1][0] < now - cfg.impact_every_s:
+        return True
+    return not _reference_at(state, cfg, now, load, 3 * cfg.impact_every_s)
+
+
+def reference_ready(state: LawState, cfg: LawConfig, now: float, load: float | None = None) -> bool:
+    """Serving without the job was measured at this load recently (``impact_min_requests`` requests in
+    the last ``impact_every_s``), or this pause has measured for as long as it may (``impact_pause_s``:
+    a quiet service is not waited on)."""
+    fresh = _reference_at(state, cfg, now, load, cfg.impact_every_s)
+    if _pooled(fresh)[1] >= cfg.impact_min_requests:
+        return True
+    if state.paused_at_s is not None:
+        return now - state.paused_at_s >= cfg.impact_pause_s
+    return bool(fresh) and fresh[-1][0] - fresh[0][0] >= cfg.impact_pause_s - cfg.impact_settle_s  # never ran yet
+
+
+def _impact_pending(state: LawState, cfg: LawConfig, now: float) -> bool:
+    """The current rate's impact is still being measured: fewer than ``impact_min_requests`` settled
+    requests at it, and less than ``impact_window_s`` of readings (a quiet service is not waited on)."""
+    running = [r for r in state.running if r[0] >= now - cfg.impact_window_s]
+    span = running[-1][0] - running[0][0] if running else 0.0
+    return _pooled(running)[1] < cfg.impact_min_requests and span < cfg.impact_window_s
+
+
+def impact_ratio(state: LawState, cfg: LawConfig, now: float) -> float | None:
+    """The ``impact_quantile`` of the settled requests at the current rate (the last ``impact_window_s``)
+    over the same quantile of recent requests without the job at about the same load; ``None`` while
+    either side has fewer than ``impact_min_requests``. Requests are pooled into one histogram per side
+    (a quantile of hundreds of requests, not a median of noisy window quantiles); where the readings
+    carry utilization ``u``, the reference is first moved to the load now as a queue's tail moves, by
+    ``(1 - u_then) / (1 - u_now)`` (an M/M/1 queue's quantiles scale as ``1 / (1 - u)``).
+
+    >>> cfg = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1, impact_quantile=0.5, impact_min_requests=100)
+    >>> ref = [(0, ((10.0, 40.0), (20.0, 100.0), (math.inf, 100.0)), 50, None),   # half under 10 ms
+    ...        (1, ((10.0, 0.0), (20.0, 0.0), (math.inf, 100.0)), 200, None)]     # another load: not compared
+    >>> run = [(5, ((10.0, 10.0), (20.0, 100.0), (math.inf, 100.0)), 50, None)]
+    >>> st = LawState(level=Level.RUN, reference=tuple(ref), running=tuple(run))
+    >>> round(impact_ratio(st, cfg, now=5), 2)  # median 14.4 ms with the job, 11.7 ms without
+    1.24
+    """
+    running = [r for r in state.running if r[0] >= now - cfg.impact_window_s]
+    with_job, n_with = _pooled(running)
+    if n_with < cfg.impact_min_requests:
+        return None
+    loads = [r[2] for r in running if r[2] is not None]
+    reference = _reference_at(state, cfg, now, statistics.median(loads) if loads else None, 3 * cfg.impact_every_s)
+    without, n_without = _pooled(reference)
+    if n_without < cfg.impact_min_requests:
+        return None
+    q_with, q_without = quantile_from_buckets(with_job, cfg.impact_quantile), quantile_from_buckets(without, cfg.impact_quantile)
+    if not q_with or not q_without:
+        return None
+    utils_now = [r[3] for r in running if r[3] is not None]
+    utils_then = [r[3] for r in reference if r[3] is not None]
+    if utils_now and utils_then:
+        q_without *= (1 - min(statistics.median(utils_then), 0.95)) / (1 - min(statistics.median(utils_now), 0.95))
+    return q_with / q_without

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+Buckets = list[tuple[float, float]]  # (upper bound ``le``, cumulative count), sorted, ending at +Inf
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Sample:
     staleness_s: float = 0.0
     error: str | None = None
     in_flight: float | None = None
+    counts: tuple | None = None  # the requests that finished since the previous reading, as cumulative
+    # ((upper bound ms, count), ...) ending at +Inf (histogram sources; None on a reading that repeats the last)
 
     @property
     def idle(self) -> bool:
@@ -54,3 +59,38 @@ class Sample:
     @classmethod
     def failed(cls, time_s: float, error: str, staleness_s: float = float("inf")) -> "Sample":
         return cls(time_s=time_s, staleness_s=staleness_s, error=error)
+
+
+def quantile_from_buckets(buckets: Buckets, q: float) -> float | None:
+    """The ``q`` quantile of a cumulative histogram, interpolated as PromQL ``histogram_quantile`` does.
+
+    Linear inside the bucket the rank falls in (the first bucket starts at 0); a rank in the +Inf
+    bucket gives the highest finite bound. ``None`` when the histogram holds no observations.
+
+    >>> quantile_from_buckets([(0.1, 50.0), (0.2, 100.0), (math.inf, 100.0)], 0.5)
+    0.1
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    ordered = sorted(buckets)
+    if len(ordered) < 2 or not math.isinf(ordered[-1][0]):
+        raise ValueError("a histogram needs at least one finite bucket and a +Inf bucket")
+    bounds = [le for le, _ in ordered]
+    counts: list[float] = []
+    for _, count in ordered:  # scrapes are not atomic, so buckets can be out of order: clamp like PromQL
+        counts.append(max(count, counts[-1]) if counts else count)
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    b = next(i for i, count in enumerate(counts) if count >= rank)
+    if b == len(counts) - 1:
+        return bounds[-2]
+    if b == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start, in_bucket = 0.0, counts[b]
+    if b > 0:
+        start, in_bucket, rank = bounds[b - 1], counts[b] - counts[b - 1], rank - counts[b - 1]
+    if in_bucket <= 0:  # only for q == 0 with empty leading buckets
+        return start
+    return start + (bounds[b] - start) * (rank / in_bucket)

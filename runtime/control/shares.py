@@ -54,7 +54,17 @@ def pooled_config(laws: list[LawConfig], pool_slots: int | None = None) -> LawCo
     if pool_slots is not None:
         workers = min(workers, pool_slots)
     queue_limits = [law.queue_limit for law in laws if law.queue_limit is not None]
-    return replace(laws[0],
+    impacts = [law for law in laws if law.impact_max_ratio is not None]
+    impact = {} if not impacts else dict(
+        impact_max_ratio=min(law.impact_max_ratio for law in impacts),
+        impact_quantile=max(law.impact_quantile for law in impacts),
+        impact_min_requests=max(law.impact_min_requests for law in impacts),
+        impact_every_s=min(law.impact_every_s for law in impacts),
+        impact_pause_s=max(law.impact_pause_s for law in impacts),
+        impact_settle_s=max(law.impact_settle_s for law in impacts),
+        impact_window_s=max(law.impact_window_s for law in impacts),
+        impact_load_band=min(law.impact_load_band for law in impacts))
+    return replace(laws[0], **impact,
                    slo_p99_ms=min(law.slo_p99_ms for law in laws),
                    max_utilization=min(law.max_utilization for law in laws),
                    queue_limit=min(queue_limits) if queue_limits else None,

@@ -24,45 +24,11 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.errors import TelemetryError
-from runtime.control.sample import Sample
+from runtime.control.sample import Buckets, Sample, quantile_from_buckets  # noqa: F401 -- part of this module's API
 
-Buckets = list[tuple[float, float]]  # (upper bound ``le``, cumulative count), sorted, ending at +Inf
 Clock = Callable[[], float]
 
 
-def quantile_from_buckets(buckets: Buckets, q: float) -> float | None:
-    """The ``q`` quantile of a cumulative histogram, interpolated as PromQL ``histogram_quantile`` does.
-
-    Linear inside the bucket the rank falls in (the first bucket starts at 0); a rank in the +Inf
-    bucket gives the highest finite bound. ``None`` when the histogram holds no observations.
-
-    >>> quantile_from_buckets([(0.1, 50.0), (0.2, 100.0), (math.inf, 100.0)], 0.5)
-    0.1
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"quantile must be in [0, 1], got {q}")
-    ordered = sorted(buckets)
-    if len(ordered) < 2 or not math.isinf(ordered[-1][0]):
-        raise ValueError("a histogram needs at least one finite bucket and a +Inf bucket")
-    bounds = [le for le, _ in ordered]
-    counts: list[float] = []
-    for _, count in ordered:  # scrapes are not atomic, so buckets can be out of order: clamp like PromQL
-        counts.append(max(count, counts[-1]) if counts else count)
-    total = counts[-1]
-    if total <= 0:
-        return None
-    rank = q * total
-    b = next(i for i, count in enumerate(counts) if count >= rank)
-    if b == len(counts) - 1:
-        return bounds[-2]
-    if b == 0 and bounds[0] <= 0:
-        return bounds[0]
-    start, in_bucket = 0.0, counts[b]
-    if b > 0:
-        start, in_bucket, rank = bounds[b - 1], counts[b] - counts[b - 1], rank - counts[b - 1]
-    if in_bucket <= 0:  # only for q == 0 with empty leading buckets
-        return start
-    return start + (bounds[b] - start) * (rank / in_bucket)
 
 
 def subtract_buckets(later: Buckets, earlier: Buckets) -> Buckets | None:
@@ -185,7 +151,7 @@ class PrometheusScrapeSource(_HTTPSource):
         now = self.clock() if now_s is None else now_s
         last = self._last_sample
         if last is not None and last.error is None and 0 <= now - last.time_s < self.min_interval_s:
-            return replace(last, time_s=now, staleness_s=last.staleness_s + (now - last.time_s))
+            return replace(last, time_s=now, staleness_s=last.staleness_s + (now - last.time_s), counts=None)
         try:
             self._last_sample = self._sample(now)
         except Exception as exc:  # noqa: BLE001 -- the contract is "never raises": fail safe instead
@@ -250,8 +216,9 @@ class PrometheusScrapeSource(_HTTPSource):
             p99 = quantile_from_buckets(window, 0.99)
             self._last_p99_ms = None if p99 is None else p99 * self.unit_ms
             staleness_s = 0.0 if delta[-1][1] > 0 else now - (self._last_fresh_s or now)
+            counts = tuple((le * self.unit_ms, c) for le, c in delta) if delta[-1][1] > 0 else None
             return Sample(now, p99_ms=self._last_p99_ms, rps=rps, utilization=utilization,
-                          staleness_s=staleness_s, in_flight=in_flight)
+                          staleness_s=staleness_s, in_flight=in_flight, counts=counts)
         # Quiet since the last new observation, or since watching began (an app that has served nothing yet):
         # not since the window's start, which slides and would never let a quiet spell reach idle_after_s.
         quiet_s = now - (self._last_fresh_s if self._last_fresh_s is not None else self._watching_since_s)

@@ -17,6 +17,12 @@ def law_config(spec) -> dict:
                     queue_limit=spec.serving.queue_limit, pause_first=spec.budget.pause_first,
                     stale_after_s=spec.serving.stale_after_s, holddown_s=spec.budget.holddown_s,
                     cooldown_s=spec.budget.cooldown_s)
+    impact = spec.serving.impact
+    if impact is not None:
+        cfg = dataclasses.replace(cfg, impact_max_ratio=impact.max_ratio, impact_quantile=impact.quantile,
+                                  impact_min_requests=impact.min_requests, impact_every_s=impact.every_s,
+                                  impact_pause_s=impact.pause_s, impact_settle_s=impact.settle_s,
+                                  impact_window_s=impact.window_s, impact_load_band=impact.load_band)
     return dataclasses.asdict(cfg)
 
 

@@ -80,6 +80,31 @@ class ProbeSpec(_Section):
         return value
 
 
+class ImpactSpec(_Section):
+    """Guard the job's own effect on serving, not only the SLO (:mod:`runtime.control.law`)."""
+
+    max_ratio: float = Field(gt=1, description="training may raise serving's latency quantile to this multiple of "
+                                               "it without the job, e.g. 1.1")
+    quantile: float = Field(default=0.9, gt=0, lt=1, description="the quantile compared, of the requests pooled on "
+                                                                 "each side (a p99 of a few hundred is mostly noise)")
+    min_requests: int = Field(default=200, ge=20, description="requests on each side before an impact is judged")
+    every_s: float = Field(default=30.0, gt=0, description="serving without the job is measured, in a short pause "
+                                                           "(MEASURING), at least this often and whenever the load moves")
+    pause_s: float = Field(default=6.0, gt=0, description="that pause at most: settle_s, then min_requests or the rest")
+    settle_s: float = Field(default=1.5, ge=0, description="requests that finish this soon after a pause, a resume or "
+                                                           "a new rate are not counted (Ray refreshes its metrics every ~1 s)")
+    window_s: float = Field(default=20.0, gt=0, description="the requests at the current rate of the last window_s are pooled")
+    load_band: float = Field(default=0.25, gt=0, le=1, description="requests without the job count at a load within "
+                                                                   "this fraction of the load now")
+
+    @model_validator(mode="after")
+    def _pause_measures(self) -> "ImpactSpec":
+        if self.pause_s <= self.settle_s:
+            raise ValueError(f"impact.pause_s ({self.pause_s:g}) must be longer than impact.settle_s "
+                             f"({self.settle_s:g}): the pause must measure something after it settles")
+        return self
+
+
 class GPUSpec(_Section):
     indices: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="the serving GPUs (default: all)")
 
@@ -110,6 +135,8 @@ class ServingSpec(_Section):
     stale_after_s: float = Field(default=5.0, gt=0)
     probe: ProbeSpec | None = Field(default=None, description="an active probe on the users' path: fresher than any "
                                                               "histogram (ray_serve's refreshes every ~1 s)")
+    impact: ImpactSpec | None = Field(default=None, description="hold training's own effect on the p99 within a ratio "
+                                                                "of serving's p99 without it, measured in short pauses")
     gpu: GPUSpec | None = Field(default=None, description="the serving GPUs' utilization (NVML, this node) joins the "
                                                           "load slack; latency stays the primary signal")
     utilization_query: str | None = Field(default=None, description="promql: load as a 0..1 fraction, e.g. "
@@ -125,6 +152,9 @@ class ServingSpec(_Section):
             raise ValueError("window_s must be at least 1.5 s with ray_serve (Ray refreshes Serve's metrics every ~1 s)")
         if self.queue_limit is not None and self.telemetry == "prometheus" and not self.in_flight:
             raise ValueError("queue_limit needs in_flight: the name of a gauge of requests in flight")
+        if self.impact is not None and self.telemetry not in ("prometheus", "ray_serve"):
+            raise ValueError(f"impact needs a latency histogram; telemetry {self.telemetry!r} reads none "
+                             "(use ray_serve or prometheus)")
         return self
 
     def source_config(self) -> dict:

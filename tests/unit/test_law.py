@@ -14,7 +14,8 @@ from runtime.control.sample import Sample
 
 SLO_MS = 100.0
 CFG = LawConfig(slo_p99_ms=SLO_MS, max_workers=3, max_rows_per_s=1000.0, holddown_s=2.0, cooldown_s=3.0, queue_limit=20.0)
-LAW_PAUSES = {Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE, Reason.LOAD_CEILING, Reason.QUEUE_LIMIT, Reason.SLO_VIOLATED}
+LAW_PAUSES = {Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE, Reason.LOAD_CEILING, Reason.QUEUE_LIMIT, Reason.SLO_VIOLATED,
+              Reason.IMPACT}
 
 
 # --- builders -----------------------------------------------------------------------------------
@@ -167,8 +168,10 @@ def test_one_tick(state, sample, reason, level, workers, rows):
 
 
 def test_every_reason_but_manual_is_in_the_table():
-    # MANUAL_PAUSE, WINDOW_END and PRIORITY come from the governor and runtime.control.shares, not from the law
-    assert {c[3] for c in CASES} == set(Reason) - {Reason.MANUAL_PAUSE, Reason.WINDOW_END, Reason.PRIORITY}
+    # MANUAL_PAUSE, WINDOW_END and PRIORITY come from the governor and runtime.control.shares, not from the law;
+    # IMPACT and MEASURING need impact_max_ratio (tests/unit/test_law_impact.py)
+    assert {c[3] for c in CASES} == set(Reason) - {Reason.MANUAL_PAUSE, Reason.WINDOW_END, Reason.PRIORITY,
+                                                   Reason.IMPACT, Reason.MEASURING}
 
 
 @pytest.mark.parametrize("staleness_s, util, p99_ms, paused_", [
@@ -334,7 +337,9 @@ cfg_st = st.builds(
     LawConfig, slo_p99_ms=st.floats(1.0, 200.0), max_workers=st.integers(1, 8),
     max_rows_per_s=st.floats(1.0, 1e5), shrink_factor=st.floats(0.1, 0.9),
     grow_step_fraction=st.floats(0.01, 1.0), resume_fraction=st.floats(0.0, 1.0),
-    holddown_s=st.floats(0.0, 5.0), cooldown_s=st.floats(0.0, 5.0))
+    holddown_s=st.floats(0.0, 5.0), cooldown_s=st.floats(0.0, 5.0),
+    impact_max_ratio=st.one_of(st.none(), st.floats(1.0, 2.0)), impact_every_s=st.floats(1.0, 60.0),
+    impact_pause_s=st.floats(0.0, 8.0), impact_settle_s=st.floats(0.0, 4.0), impact_window_s=st.floats(0.5, 10.0))
 
 
 def _as_samples(raw) -> list[Sample]:

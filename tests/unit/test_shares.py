@@ -75,6 +75,16 @@ def test_pooled_config_is_as_cautious_as_the_most_cautious_job():
     assert pooled_config([a, b]).max_workers == 5  # pool size unknown: no cap
     assert pooled_config([a], pool_slots=0).max_workers == 1  # the law always has room for one
     assert cfg.floor_rows_per_s == min(a.floor_rows_per_s, b.floor_rows_per_s)
+    assert cfg.impact_max_ratio is None  # no job asked for an impact guard
+
+
+def test_pooled_impact_guard_is_the_tightest_asked_for():
+    a = LawConfig(slo_p99_ms=100, impact_max_ratio=1.2, impact_every_s=40, impact_pause_s=4)
+    b = LawConfig(slo_p99_ms=100)  # no guard of its own: the other job's still covers the cluster
+    c = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1, impact_every_s=60, impact_pause_s=6)
+    for laws in ([a, b, c], [b, c, a]):
+        cfg = pooled_config(laws)
+        assert (cfg.impact_max_ratio, cfg.impact_every_s, cfg.impact_pause_s) == (1.1, 40, 6)
 
 
 def test_a_single_job_gets_exactly_what_the_law_decides():

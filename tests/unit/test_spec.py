@@ -117,6 +117,16 @@ def test_demo_spec_parses():
     assert load_spec(demo, check_paths=False).name == "demo-regressor"
 
 
+def test_impact_reaches_the_law(workdir):
+    from runtime.driver.summary import law_config
+
+    raw = set_at(valid_raw(workdir), "serving.impact", {"max_ratio": 1.1, "quantile": 0.95, "every_s": 20})
+    law = law_config(load_spec(write_spec(workdir, raw)))
+    assert (law["impact_max_ratio"], law["impact_quantile"], law["impact_every_s"], law["impact_settle_s"]) == (
+        1.1, 0.95, 20.0, 1.5)
+    assert law_config(load_spec(write_spec(workdir, valid_raw(workdir))))["impact_max_ratio"] is None
+
+
 def test_estimator_class_imports_incremental_learners():
     from sklearn.linear_model import SGDRegressor
 
@@ -154,6 +164,12 @@ BAD = [
     ("name-too-long", lambda r: set_at(r, "name", "a" * 65), ["name"]),
     ("prometheus-without-url", lambda r: drop_at(r, "serving.url"), ["serving", "url is required"]),
     ("promql-without-query", lambda r: set_at(r, "serving.telemetry", "promql"), ["serving", "query is required"]),
+    ("impact-ratio-not-above-1", lambda r: set_at(r, "serving.impact", {"max_ratio": 1.0}),
+     ["serving.impact.max_ratio", "raise the value"]),
+    ("impact-pause-shorter-than-settle", lambda r: set_at(r, "serving.impact", {"max_ratio": 1.1, "pause_s": 2, "settle_s": 3}),
+     ["serving.impact", "impact.pause_s (2) must be longer than impact.settle_s (3)"]),
+    ("impact-without-latency", lambda r: (set_at(r, "serving.telemetry", "host"), set_at(r, "serving.impact", {"max_ratio": 1.1})),
+     ["serving", "impact needs a latency histogram"]),
 ]
 
 

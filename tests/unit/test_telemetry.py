@@ -181,6 +181,22 @@ def test_scrape_p99_rps_and_utilization_come_from_the_window_delta():
     assert exporter.requests[0].headers["accept"].startswith("text/plain")
 
 
+def test_scrape_hands_the_law_each_poll_s_new_requests_once():
+    """The impact guard pools the requests behind readings: a poll carries only what finished since
+    the previous one (in ms), and a reading replayed within min_interval_s carries none."""
+    exporter = FakeExporter()
+    src = scrape_source(exporter, min_interval_s=1.0)
+    src.sample(now_s=0.0)
+    exporter.observe(0.008, n=30)
+    first = src.sample(now_s=1.0)
+    exporter.observe(0.05, n=10)
+    assert src.sample(now_s=1.5).counts is None  # within min_interval_s: the last reading again, its requests not twice
+    second = src.sample(now_s=2.0)
+    assert first.counts == ((5.0, 0.0), (10.0, 30.0), (100.0, 30.0), (INF, 30.0))
+    assert second.counts == ((5.0, 0.0), (10.0, 0.0), (100.0, 10.0), (INF, 10.0))
+    assert src.sample(now_s=3.0).counts is None  # nothing new finished
+
+
 def test_scrape_sums_series_and_filters_by_labels():
     exporter = FakeExporter()
     src_all = scrape_source(exporter)

@@ -1,0 +1,198 @@
+"""The law's impact guard (``impact_max_ratio``): serving's latency with the job against without it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from runtime.control.law import LOAD_SMOOTH_S, LawConfig, LawState, Level, Reason, decide, impact_ratio, reference_ready
+from runtime.control.sample import Sample
+
+CFG = LawConfig(slo_p99_ms=1000.0, max_rows_per_s=1000.0, holddown_s=1.0, cooldown_s=3.0, impact_max_ratio=1.1,
+                impact_every_s=30.0, impact_pause_s=5.0, impact_settle_s=1.5, impact_window_s=20.0,
+                impact_min_requests=200)
+BOUNDS_MS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150, 200, 250, 300, 400, 500, 1000)
+STEP_S = 0.5
+
+
+def served(t: float, mean_ms: float | None, rps: float = 50.0, util: float | None = None) -> Sample:
+    """A reading at ``t``: the requests of the last ``STEP_S`` at ``rps``, with exponential latencies of
+    mean ``mean_ms`` (as a histogram's new counts). No mean: no request at all (idle)."""
+    if mean_ms is None:
+        return Sample(time_s=t, rps=0.0)
+    n = rps * STEP_S
+    counts = tuple((le, n * (1 - math.exp(-le / mean_ms))) for le in BOUNDS_MS) + ((math.inf, n),)
+    return Sample(time_s=t, p99_ms=mean_ms * math.log(100), rps=rps, utilization=util, counts=counts)
+
+
+def simulate(cfg: LawConfig, seconds: float, base_ms: float, per_1000_rows: float, state: LawState | None = None):
+    """Serving whose latency is ``base_ms`` on average without the job, and ``per_1000_rows`` (a
+    fraction) more per 1,000 rows/s of training. Returns the final state and ``[(t, directive), ...]``."""
+    state = state or LawState()
+    out, t = [], 0.0
+    while t < seconds:
+        state, d = decide(state, served(t, base_ms * (1 + per_1000_rows * state.rows_per_s / 1000)), cfg)
+        out.append((t, d))
+        t += STEP_S
+    return state, out
+
+
+def reasons(log) -> list[Reason]:
+    return [d.reason for _, d in log]
+
+
+def starts_of(log, reason: Reason) -> list[float]:
+    return [t for (t, d), (_, prev) in zip(log[1:], log) if d.reason is reason and prev.reason is not reason]
+
+
+def test_a_job_first_measures_serving_without_it_then_starts():
+    state, log = simulate(CFG, 8.0, base_ms=20.0, per_1000_rows=0.0)
+    assert log[0][1].reason is Reason.MEASURING
+    resumed_at = next(t for t, d in log if d.reason is Reason.RESUME)
+    # nothing ran before: every reading counts at once; 200 requests at 50 req/s take 4 s, the pause's cap is 3.5 s
+    assert resumed_at == pytest.approx(CFG.impact_pause_s - CFG.impact_settle_s)
+    assert all(d.level is Level.PAUSE for t, d in log if t < resumed_at)
+
+
+def test_an_impact_above_the_ratio_shrinks_the_job_to_where_it_is_within_it():
+    # +40 % latency per 1,000 rows/s: within 1.1x only at or below 250 rows/s
+    state, log = simulate(CFG, 150.0, base_ms=20.0, per_1000_rows=0.4)
+    assert Reason.IMPACT in reasons(log)
+    late = [d for t, d in log if t > 60]
+    running = [d.rows_per_s for d in late if d.level is not Level.PAUSE]
+    # growth tries the next step once per measure of serving without the job (every 30 s), no more
+    assert running and sum(r > 250.0 for r in running) <= 0.25 * len(running)
+    assert min(running) >= 125.0  # and does not shrink below a rate that is within the ratio
+    assert len(running) > 0.7 * len(late)  # and it kept training: measuring is the only pause
+
+
+def test_no_impact_grows_to_the_budget_but_each_step_waits_for_a_measured_impact():
+    state, log = simulate(CFG, 60.0, base_ms=20.0, per_1000_rows=0.0)
+    assert any(d.level is Level.RUN for _, d in log)
+    grows = starts_of(log, Reason.GROW)
+    assert len(grows) >= 2
+    # settle (1.5 s), then 200 requests at 50 req/s (8 readings of 25, the first at the settle's end) between
+    # steps, not the 1-s hold-down
+    assert min(b - a for a, b in zip(grows, grows[1:])) >= CFG.impact_settle_s + 3.5 - 1e-9
+    assert Reason.IMPACT not in reasons(log)
+
+
+def test_serving_without_the_job_is_measured_again_every_impact_every_s_and_the_rate_comes_back():
+    state, log = simulate(CFG, 100.0, base_ms=20.0, per_1000_rows=0.0)
+    starts = starts_of(log, Reason.MEASURING)
+    assert len(starts) >= 2
+    for a, b in zip(starts, starts[1:]):
+        assert b - a <= CFG.impact_every_s + CFG.impact_pause_s + 1.0
+    for i, (t, d) in enumerate(log):
+        if i > 0 and d.reason is Reason.MEASURING and log[i - 1][1].level is not Level.PAUSE:
+            before = log[i - 1][1].rows_per_s
+            back_at, after = next((tt, dd) for tt, dd in log[i:] if dd.level is not Level.PAUSE)
+            assert after.reason is Reason.RESUME and after.rows_per_s == before  # not the resume fraction
+            assert back_at - t <= CFG.impact_pause_s
+
+
+def test_requests_right_after_a_change_are_not_counted():
+    # running at 1000 rows/s; requests that finish in the first settle_s of the pause ran beside the job
+    state = LawState(level=Level.RUN, workers=1, rows_per_s=1000.0, reference=(), changed_at_s=0.0)
+    state, d = decide(state, served(40.0, 80.0), CFG)  # nothing measured without it: a measuring pause
+    assert d.reason is Reason.MEASURING
+    for t in (40.5, 41.0, 41.4):
+        state, d = decide(state, served(t, 80.0), CFG)
+        assert d.reason is Reason.MEASURING
+    assert state.reference == ()
+    t = 41.5
+    while d.reason is Reason.MEASURING:
+        state, d = decide(state, served(t, 20.0), CFG)
+        t += STEP_S
+    assert d.reason is Reason.RESUME and d.rows_per_s == 1000.0
+    assert t - 40.0 <= CFG.impact_pause_s + STEP_S
+    assert all(r[1][-1][1] == 25.0 for r in state.reference)  # only the settled readings, 25 requests each
+
+
+def test_a_violation_while_measuring_is_an_ordinary_pause():
+    state = replace(LawState(), level=Level.PAUSE, paused_at_s=10.0, changed_at_s=10.0, measuring_rows_per_s=800.0,
+                    measuring_workers=1)
+    state, d = decide(state, Sample(time_s=11.0, p99_ms=1500.0, rps=50.0), CFG)
+    assert d.reason is Reason.SLO_VIOLATED and state.measuring_rows_per_s is None
+
+
+def _over_the_ratio_at_the_floor(cfg: LawConfig) -> LawState:
+    ref = tuple((90.0 + i, served(0, 20.0).counts, 50.0, 0.5) for i in range(10))
+    run = tuple((100.0 + i, served(0, 30.0).counts, 50.0, 0.5) for i in range(10))
+    loads = tuple((106.0 + i, 50.0, 0.5) for i in range(4))
+    return LawState(level=Level.THROTTLE, workers=1, rows_per_s=100.0, reference=ref, running=run, loads=loads,
+                    changed_at_s=95.0, running_since_s=50.0)
+
+
+@pytest.mark.parametrize("load_after, back_after_s", [(50.0, CFG.impact_every_s), (30.0, CFG.cooldown_s)],
+                         ids=["same-load-waits-a-measuring-period", "lower-load-comes-back-after-the-cooldown"])
+def test_at_the_floor_an_impact_pauses_learns_no_load_and_comes_back_at_the_floor(load_after, back_after_s):
+    cfg = replace(CFG, min_rows_per_s=100.0)
+    state = _over_the_ratio_at_the_floor(cfg)
+    assert impact_ratio(state, cfg, 110.0) == pytest.approx(1.5, rel=0.1)
+    state, d = decide(state, served(110.0, 30.0, util=0.5), cfg)
+    assert (d.level, d.reason) == (Level.PAUSE, Reason.IMPACT) and d.impact == pytest.approx(1.5, rel=0.1)
+    assert state.hurt_utilization is None  # a small effect is not a load ceiling for ten minutes
+    t, held = 110.5, []
+    while d.level is Level.PAUSE:
+        state, d = decide(state, served(t, 20.0, rps=load_after, util=load_after / 100), cfg)
+        held.append(d.reason)
+        t += STEP_S
+    assert d.reason is Reason.RESUME and d.rows_per_s == 100.0
+    assert back_after_s <= t - 110.0 <= back_after_s + LOAD_SMOOTH_S + 1.0
+    if load_after == 50.0:
+        assert Reason.IMPACT in held
+
+
+def test_idle_serving_never_waits_for_a_measure():
+    state, d = decide(LawState(), served(0.0, None), CFG)
+    assert d.reason is Reason.RESUME
+
+
+def test_impact_needs_min_requests_on_each_side():
+    ref = ((0.0, served(0, 20.0).counts, 50.0, None),) * 8  # 200 requests
+    run = tuple((10.0 + i, served(0, 40.0).counts, 50.0, None) for i in range(7))  # 175
+    st = LawState(level=Level.RUN, reference=ref, running=run)
+    assert impact_ratio(st, CFG, 16.0) is None
+    st = replace(st, running=run + ((17.0, served(0, 40.0).counts, 50.0, None),))
+    assert impact_ratio(st, CFG, 17.0) == pytest.approx(2.0, rel=0.1)
+    assert impact_ratio(replace(st, reference=ref[:7]), CFG, 17.0) is None
+
+
+def test_without_the_ratio_nothing_is_measured():
+    cfg = replace(CFG, impact_max_ratio=None)
+    state, log = simulate(cfg, 100.0, base_ms=20.0, per_1000_rows=0.4)
+    assert not {Reason.MEASURING, Reason.IMPACT} & set(reasons(log))
+    assert state.reference == () and state.running == ()
+
+
+def test_a_rising_load_is_not_taken_for_the_job_s_impact():
+    """Load climbs from 20 to 80 % of capacity over two minutes and latency with it, as a queue's
+    (10 ms / (1 - u)); the job adds nothing. Against a reference from the quiet start the rise would
+    read as a 4x impact; against one within the load band not moved to the load now, up to 1.6x."""
+    state, log, t = LawState(), [], 0.0
+    while t < 120.0:
+        u = 0.2 + 0.6 * t / 120.0
+        state, d = decide(state, served(t, 10.0 / (1 - u), rps=100 * u, util=u), CFG)
+        log.append((t, d))
+        t += STEP_S
+    assert Reason.IMPACT not in reasons(log)
+    assert any(d.level is Level.RUN for _, d in log)  # it grew to the budget
+    assert len(starts_of(log, Reason.MEASURING)) >= 3  # the load left every measured band: measured there again
+
+
+def test_a_reading_s_jumpy_rate_is_not_a_new_load():
+    """With Ray's ~1-s refresh one reading's rate swings around the load (here 45 / 95 req/s about a
+    steady 70): the law compares the load of the last seconds, so it measures on its period, not at
+    every swing."""
+    state, log, t, judged = LawState(), [], 0.0, []
+    while t < 100.0:
+        state, d = decide(state, served(t, 20.0, rps=45.0 if int(t / STEP_S) % 2 else 95.0), CFG)
+        log.append((t, d))
+        judged.append(impact_ratio(state, CFG, t))
+        t += STEP_S
+    assert len(starts_of(log, Reason.MEASURING)) <= 100.0 / CFG.impact_every_s + 1
+    assert any(r == pytest.approx(1.0) for r in judged)  # and its requests with and without the job compare
+    assert sum(d.level is Level.PAUSE for _, d in log) <= 0.25 * len(log)
