@@ -109,9 +109,10 @@ class LawConfig:
     impact_max_ratio: float | None = None  # training may raise serving's latency quantile to this multiple of it without the job
     impact_quantile: float = 0.9  # ... that quantile, of hundreds of requests pooled (a p99 of so few is mostly noise)
     impact_min_requests: int = 200  # requests on each side before an impact is judged
-    impact_every_s: float = 30.0  # serving without the job is measured, in a pause, at least this often
-    impact_pause_s: float = 6.0  # that pause at most: impact_settle_s to settle, then min_requests or the rest of it
-    impact_settle_s: float = 1.5  # requests that finish this soon after the job starts, stops or changes rate are not counted
+    impact_every_s: float = 45.0  # serving without the job is measured, in a pause, at least this often
+    impact_pause_s: float = 8.0  # that pause at most: impact_settle_s to settle, then min_requests or the rest of it
+    impact_settle_s: float = 3.0  # requests that finish this soon after the job starts, stops or changes rate are not
+    # counted: a pause's own work (the checkpoint, the workers' stop) and Ray's ~1-s metrics lag
     impact_window_s: float = 20.0  # the requests at the current rate of the last this many seconds are pooled
     impact_load_band: float = 0.25  # ... against requests without the job at a load within this fraction of the load now
 
@@ -327,7 +328,8 @@ def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now):
     floor, pause) while the job's measured impact is above the ratio."""
     if cfg.impact_max_ratio is None or state.level is Level.PAUSE or sample.idle:
         return None
-    if _reference_due(state, cfg, now, load_now(state)):
+    settled = state.changed_at_s is None or now - state.changed_at_s >= cfg.impact_pause_s
+    if settled and _reference_due(state, cfg, now, load_now(state)):  # never right after a resume: it would stall
         new = LawState(level=Level.PAUSE, paused_at_s=now, hurt_utilization=state.hurt_utilization,
                        hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
                        measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers)

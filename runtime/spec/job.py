@@ -88,11 +88,12 @@ class ImpactSpec(_Section):
     quantile: float = Field(default=0.9, gt=0, lt=1, description="the quantile compared, of the requests pooled on "
                                                                  "each side (a p99 of a few hundred is mostly noise)")
     min_requests: int = Field(default=200, ge=20, description="requests on each side before an impact is judged")
-    every_s: float = Field(default=30.0, gt=0, description="serving without the job is measured, in a short pause "
+    every_s: float = Field(default=45.0, gt=0, description="serving without the job is measured, in a short pause "
                                                            "(MEASURING), at least this often and whenever the load moves")
-    pause_s: float = Field(default=6.0, gt=0, description="that pause at most: settle_s, then min_requests or the rest")
-    settle_s: float = Field(default=1.5, ge=0, description="requests that finish this soon after a pause, a resume or "
-                                                           "a new rate are not counted (Ray refreshes its metrics every ~1 s)")
+    pause_s: float = Field(default=8.0, gt=0, description="that pause at most: settle_s, then min_requests or the rest")
+    settle_s: float = Field(default=3.0, ge=0, description="requests that finish this soon after a pause, a resume or "
+                                                           "a new rate are not counted: the pause's own work (checkpoint, "
+                                                           "workers stopping) and Ray's ~1-s metrics lag")
     window_s: float = Field(default=20.0, gt=0, description="the requests at the current rate of the last window_s are pooled")
     load_band: float = Field(default=0.25, gt=0, le=1, description="requests without the job count at a load within "
                                                                    "this fraction of the load now")

@@ -180,7 +180,12 @@ def test_a_rising_load_is_not_taken_for_the_job_s_impact():
         t += STEP_S
     assert Reason.IMPACT not in reasons(log)
     assert any(d.level is Level.RUN for _, d in log)  # it grew to the budget
-    assert len(starts_of(log, Reason.MEASURING)) >= 3  # the load left every measured band: measured there again
+    measures = starts_of(log, Reason.MEASURING)
+    assert len(measures) >= 3  # the load left every measured band: measured there again
+    resumes = starts_of(log, Reason.RESUME)
+    for m in measures:  # but never right after a resume: a worker still starting cannot stop, and the rate is unmeasured
+        last = max((r for r in resumes if r < m), default=None)
+        assert last is None or m - last >= CFG.impact_pause_s
 
 
 def test_a_reading_s_jumpy_rate_is_not_a_new_load():
@@ -196,3 +201,13 @@ def test_a_reading_s_jumpy_rate_is_not_a_new_load():
     assert len(starts_of(log, Reason.MEASURING)) <= 100.0 / CFG.impact_every_s + 1
     assert any(r == pytest.approx(1.0) for r in judged)  # and its requests with and without the job compare
     assert sum(d.level is Level.PAUSE for _, d in log) <= 0.25 * len(log)
+
+
+def test_a_new_load_is_measured_but_never_right_after_a_resume():
+    ref = tuple((90.0 + i, served(0, 20.0).counts, 30.0, None) for i in range(10))  # measured at 30 req/s
+    loads = tuple((99.0 + i / 2, 60.0, None) for i in range(4))  # the load now: 60 req/s, out of that band
+    state = LawState(level=Level.THROTTLE, workers=1, rows_per_s=250.0, reference=ref, loads=loads, changed_at_s=100.0)
+    state, d = decide(state, served(102.0, 20.0, rps=60.0), CFG)
+    assert d.reason is not Reason.MEASURING  # a worker still starting cannot stop; the rate is not measured yet
+    state, d = decide(state, served(100.0 + CFG.impact_pause_s, 20.0, rps=60.0), CFG)
+    assert d.reason is Reason.MEASURING

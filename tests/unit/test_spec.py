@@ -123,7 +123,7 @@ def test_impact_reaches_the_law(workdir):
     raw = set_at(valid_raw(workdir), "serving.impact", {"max_ratio": 1.1, "quantile": 0.95, "every_s": 20})
     law = law_config(load_spec(write_spec(workdir, raw)))
     assert (law["impact_max_ratio"], law["impact_quantile"], law["impact_every_s"], law["impact_settle_s"]) == (
-        1.1, 0.95, 20.0, 1.5)
+        1.1, 0.95, 20.0, 3.0)
     assert law_config(load_spec(write_spec(workdir, valid_raw(workdir))))["impact_max_ratio"] is None
 
 
