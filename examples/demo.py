@@ -117,7 +117,8 @@ def main(argv=None) -> int:
         client = [(start + t, lat if ok else None) for t, lat, ok in res["records"]]
         phases = _phases(decisions, t0, job_started, job_ended)
         table = phase_table(client, decisions, phases, t0, args.seconds_per_day)
-        (out / "phases.json").write_text(json.dumps({"slo_p99_ms": slo, "phases": table}, indent=1))
+        impact = impact_summary(decisions)
+        (out / "phases.json").write_text(json.dumps({"slo_p99_ms": slo, "phases": table, "impact": impact}, indent=1))
         (out / "client.json").write_text(json.dumps({"t0": t0, "job_started": job_started, "job_ended": job_ended,
                                                      "requests": [[round(t, 4), v] for t, v in client]}))
         plot = plot_timeline(decisions, progress, out / "timeline.png", client_latency=client, slo_p99_ms=slo,
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     finally:
         load.close()
         ray.shutdown()
-    _report(summary, table, slo, plot, args.tracking_uri)
+    _report(summary, table, slo, plot, args.tracking_uri, impact)
     return 0
 
 
@@ -233,11 +234,25 @@ def p99_ratio_interval(phase: list[float], baseline: list[float], *, resamples: 
     return [round(float(lo), 3), round(float(hi), 3)]
 
 
+def impact_summary(decisions: list[dict]) -> dict:
+    """What the governor's impact guard measured and cost while the job trained: the impact it judged on
+    (latency quantile with the job over without it) while the job ran, and the seconds it spent
+    measuring (``MEASURING``) or held for impact (``IMPACT``, paused)."""
+    training = [d for d in decisions if d.get("phase", "training") == "training"]
+    seconds = {"MEASURING": 0.0, "IMPACT": 0.0}
+    for d, nxt in zip(training, training[1:]):
+        if d["level"] == "PAUSE" and d["reason"] in seconds:
+            seconds[d["reason"]] += nxt["t"] - d["t"]
+    judged = [d["impact"] for d in training if d.get("impact") is not None and d["level"] != "PAUSE"]
+    return {"readings": len(judged), "median": float(np.median(judged)) if judged else None,
+            "max": max(judged) if judged else None, "measuring_s": seconds["MEASURING"], "held_s": seconds["IMPACT"]}
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "n/a"
 
 
-def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_uri: str) -> None:
+def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_uri: str, impact: dict) -> None:
     r = summary["reaction"]
     v = summary["validation"]
     c = summary.get("compute", {})
@@ -259,6 +274,10 @@ def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_u
         ("pauses / resumes", f"{summary['pauses']} / {summary['resumes']}"),
         ("reaction (pause -> released)", f"median {_s(r['median_s'])}, p95 {_s(r['p95_s'])}" if r["count"] else "n/a"),
         ("checkpoints", summary["checkpoints"]),
+        ("measured impact (p90 with / without the job)",
+         f"median {impact['median']:.2f}x, max {impact['max']:.2f}x over {impact['readings']} readings while running; "
+         f"{impact['measuring_s']:.0f} s measuring, {impact['held_s']:.0f} s held for impact"
+         if impact["readings"] else f"not measured ({impact['measuring_s']:.0f} s measuring)"),
         ("job's work after training held for headroom", f"{summary.get('held', {}).get('seconds', 0):.1f} s"),
         ("holdout " + str(v.get("metric")), f"candidate {_f(v.get('candidate'))} vs champion {_f(v.get('champion'))}"),
         ("registered", f"v{summary['registered_version']} alias={summary['registered_alias']}"),

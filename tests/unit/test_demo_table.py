@@ -47,3 +47,18 @@ def test_the_interval_is_wider_for_fewer_requests_and_excludes_one_for_a_real_sh
     shifted = p99_ratio_interval(list(1.5 * rng.lognormal(size=5000)), list(rng.lognormal(size=5000)))
     assert shifted[0] > 1.2
     assert p99_ratio_interval([1.0] * 10, [1.0] * 500) is None  # too few requests to say anything
+
+
+def test_the_impact_summary_counts_what_the_guard_judged_while_running_and_what_it_cost():
+    from examples.demo import impact_summary
+
+    decisions = [{"t": 0.0, "level": "PAUSE", "reason": "MEASURING", "impact": None},
+                 {"t": 4.0, "level": "THROTTLE", "reason": "RESUME", "impact": None},
+                 {"t": 9.0, "level": "THROTTLE", "reason": "HOLD", "impact": 1.05},
+                 {"t": 10.0, "level": "PAUSE", "reason": "IMPACT", "impact": 1.3},  # judged, and paused on it
+                 {"t": 16.0, "level": "THROTTLE", "reason": "RESUME", "impact": None},
+                 {"t": 20.0, "level": "RUN", "reason": "AT_MAX", "impact": 0.95},
+                 {"t": 21.0, "level": "RUN", "reason": "AT_MAX", "impact": 0.5, "phase": "finishing"}]
+    got = impact_summary(decisions)
+    assert (got["readings"], got["median"], got["max"]) == (2, 1.0, 1.05)
+    assert (got["measuring_s"], got["held_s"]) == (4.0, 6.0)
