@@ -399,11 +399,10 @@ class Governor:
                 d = pooled if pooled.level is Level.PAUSE else Directive(Level.RUN, 0, 0.0, pooled.reason, pooled.slack)
             else:
                 d = job_directive(pooled, shares[entry.job], entry.law, entry.directive.level)
-            self._apply(entry, d, sample, pooled.impact)
+            self._apply(entry, replace(d, impact=pooled.impact), sample)
 
-    def _apply(self, entry: JobEntry, d: Directive, sample: Sample, impact: float | None = None) -> None:
-        """Make ``d`` the job's directive and log it with the sample behind it (and, with an impact
-        guard, the law's measured impact: the latency quantile with the job over it without)."""
+    def _apply(self, entry: JobEntry, d: Directive, sample: Sample) -> None:
+        """Make ``d`` the job's directive and log it with the sample behind it."""
         before = entry.directive.level
         entry.directive, entry.sample = d, sample
         now = time.time()
@@ -423,7 +422,7 @@ class Governor:
         entry.decisions.append(dict(d.as_dict(), t=sample.time_s, job=entry.job, p99_ms=sample.p99_ms, rps=sample.rps,
                                     utilization=sample.utilization, error=sample.error, lease=len(entry.lease),
                                     in_flight=sample.in_flight, phase=entry.phase,
-                                    active=entry.lease.active_count(), priority=entry.priority, impact=impact))
+                                    active=entry.lease.active_count(), priority=entry.priority, impact=d.impact))
         if len(entry.decisions) == entry.decisions.maxlen:
             entry.decisions_base += 1
 

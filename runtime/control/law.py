@@ -52,8 +52,9 @@ import enum
 import math
 import statistics
 from dataclasses import dataclass, replace
+from functools import partial
 
-from runtime.control.sample import Sample, quantile_from_buckets
+from runtime.control.sample import Sample, quantile_from_buckets, sum_buckets
 
 
 class Level(str, enum.Enum):
@@ -206,7 +207,7 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     slack = slack_of(sample, cfg)
     state = _observe(state, sample, cfg, now)
     impact = impact_ratio(state, cfg, now) if cfg.impact_max_ratio is not None else None
-    for stage in (_must_pause, _stay_paused, _capped, _impact, _shrink, _grow_or_hold):
+    for stage in (_must_pause, _stay_paused, _capped, partial(_impact, ratio=impact), _shrink, _grow_or_hold):
         decided = stage(state, sample, slack, cfg, now)
         if decided is not None:
             return _carry_impact(state, decided[0], cfg, now), replace(decided[1], impact=impact)
@@ -323,9 +324,9 @@ def _capped(state: LawState, sample, slack, cfg: LawConfig, now):
     return new, Directive(new.level, state.workers, allowed, Reason.LOAD_MEMORY, slack)
 
 
-def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now):
+def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, ratio: float | None):
     """``impact_max_ratio``: measure serving without the job when that measure is due; shrink (at the
-    floor, pause) while the job's measured impact is above the ratio."""
+    floor, pause) while the job's measured impact (``ratio``, :func:`impact_ratio` of this tick) is above it."""
     if cfg.impact_max_ratio is None or state.level is Level.PAUSE or sample.idle:
         return None
     settled = state.changed_at_s is None or now - state.changed_at_s >= cfg.impact_pause_s
@@ -334,7 +335,6 @@ def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now):
                        hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
                        measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers)
         return new, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
-    ratio = impact_ratio(state, cfg, now)
     if ratio is None or ratio <= cfg.impact_max_ratio:
         return None
     if cfg.pause_first or (state.rows_per_s <= cfg.floor_rows_per_s and state.workers <= 1):
@@ -431,10 +431,8 @@ def _carry_impact(before: LawState, after: LawState, cfg: LawConfig, now: float)
         return after
     changed = (before.level is Level.PAUSE) != (after.level is Level.PAUSE) or (
         after.level is not Level.PAUSE and (before.rows_per_s, before.workers) != (after.rows_per_s, after.workers))
-    if changed:
-        return replace(after, reference=before.reference, running=(), changed_at_s=now, loads=before.loads)
-    return replace(after, reference=before.reference, running=before.running, changed_at_s=before.changed_at_s,
-                   loads=before.loads)
+    return replace(after, reference=before.reference, loads=before.loads, running=() if changed else before.running,
+                   changed_at_s=now if changed else before.changed_at_s)
 
 
 LOAD_SMOOTH_S = 5.0  # one reading's rate moves +-50 % with Ray's ~1-s refresh: the load is a median of seconds
@@ -459,14 +457,8 @@ def _reference_at(state: LawState, cfg: LawConfig, now: float, load: float | Non
 
 def _pooled(entries) -> tuple[list[tuple[float, float]] | None, float]:
     """The entries' counts summed by bucket (one histogram of all their requests), and how many requests."""
-    if not entries:
-        return None, 0.0
-    pooled: dict[float, float] = {}
-    for entry in entries:
-        for le, count in entry[1]:
-            pooled[le] = pooled.get(le, 0.0) + count
-    buckets = sorted(pooled.items())
-    return buckets, buckets[-1][1]
+    buckets = sum_buckets([entry[1] for entry in entries])
+    return buckets, buckets[-1][1] if buckets else 0.0
 
 
 def _reference_due(state: LawState, cfg: LawConfig, now: float, load: float | None) -> bool:

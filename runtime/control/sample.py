@@ -61,6 +61,18 @@ class Sample:
         return cls(time_s=time_s, staleness_s=staleness_s, error=error)
 
 
+def sum_buckets(parts: list[Buckets | None]) -> Buckets | None:
+    """Per-``le`` sum of histograms with one layout; ``None`` for no parts."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    total: dict[float, float] = {}
+    for part in parts:
+        for le, count in part:
+            total[le] = total.get(le, 0.0) + count
+    return sorted(total.items())
+
+
 def quantile_from_buckets(buckets: Buckets, q: float) -> float | None:
     """The ``q`` quantile of a cumulative histogram, interpolated as PromQL ``histogram_quantile`` does.
 

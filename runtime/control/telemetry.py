@@ -24,7 +24,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.errors import TelemetryError
-from runtime.control.sample import Buckets, Sample, quantile_from_buckets  # noqa: F401 -- part of this module's API
+from runtime.control.sample import Buckets, Sample, quantile_from_buckets, sum_buckets  # noqa: F401 -- part of this module's API
 
 Clock = Callable[[], float]
 
@@ -186,7 +186,7 @@ class PrometheusScrapeSource(_HTTPSource):
         new = [u for u in scraped if u not in self._baselines]
         reset = [u for u in scraped if u in self._baselines and subtract_buckets(scraped[u][0], self._baselines[u]) is None]
         gone = set(self._baselines) - set(scraped)
-        delta = _sum_buckets([subtract_buckets(scraped[u][0], self._baselines[u]) for u in scraped
+        delta = sum_buckets([subtract_buckets(scraped[u][0], self._baselines[u]) for u in scraped
                               if u not in new and u not in reset])
         first_poll = self._last_poll_s is None
         previous_s = self._last_poll_s
@@ -205,7 +205,7 @@ class PrometheusScrapeSource(_HTTPSource):
         self._polls.append((previous_s, now, delta))
         while len(self._polls) > 1 and self._polls[0][1] <= now - self.window_s:
             self._polls.popleft()
-        window = _sum_buckets([d for _, _, d in self._polls])
+        window = sum_buckets([d for _, _, d in self._polls])
         elapsed_s = now - self._polls[0][0]
         observed = window[-1][1]
         rps = observed / elapsed_s
@@ -287,18 +287,6 @@ class PrometheusScrapeSource(_HTTPSource):
 
 def _looks_like_exposition(name: str) -> bool:
     return bool(name) and (name[0].isalpha() or name[0] in "_:") and all(c.isalnum() or c in "_:" for c in name)
-
-
-def _sum_buckets(parts: list[Buckets | None]) -> Buckets | None:
-    """Per-``le`` sum of histograms with one layout; ``None`` for no parts."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return None
-    total: dict[float, float] = {}
-    for part in parts:
-        for le, count in part:
-            total[le] = total.get(le, 0.0) + count
-    return sorted(total.items())
 
 
 class PromQLSource(_HTTPSource):

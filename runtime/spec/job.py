@@ -136,8 +136,8 @@ class ServingSpec(_Section):
     stale_after_s: float = Field(default=5.0, gt=0)
     probe: ProbeSpec | None = Field(default=None, description="an active probe on the users' path: fresher than any "
                                                               "histogram (ray_serve's refreshes every ~1 s)")
-    impact: ImpactSpec | None = Field(default=None, description="hold training's own effect on the p99 within a ratio "
-                                                                "of serving's p99 without it, measured in short pauses")
+    impact: ImpactSpec | None = Field(default=None, description="hold training's own effect on serving's latency "
+                                                                "within a ratio of it without the job, measured in short pauses")
     gpu: GPUSpec | None = Field(default=None, description="the serving GPUs' utilization (NVML, this node) joins the "
                                                           "load slack; latency stays the primary signal")
     utilization_query: str | None = Field(default=None, description="promql: load as a 0..1 fraction, e.g. "

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from runtime.control.law import LOAD_SMOOTH_S, LawConfig, LawState, Level, Reason, decide, impact_ratio, reference_ready
+from runtime.control.law import LOAD_SMOOTH_S, LawConfig, LawState, Level, Reason, decide, impact_ratio
 from runtime.control.sample import Sample
 
 CFG = LawConfig(slo_p99_ms=1000.0, max_rows_per_s=1000.0, holddown_s=1.0, cooldown_s=3.0, impact_max_ratio=1.1,
