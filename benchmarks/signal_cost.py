@@ -7,12 +7,16 @@ Phases of ``--phase-s`` seconds, interleaved and repeated:
 - ``none``: nobody reads anything;
 - ``ingress``: the ``ray_serve`` source (every node's metrics endpoint, read at most once a second),
   polled every 0.25 s as the governor polls it;
+- ``ingress_calm``: the same source read at the governor's calm pace (``serving.calm_read_s``, every
+  3 s), as it reads while nothing moves and the slack is wide;
 - ``probe``: an active probe through the proxy every ``--probe-interval-s``;
 - ``both``: the two together (``serving.probe`` on top of ``ray_serve``).
 
-Prints the client p99 of each phase and the ratio of its median to ``none``'s; writes JSON to ``--out``.
+Prints the client p99 of each phase and the ratio of its median to ``none``'s, and the CPU each phase
+cost Ray's metrics agent (the process that renders the node's whole metrics endpoint at each read);
+writes JSON to ``--out``.
 
-    python -m benchmarks.signal_cost [--fraction 0.7] [--phase-s 15] [--reps 2]
+    python -m benchmarks.signal_cost [--fraction 0.7] [--phase-s 15] [--reps 2] [--phases none ingress ...]
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PHASES = ("none", "ingress", "probe", "both")
+PHASES = ("none", "ingress", "ingress_calm", "probe", "both")
+CALM_READ_S = 3.0  # the governor's default calm pace (runtime.spec.job: serving.calm_read_s)
 
 
 def parse_args(argv=None):
@@ -37,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--phase-s", type=float, default=15.0, help="seconds per phase")
     p.add_argument("--reps", type=int, default=2, help="repetitions of the interleaved phases")
     p.add_argument("--probe-interval-s", type=float, default=0.2, help="one probe request this often")
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES), help="which phases, in this order")
     p.add_argument("--out", default="bench-out/signal_cost.json", help="where to write the JSON figures")
     return p.parse_args(argv)
 
@@ -50,6 +56,10 @@ def reader(phase: str, app: str, predict_url: str, probe_interval_s: float):
     probe = {"url": predict_url, "interval_s": probe_interval_s, "window_s": 1.0}
     if phase == "ingress":
         return build_source("ray_serve", application=app, window_s=2.0)
+    if phase == "ingress_calm":
+        source = build_source("ray_serve", application=app, window_s=2.0)
+        source.set_pace(CALM_READ_S)
+        return source
     if phase == "both":
         return build_source("ray_serve", application=app, window_s=2.0, probe=probe)
 
@@ -64,6 +74,32 @@ def reader(phase: str, app: str, predict_url: str, probe_interval_s: float):
             self.prober.close()
 
     return ProbeOnly()
+
+
+def metrics_agent():
+    """The process that serves this node's metrics endpoint (Ray's dashboard agent), or None."""
+    import psutil
+
+    from runtime.control.telemetry import RayNodeTargets
+
+    urls = RayNodeTargets()()
+    port = int(urls[0].rsplit(":", 1)[1].split("/")[0]) if urls else None
+    for proc in psutil.process_iter():
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in proc.net_connections("tcp")):
+                return proc
+        except psutil.Error:
+            continue
+    return None
+
+
+def _cpu_s(proc) -> float:
+    import psutil
+
+    try:
+        return sum(proc.cpu_times()[:2]) if proc is not None else float("nan")
+    except psutil.Error:
+        return float("nan")
 
 
 def poll(source, until: float) -> None:
@@ -81,7 +117,7 @@ def main(argv=None) -> int:
     from examples.serving import APP_NAME, measure_capacity_rps, start_serving, stop_serving
     from runtime.loopback import start_private_cluster
 
-    order = [p for _ in range(args.reps) for p in PHASES]
+    order = [p for _ in range(args.reps) for p in args.phases]
     start_private_cluster(num_cpus=4, resources={"training_pool": 1})
     load = LoadProcess()
     try:
@@ -97,9 +133,12 @@ def main(argv=None) -> int:
         t0 = time.time() + 1.0
         load.begin(endpoints.predict_url, TraceRate(np.array([0.0, total]), np.array([rate, rate]), total, rate),
                    total, seed=1, start_at_s=t0)
+        agent = metrics_agent()
+        agent_cpu_s = []
         for i, phase in enumerate(order):
             start, end = t0 + i * args.phase_s, t0 + (i + 1) * args.phase_s
             time.sleep(max(0.0, start - time.time()))
+            agent_before = _cpu_s(agent)
             source = reader(phase, APP_NAME, endpoints.predict_url, args.probe_interval_s)
             if source is not None:
                 thread = threading.Thread(target=poll, args=(source, end), daemon=True)
@@ -107,6 +146,7 @@ def main(argv=None) -> int:
                 thread.join()
                 getattr(source, "close", lambda: None)()
             time.sleep(max(0.0, end - time.time()))
+            agent_cpu_s.append(_cpu_s(agent) - agent_before)
         result = load.result(120)
         stop_serving()
     finally:
@@ -117,15 +157,21 @@ def main(argv=None) -> int:
     for i, phase in enumerate(order):
         lat = [ms for t, ms in records if i * args.phase_s + 1.0 <= t < (i + 1) * args.phase_s]  # 1 s to settle
         phases.append({"phase": phase, "requests": len(lat), "p50_ms": float(np.percentile(lat, 50)),
-                       "p99_ms": float(np.percentile(lat, 99))})
-        print(f"[signal_cost] {phase:<8} p50 {phases[-1]['p50_ms']:6.1f} ms  p99 {phases[-1]['p99_ms']:6.1f} ms", flush=True)
-    med = {p: statistics.median(x["p99_ms"] for x in phases if x["phase"] == p) for p in PHASES}
-    print("\n  client p99 (median over repetitions): " + ", ".join(
-        f"{p} {med[p]:.0f} ms ({med[p] / med['none']:.2f}x)" for p in PHASES))
+                       "p99_ms": float(np.percentile(lat, 99)), "agent_cpu_per_s": agent_cpu_s[i] / args.phase_s})
+        print(f"[signal_cost] {phase:<12} p50 {phases[-1]['p50_ms']:6.1f} ms  p99 {phases[-1]['p99_ms']:6.1f} ms  "
+              f"metrics agent {phases[-1]['agent_cpu_per_s'] * 1000:5.1f} ms CPU/s", flush=True)
+    names = list(dict.fromkeys(args.phases))
+    med = {p: statistics.median(x["p99_ms"] for x in phases if x["phase"] == p) for p in names}
+    agent_med = {p: statistics.median(x["agent_cpu_per_s"] for x in phases if x["phase"] == p) for p in names}
+    first = names[0]
+    print(f"\n  client p99 (median over repetitions; ratios to {first}): " + ", ".join(
+        f"{p} {med[p]:.0f} ms ({med[p] / med[first]:.2f}x)" for p in names))
+    print("  the metrics agent's CPU (median): " + ", ".join(f"{p} {agent_med[p] * 1000:.0f} ms/s" for p in names))
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"capacity_rps": capacity, "load_rps": rate, "args": vars(args), "phases": phases,
-                               "median_p99_ms": med}, indent=1))
+                               "median_p99_ms": med,
+                               "median_agent_cpu_per_s": agent_med}, indent=1))
     print(f"  wrote {out}")
     return 0
 

@@ -6,7 +6,8 @@ A thin shell around pure parts, on one asyncio event loop:
   thread, so a hanging endpoint blocks nothing) and, the moment it lands, runs
   :func:`runtime.control.law.decide` once on the pooled budget of the jobs that watch that source, divides the
   result among them by priority (:mod:`runtime.control.shares`), records each job's decision and applies it to
-  the job's :class:`Lease`;
+  the job's :class:`Lease`, and sets how soon the source must read its endpoint afresh
+  (:func:`runtime.control.law.read_every_s`: every refresh, or ``calm_read_s`` while nothing moves);
 - the **tick**, every ``poll_interval_s``, does everything else: the training pool's size (queried
   in a thread of its own), a backstop for a scrape stuck for ``STUCK_AFTER_TIMEOUTS`` of its source's
   timeouts (its jobs pause; the late sample is dropped), lease upkeep (groups becoming ready, drains
@@ -38,7 +39,7 @@ import ray
 
 from runtime.control.governor_state import (GcsStateStore, StateStore, decode, directive_from, directive_record, encode,
                              law_state_from, law_state_record, lease_record, restore_lease)
-from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide
+from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide, read_every_s
 from runtime.control.lease import POOL_RESOURCE, Lease
 from runtime.control.sample import Sample
 from runtime.control.shares import Claim, clamp_state, divide, job_directive, pooled_config
@@ -387,6 +388,8 @@ class Governor:
         cfg = pooled_config([e.law for e in governed or members], self.pool_slots)
         state = _training_clock(clamp_state(self.laws.get(key, LawState()), cfg), governed, sample.time_s)
         self.laws[key], pooled = decide(state, sample, cfg)
+        # Read the serving side every refresh only while the law needs it: each read costs serving CPU.
+        getattr(self.sources.get(key), "set_pace", lambda _: None)(read_every_s(self.laws[key], pooled, sample, cfg))
         shares = divide(min(pooled.workers, cfg.max_workers), pooled.rows_per_s,
                         [Claim(e.job, e.priority, e.law.max_workers, e.law.max_rows_per_s, e.law.floor_rows_per_s)
                          for e in governed])

@@ -116,6 +116,7 @@ class LawConfig:
     # counted: a pause's own work (the checkpoint, the workers' stop) and Ray's ~1-s metrics lag
     impact_window_s: float = 20.0  # the requests at the current rate of the last this many seconds are pooled
     impact_load_band: float = 0.25  # ... against requests without the job at a load within this fraction of the load now
+    calm_read_s: float = 3.0  # while nothing moves and every bound is far: a fresh reading this often (0: every refresh)
 
     @property
     def floor_rows_per_s(self) -> float:
@@ -174,6 +175,7 @@ class LawState:
     impact_cap_rows_per_s: float | None = None  # a rate whose impact was above the ratio: no growth to it until measured again
     impact_hold_until_s: float | None = None  # even the floor was over the ratio: paused till then, unless the load falls
     impact_hold_load: float | None = None  # ... below this, less the load band
+    steady_since_s: float | None = None  # the directive (level, rate, workers) has stood since then: read_every_s
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,8 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     for stage in (_must_pause, _stay_paused, _capped, partial(_impact, ratio=impact), _shrink, _grow_or_hold):
         decided = stage(state, sample, slack, cfg, now)
         if decided is not None:
-            return _carry_impact(state, decided[0], cfg, now), replace(decided[1], impact=impact)
+            new = _carry_steady(state, _carry_impact(state, decided[0], cfg, now), now)
+            return new, replace(decided[1], impact=impact)
     raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
 
 
@@ -433,6 +436,45 @@ def _carry_impact(before: LawState, after: LawState, cfg: LawConfig, now: float)
         after.level is not Level.PAUSE and (before.rows_per_s, before.workers) != (after.rows_per_s, after.workers))
     return replace(after, reference=before.reference, loads=before.loads, running=() if changed else before.running,
                    changed_at_s=now if changed else before.changed_at_s)
+
+
+def _carry_steady(before: LawState, after: LawState, now: float) -> LawState:
+    moved = (before.level, before.rows_per_s, before.workers) != (after.level, after.rows_per_s, after.workers)
+    return replace(after, steady_since_s=now if moved or before.steady_since_s is None else before.steady_since_s)
+
+
+CALM_SLACK = 0.5  # read_every_s: latency and queue at most half their limits ...
+CALM_LOAD = 0.9  # ... and the load at most this fraction of its ceiling
+
+
+def read_every_s(state: LawState, directive: Directive, sample: Sample, cfg: LawConfig) -> float:
+    """How long the next fresh reading of the serving side may wait after this decision (``state`` and
+    ``directive``, from ``sample``): ``cfg.calm_read_s`` while nothing moves, else 0 (every refresh).
+
+    Nothing moves when the directive has stood for twice ``calm_read_s``, the reading is good, every
+    bound is far (latency and queue at most half their limits, the load a tenth below its ceiling) and
+    the job is not measuring its impact. A read is not free: Ray's metrics agent renders a node's whole
+    endpoint (~0.6 MB) for each one, ~50 ms of CPU on the serving host, ~6 % of a core at one a second.
+    Slowed, a change is seen up to ``calm_read_s`` later, from at least twice below the SLO.
+
+    >>> cfg = LawConfig(slo_p99_ms=100.0)
+    >>> calm = LawState(level=Level.RUN, workers=1, rows_per_s=500.0, steady_since_s=0.0)
+    >>> read_every_s(calm, Directive(Level.RUN, 1, 500.0, Reason.AT_MAX), Sample(10.0, p99_ms=30.0), cfg)
+    3.0
+    >>> read_every_s(calm, Directive(Level.RUN, 1, 500.0, Reason.AT_MAX), Sample(10.0, p99_ms=60.0), cfg)
+    0.0
+    """
+    now = sample.time_s
+    if (cfg.calm_read_s <= 0 or sample.error is not None or directive.reason is Reason.MEASURING
+            or state.measuring_rows_per_s is not None or state.steady_since_s is None
+            or now - state.steady_since_s < 2 * cfg.calm_read_s):
+        return 0.0
+    room = [s for s in (slack_of(sample, cfg), queue_slack(sample, cfg)) if s is not None]
+    if not room or min(room) < CALM_SLACK:
+        return 0.0
+    if sample.utilization is not None and not sample.utilization <= CALM_LOAD * cfg.ceiling(state, now):
+        return 0.0
+    return cfg.calm_read_s
 
 
 LOAD_SMOOTH_S = 5.0  # one reading's rate moves +-50 % with Ray's ~1-s refresh: the load is a median of seconds

@@ -70,6 +70,7 @@ def pooled_config(laws: list[LawConfig], pool_slots: int | None = None) -> LawCo
                    queue_limit=min(queue_limits) if queue_limits else None,
                    pause_first=any(law.pause_first for law in laws),
                    stale_after_s=min(law.stale_after_s for law in laws),
+                   calm_read_s=min(law.calm_read_s for law in laws),
                    cooldown_s=max(law.cooldown_s for law in laws),
                    holddown_s=max(law.holddown_s for law in laws),
                    max_workers=max(1, workers),

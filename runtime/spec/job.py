@@ -110,6 +110,9 @@ class GPUSpec(_Section):
     indices: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="the serving GPUs (default: all)")
 
 
+CALM_READ_S = 3.0  # serving.calm_read_s's default
+
+
 class ServingSpec(_Section):
     telemetry: Literal["prometheus", "ray_serve", "promql", "host", "gpu"] = Field(
         default="prometheus", description="ray_serve: Ray Serve's own ingress (proxy) latency and queue, from every node's "
@@ -134,6 +137,10 @@ class ServingSpec(_Section):
     max_utilization: float = Field(default=0.85, gt=0, le=1)
     timeout_s: float = Field(default=1.0, gt=0)
     stale_after_s: float = Field(default=5.0, gt=0)
+    calm_read_s: float | None = Field(default=None, ge=0, le=60, description="while nothing moves and every bound is "
+                                      "far (p99 and queue under half their limits), read the serving side only this "
+                                      "often: each read of a Ray node's metrics costs its agent ~50 ms of CPU (0: every "
+                                      "refresh; default 3 s, less with a stale_after_s under 4 s)")
     probe: ProbeSpec | None = Field(default=None, description="an active probe on the users' path: fresher than any "
                                                               "histogram (ray_serve's refreshes every ~1 s)")
     impact: ImpactSpec | None = Field(default=None, description="hold training's own effect on serving's latency "
@@ -153,6 +160,12 @@ class ServingSpec(_Section):
             raise ValueError("window_s must be at least 1.5 s with ray_serve (Ray refreshes Serve's metrics every ~1 s)")
         if self.queue_limit is not None and self.telemetry == "prometheus" and not self.in_flight:
             raise ValueError("queue_limit needs in_flight: the name of a gauge of requests in flight")
+        if self.calm_read_s is None:  # the default keeps a second below the stale bound, whatever it is
+            object.__setattr__(self, "calm_read_s", max(0.0, min(CALM_READ_S, self.stale_after_s - 1.0)))
+        elif self.calm_read_s and self.calm_read_s + 1.0 >= self.stale_after_s:
+            raise ValueError(f"calm_read_s {self.calm_read_s:g} must stay at least 1 s below stale_after_s "
+                             f"{self.stale_after_s:g}: a reading kept that long would read as stale telemetry "
+                             "(lower calm_read_s, 0 reads every refresh, or raise stale_after_s)")
         if self.impact is not None and self.telemetry not in ("prometheus", "ray_serve"):
             raise ValueError(f"impact needs a latency histogram; telemetry {self.telemetry!r} reads none "
                              "(use ray_serve or prometheus)")

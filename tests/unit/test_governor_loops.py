@@ -343,3 +343,38 @@ def test_a_closed_window_pauses_the_job_whatever_the_headroom_and_survives_a_res
     assert {d["reason"] for d in after_close} == {Reason.WINDOW_END.value} and after_close[-1]["p99_ms"] == 20.0
     assert answer["action"] == "stop" and answer["why"] == Reason.WINDOW_END.value
     assert {d["reason"] for d in after_restart} == {Reason.WINDOW_END.value} and not entry.lease.slots
+
+
+class PacedSource(FakeSource):
+    """A FakeSource that keeps the paces the governor sets on it."""
+
+    def __init__(self, p99_ms: float):
+        super().__init__(p99_ms=p99_ms)
+        self.paces: list[float] = []
+
+    def set_pace(self, seconds: float) -> None:
+        self.paces.append(seconds)
+
+
+def test_the_governor_slows_its_reads_while_nothing_moves_and_speeds_up_when_a_bound_nears(monkeypatch):
+    """The pace follows the pooled law (a manual pause keeps the job's lease empty: no Ray here)."""
+    calm = 0.1  # seconds; the law reads calmly once its directive has stood for twice that
+
+    async def scenario():
+        source = PacedSource(p99_ms=20.0)
+        gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [source]})
+        law = vars(LawConfig(slo_p99_ms=100, max_workers=1, max_rows_per_s=100, holddown_s=0.0, cooldown_s=0.0,
+                             calm_read_s=calm))
+        await gov.register("job-a", law, {"kind": "prometheus", "url": "http://127.0.0.1:9/metrics", "histogram": "h"},
+                           {"CPU": 0.1, "training_pool": 1}, poll_interval_s=POLL_S)
+        await gov.set_manual_pause("job-a", True)
+        await _wait(lambda: calm in source.paces, "a calm pace for a steady job far inside its SLO")
+        calm_at = len(source.paces)
+        source.p99_ms = 70.0  # still inside the SLO, but over half of it
+        await _wait(lambda: len(source.paces) > calm_at and source.paces[-1] == 0.0, "every refresh again")
+        _stop(gov)
+        return source.paces, gov.jobs["job-a"]
+
+    paces, entry = asyncio.run(scenario())
+    assert paces[0] == 0.0  # the first decisions move (a resume): every refresh
+    assert entry.decisions[-1]["reason"] == "MANUAL_PAUSE"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -76,6 +78,7 @@ def test_pooled_config_is_as_cautious_as_the_most_cautious_job():
     assert pooled_config([a], pool_slots=0).max_workers == 1  # the law always has room for one
     assert cfg.floor_rows_per_s == min(a.floor_rows_per_s, b.floor_rows_per_s)
     assert cfg.impact_max_ratio is None  # no job asked for an impact guard
+    assert pooled_config([a, replace(b, calm_read_s=0.0)]).calm_read_s == 0.0  # one job wants every refresh: all get it
 
 
 def test_pooled_impact_guard_is_the_tightest_asked_for():

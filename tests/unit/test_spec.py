@@ -127,6 +127,20 @@ def test_impact_reaches_the_law(workdir):
     assert law_config(load_spec(write_spec(workdir, valid_raw(workdir))))["impact_max_ratio"] is None
 
 
+def test_calm_read_pace_reaches_the_law_and_its_default_stays_below_the_stale_bound(workdir):
+    from runtime.driver.summary import law_config
+
+    def pace(**serving):
+        raw = valid_raw(workdir)
+        raw["serving"].update(serving)
+        return law_config(load_spec(write_spec(workdir, raw)))["calm_read_s"]
+
+    assert pace() == 3.0
+    assert pace(stale_after_s=3) == 2.0  # the default leaves a second below a tighter stale bound
+    assert pace(stale_after_s=0.5) == 0.0  # ... or reads every refresh
+    assert (pace(calm_read_s=0), pace(calm_read_s=8, stale_after_s=10)) == (0.0, 8.0)
+
+
 def test_estimator_class_imports_incremental_learners():
     from sklearn.linear_model import SGDRegressor
 
@@ -168,6 +182,9 @@ BAD = [
      ["serving.impact.max_ratio", "raise the value"]),
     ("impact-pause-shorter-than-settle", lambda r: set_at(r, "serving.impact", {"max_ratio": 1.1, "pause_s": 2, "settle_s": 3}),
      ["serving.impact", "impact.pause_s (2) must be longer than impact.settle_s (3)"]),
+    ("calm-read-past-the-stale-bound", lambda r: r["serving"].update(calm_read_s=4.5, stale_after_s=5),
+     ["serving", "calm_read_s 4.5 must stay at least 1 s below stale_after_s 5", "lower calm_read_s"]),
+    ("calm-read-negative", lambda r: r["serving"].update(calm_read_s=-1), ["serving.calm_read_s"]),
     ("impact-without-latency", lambda r: (set_at(r, "serving.telemetry", "host"), set_at(r, "serving.impact", {"max_ratio": 1.1})),
      ["serving", "impact needs a latency histogram"]),
 ]

@@ -17,9 +17,13 @@ from hypothesis import strategies as st
 from runtime.errors import TelemetryError
 from runtime.control.sample import Sample
 from runtime.control.telemetry import (
+    GPUSource,
     HostCPUSource,
     PrometheusScrapeSource,
+    Prober,
+    ProbedSource,
     PromQLSource,
+    WithGPUUtilization,
     build_source,
     quantile_from_buckets,
     subtract_buckets,
@@ -195,6 +199,38 @@ def test_scrape_hands_the_law_each_poll_s_new_requests_once():
     assert first.counts == ((5.0, 0.0), (10.0, 30.0), (100.0, 30.0), (INF, 30.0))
     assert second.counts == ((5.0, 0.0), (10.0, 0.0), (100.0, 10.0), (INF, 10.0))
     assert src.sample(now_s=3.0).counts is None  # nothing new finished
+
+
+def test_a_paced_source_repeats_its_last_reading_and_then_hands_over_every_request_once():
+    """set_pace: no request to the endpoint until the pace has passed (the last reading again, older),
+    then one read carries every request that finished meanwhile; a pace of 0 is the source's own again."""
+    exporter = FakeExporter()
+    src = scrape_source(exporter, min_interval_s=1.0)
+    src.sample(now_s=0.0)
+    exporter.observe(0.008, n=30)
+    src.sample(now_s=1.0)
+    src.set_pace(3.0)
+    exporter.observe(0.05, n=10)
+    scrapes = len(exporter.requests)
+    held = [src.sample(now_s=t) for t in (1.5, 2.5, 3.9)]
+    assert len(exporter.requests) == scrapes  # nothing read while the pace holds
+    assert [h.staleness_s for h in held] == [0.5, 1.5, 2.9] and all(h.counts is None for h in held)
+    fresh = src.sample(now_s=4.0)
+    assert len(exporter.requests) == scrapes + 1
+    assert fresh.staleness_s == 0.0 and fresh.counts == ((5.0, 0.0), (10.0, 0.0), (100.0, 10.0), (INF, 10.0))
+    src.set_pace(0.0)
+    src.sample(now_s=5.0)
+    assert len(exporter.requests) == scrapes + 2  # back to the endpoint's own refresh
+
+
+def test_wrapped_sources_pass_the_pace_on():
+    exporter = FakeExporter()
+    inner = scrape_source(exporter)
+    probed = ProbedSource(inner, Prober("http://127.0.0.1:9/", interval_s=1.0))
+    probed.set_pace(2.5)
+    assert inner._pace_s == 2.5
+    WithGPUUtilization(inner, GPUSource.__new__(GPUSource)).set_pace(1.5)
+    assert inner._pace_s == 1.5
 
 
 def test_scrape_sums_series_and_filters_by_labels():

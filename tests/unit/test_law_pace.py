@@ -1,0 +1,71 @@
+"""The law's read pace (``read_every_s``): the governor reads the serving side at every refresh while
+anything moves or any bound is near, and only every ``calm_read_s`` while the job runs far inside
+them. Each read of a Ray node's metrics endpoint costs its agent ~50 ms of CPU on the serving host."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide, read_every_s
+from runtime.control.sample import Sample
+
+CFG = LawConfig(slo_p99_ms=100.0, max_workers=1, max_rows_per_s=1000.0, holddown_s=1.0, cooldown_s=3.0,
+                queue_limit=20.0, calm_read_s=3.0)
+STEADY = LawState(level=Level.RUN, workers=1, rows_per_s=1000.0, steady_since_s=0.0)
+AT_MAX = Directive(Level.RUN, 1, 1000.0, Reason.AT_MAX)
+
+
+def reading(t: float = 10.0, p99_ms: float | None = 30.0, **kw) -> Sample:
+    return Sample(time_s=t, p99_ms=p99_ms, rps=50.0, **kw)
+
+
+def test_a_steady_job_far_inside_every_bound_reads_at_the_calm_pace():
+    assert read_every_s(STEADY, AT_MAX, reading(), CFG) == 3.0
+    assert read_every_s(STEADY, AT_MAX, reading(in_flight=10.0, utilization=0.76), CFG) == 3.0  # at half and at 0.9x
+
+
+@pytest.mark.parametrize("why, state, directive, sample, cfg", [
+    ("p99 over half the SLO", STEADY, AT_MAX, reading(p99_ms=50.1), CFG),
+    ("queue over half its limit", STEADY, AT_MAX, reading(in_flight=10.5), CFG),
+    ("load near its ceiling", STEADY, AT_MAX, reading(utilization=0.77), CFG),
+    ("no latency and no queue", STEADY, AT_MAX, reading(p99_ms=None), CFG),
+    ("a failed reading", STEADY, AT_MAX, Sample.failed(10.0, "connection refused"), CFG),
+    ("just changed", replace(STEADY, steady_since_s=4.1), AT_MAX, reading(), CFG),
+    ("never decided", replace(STEADY, steady_since_s=None), AT_MAX, reading(), CFG),
+    ("measuring the impact", STEADY, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING), reading(), CFG),
+    ("back from measuring next", replace(STEADY, measuring_rows_per_s=1000.0), AT_MAX, reading(), CFG),
+    ("calm reads off", STEADY, AT_MAX, reading(), replace(CFG, calm_read_s=0.0)),
+])
+def test_anything_moving_or_any_bound_near_reads_every_refresh(why, state, directive, sample, cfg):
+    assert read_every_s(state, directive, sample, cfg) == 0.0, why
+
+
+def test_an_idle_service_is_calm():
+    assert read_every_s(STEADY, AT_MAX, Sample(10.0, rps=0.0), CFG) == 3.0
+
+
+def test_decide_dates_each_change_of_level_rate_or_workers_and_nothing_else():
+    state, d = decide(STEADY, reading(5.0), CFG)  # ample slack, at the budget: nothing moves
+    assert d.level is Level.RUN and d.rows_per_s == 1000.0 and state.steady_since_s == 0.0
+    state, d = decide(state, reading(6.0, p99_ms=95.0), CFG)  # thin slack: the rate halves
+    assert d.level is Level.THROTTLE and state.steady_since_s == 6.0
+    assert read_every_s(state, d, reading(6.0, p99_ms=95.0), CFG) == 0.0
+    state, d = decide(state, reading(7.0, p99_ms=120.0), CFG)  # over the SLO: a pause
+    assert d.level is Level.PAUSE and state.steady_since_s == 7.0
+    state, d = decide(state, reading(8.0, p99_ms=20.0), CFG)  # cooling down: the pause stands, so does its date
+    assert d.reason is Reason.COOLDOWN and state.steady_since_s == 7.0
+    state, d = decide(state, reading(13.5, p99_ms=20.0), CFG)  # resumed
+    assert d.reason is Reason.RESUME and state.steady_since_s == 13.5
+
+
+def test_a_first_decision_dates_the_state_it_finds():
+    state, _ = decide(LawState(), reading(2.0, p99_ms=120.0), CFG)
+    assert state.steady_since_s == 2.0
+
+
+def test_a_new_rate_at_the_same_level_is_a_change():
+    throttled = LawState(level=Level.THROTTLE, workers=1, rows_per_s=500.0, steady_since_s=0.0)
+    state, d = decide(throttled, reading(5.0, p99_ms=95.0), CFG)
+    assert (d.level, d.rows_per_s) == (Level.THROTTLE, 250.0) and state.steady_since_s == 5.0
