@@ -443,34 +443,33 @@ def _carry_steady(before: LawState, after: LawState, now: float) -> LawState:
     return replace(after, steady_since_s=now if moved or before.steady_since_s is None else before.steady_since_s)
 
 
-CALM_SLACK = 0.5  # read_every_s: latency and queue at most half their limits ...
-CALM_LOAD = 0.9  # ... and the load at most this fraction of its ceiling
+CALM_LOAD = 0.9  # read_every_s: the load at most this fraction of its ceiling
 
 
 def read_every_s(state: LawState, directive: Directive, sample: Sample, cfg: LawConfig) -> float:
     """How long the next fresh reading of the serving side may wait after this decision (``state`` and
     ``directive``, from ``sample``): ``cfg.calm_read_s`` while nothing moves, else 0 (every refresh).
 
-    Nothing moves when the directive has stood for twice ``calm_read_s``, the reading is good, every
-    bound is far (latency and queue at most half their limits, the load a tenth below its ceiling) and
-    the job is not measuring its impact. A read is not free: Ray's metrics agent renders a node's whole
-    endpoint (~0.6 MB) for each one, ~50 ms of CPU on the serving host, ~6 % of a core at one a second.
-    Slowed, a change is seen up to ``calm_read_s`` later, from at least twice below the SLO.
+    Nothing moves when the directive has stood for ``calm_read_s``, the reading is good, every
+    bound is far (latency and queue slack at least ``grow_above_slack``, the slack the law grows on;
+    the load a tenth below its ceiling) and the job is not measuring its impact. A read is not free:
+    Ray's metrics agent renders a node's whole endpoint (~0.6 MB) for each one, ~40 ms of CPU on the
+    serving host, 4 % of a core at one a second. Slowed, a change is seen up to ``calm_read_s`` later.
 
     >>> cfg = LawConfig(slo_p99_ms=100.0)
     >>> calm = LawState(level=Level.RUN, workers=1, rows_per_s=500.0, steady_since_s=0.0)
     >>> read_every_s(calm, Directive(Level.RUN, 1, 500.0, Reason.AT_MAX), Sample(10.0, p99_ms=30.0), cfg)
     3.0
-    >>> read_every_s(calm, Directive(Level.RUN, 1, 500.0, Reason.AT_MAX), Sample(10.0, p99_ms=60.0), cfg)
+    >>> read_every_s(calm, Directive(Level.RUN, 1, 500.0, Reason.AT_MAX), Sample(10.0, p99_ms=75.0), cfg)
     0.0
     """
     now = sample.time_s
     if (cfg.calm_read_s <= 0 or sample.error is not None or directive.reason is Reason.MEASURING
             or state.measuring_rows_per_s is not None or state.steady_since_s is None
-            or now - state.steady_since_s < 2 * cfg.calm_read_s):
+            or now - state.steady_since_s < cfg.calm_read_s):
         return 0.0
     room = [s for s in (slack_of(sample, cfg), queue_slack(sample, cfg)) if s is not None]
-    if not room or min(room) < CALM_SLACK:
+    if not room or min(room) < cfg.grow_above_slack:
         return 0.0
     if sample.utilization is not None and not sample.utilization <= CALM_LOAD * cfg.ceiling(state, now):
         return 0.0

@@ -249,7 +249,8 @@ class PrometheusScrapeSource(_HTTPSource):
     def _scrape(self, url: str) -> tuple[Buckets, float | None] | str:
         """One target's cumulative buckets summed by ``le`` and its in-flight gauge, or why there are none."""
         try:
-            response = self._http().get(url, headers={"Accept": "text/plain;version=0.0.4"})
+            # Uncompressed: a Ray node's endpoint is ~0.6 MB, and gzip costs its agent ~5 ms of CPU a read.
+            response = self._http().get(url, headers={"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "identity"})
         except httpx.HTTPError as exc:
             return _describe(exc, url, self.timeout_s)
         if response.status_code >= 400:

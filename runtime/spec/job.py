@@ -138,8 +138,8 @@ class ServingSpec(_Section):
     timeout_s: float = Field(default=1.0, gt=0)
     stale_after_s: float = Field(default=5.0, gt=0)
     calm_read_s: float | None = Field(default=None, ge=0, le=60, description="while nothing moves and every bound is "
-                                      "far (p99 and queue under half their limits), read the serving side only this "
-                                      "often: each read of a Ray node's metrics costs its agent ~50 ms of CPU (0: every "
+                                      "far (latency and queue slack the law would grow on), read the serving side only "
+                                      "this often: each read of a Ray node's metrics costs its agent ~40 ms of CPU (0: every "
                                       "refresh; default 3 s, less with a stale_after_s under 4 s)")
     probe: ProbeSpec | None = Field(default=None, description="an active probe on the users' path: fresher than any "
                                                               "histogram (ray_serve's refreshes every ~1 s)")

@@ -3,8 +3,9 @@
 A training step must not wait on the network: a blocking round trip to the governor before every
 256-row step cost the job ~40 % of its throughput. So each worker keeps its latest directive in a
 :class:`DirectiveFeed`, whose thread asks the governor again and again with a *long poll*: the
-governor answers at once when the job's directive changes, else after ``wait_s`` (<= 0.1 s). A pause
-is heard within one round trip of the decision, and a step only reads a field.
+governor answers at once when the job's directive changes, else after ``wait_s`` (a worker's is 1 s:
+each answer costs the governor CPU). A pause is heard within one round trip of the decision, and a
+step only reads a field.
 
 Silence still stops the worker: when no answer has arrived for ``silence_s``, :meth:`current` says
 stop, whatever the last answer was (the governor may be dead, restarting or cut off).

@@ -23,16 +23,16 @@ def reading(t: float = 10.0, p99_ms: float | None = 30.0, **kw) -> Sample:
 
 def test_a_steady_job_far_inside_every_bound_reads_at_the_calm_pace():
     assert read_every_s(STEADY, AT_MAX, reading(), CFG) == 3.0
-    assert read_every_s(STEADY, AT_MAX, reading(in_flight=10.0, utilization=0.76), CFG) == 3.0  # at half and at 0.9x
+    assert read_every_s(STEADY, AT_MAX, reading(p99_ms=70.0, in_flight=14.0, utilization=0.76), CFG) == 3.0  # slack 0.3, load 0.9x
 
 
 @pytest.mark.parametrize("why, state, directive, sample, cfg", [
-    ("p99 over half the SLO", STEADY, AT_MAX, reading(p99_ms=50.1), CFG),
-    ("queue over half its limit", STEADY, AT_MAX, reading(in_flight=10.5), CFG),
+    ("latency slack under grow_above_slack", STEADY, AT_MAX, reading(p99_ms=70.1), CFG),
+    ("queue slack under grow_above_slack", STEADY, AT_MAX, reading(in_flight=14.5), CFG),
     ("load near its ceiling", STEADY, AT_MAX, reading(utilization=0.77), CFG),
     ("no latency and no queue", STEADY, AT_MAX, reading(p99_ms=None), CFG),
     ("a failed reading", STEADY, AT_MAX, Sample.failed(10.0, "connection refused"), CFG),
-    ("just changed", replace(STEADY, steady_since_s=4.1), AT_MAX, reading(), CFG),
+    ("just changed", replace(STEADY, steady_since_s=7.1), AT_MAX, reading(), CFG),
     ("never decided", replace(STEADY, steady_since_s=None), AT_MAX, reading(), CFG),
     ("measuring the impact", STEADY, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING), reading(), CFG),
     ("back from measuring next", replace(STEADY, measuring_rows_per_s=1000.0), AT_MAX, reading(), CFG),
