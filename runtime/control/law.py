@@ -412,8 +412,10 @@ def _observe(state: LawState, sample: Sample, cfg: LawConfig, now: float) -> Law
     if cfg.impact_max_ratio is None or sample.error is not None:
         return state
     if sample.rps is not None:
-        state = replace(state, loads=tuple(r for r in state.loads if r[0] > now - LOAD_SMOOTH_S)
-                        + ((now, sample.rps, sample.utilization),))
+        # A reading repeated between reads (no new counts, the same load) is not a second reading.
+        repeated = sample.counts is None and bool(state.loads) and state.loads[-1][1:] == (sample.rps, sample.utilization)
+        recent = tuple(r for r in state.loads if r[0] > now - LOAD_SMOOTH_S) or state.loads[-1:]  # read calmly: the last
+        state = replace(state, loads=recent + (() if repeated else ((now, sample.rps, sample.utilization),)))
     if not sample.counts:
         return state
     if state.changed_at_s is not None and now - state.changed_at_s < cfg.impact_settle_s:

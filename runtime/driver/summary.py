@@ -16,7 +16,7 @@ def law_config(spec) -> dict:
                     max_rows_per_s=spec.budget.max_rows_per_s, max_utilization=spec.serving.max_utilization,
                     queue_limit=spec.serving.queue_limit, pause_first=spec.budget.pause_first,
                     stale_after_s=spec.serving.stale_after_s, holddown_s=spec.budget.holddown_s,
-                    cooldown_s=spec.budget.cooldown_s, calm_read_s=spec.serving.calm_read_s)
+                    cooldown_s=spec.budget.cooldown_s, calm_read_s=spec.serving.calm_read())
     impact = spec.serving.impact
     if impact is not None:
         cfg = dataclasses.replace(cfg, impact_max_ratio=impact.max_ratio, impact_quantile=impact.quantile,

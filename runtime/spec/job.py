@@ -160,9 +160,7 @@ class ServingSpec(_Section):
             raise ValueError("window_s must be at least 1.5 s with ray_serve (Ray refreshes Serve's metrics every ~1 s)")
         if self.queue_limit is not None and self.telemetry == "prometheus" and not self.in_flight:
             raise ValueError("queue_limit needs in_flight: the name of a gauge of requests in flight")
-        if self.calm_read_s is None:  # the default keeps a second below the stale bound, whatever it is
-            object.__setattr__(self, "calm_read_s", max(0.0, min(CALM_READ_S, self.stale_after_s - 1.0)))
-        elif self.calm_read_s and self.calm_read_s + 1.0 >= self.stale_after_s:
+        if self.calm_read_s and self.calm_read_s + 1.0 >= self.stale_after_s:
             raise ValueError(f"calm_read_s {self.calm_read_s:g} must stay at least 1 s below stale_after_s "
                              f"{self.stale_after_s:g}: a reading kept that long would read as stale telemetry "
                              "(lower calm_read_s, 0 reads every refresh, or raise stale_after_s)")
@@ -170,6 +168,12 @@ class ServingSpec(_Section):
             raise ValueError(f"impact needs a latency histogram; telemetry {self.telemetry!r} reads none "
                              "(use ray_serve or prometheus)")
         return self
+
+    def calm_read(self) -> float:
+        """``calm_read_s``, or its default: 3 s, kept a second below ``stale_after_s`` (0 under 1 s)."""
+        if self.calm_read_s is not None:
+            return self.calm_read_s
+        return max(0.0, min(CALM_READ_S, self.stale_after_s - 1.0))
 
     def source_config(self) -> dict:
         """What the governor builds this job's telemetry source from (plain values: it crosses into the actor)."""

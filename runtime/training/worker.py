@@ -25,8 +25,15 @@ import uuid
 import ray
 
 _SLEEP_SLICE_S = 0.05  # the longest a throttled worker sleeps before it reads its directive again
-DIRECTIVE_WAIT_S = 1.0  # a steady directive is re-sent this often (a change arrives at once): each call costs the
-# governor, which runs at serving's priority, ~4 ms of CPU (at 0.25 s, 4 calls a second per worker were ~15 ms/s)
+# A steady directive is re-asked this often, at most a third of the silence bound (a change arrives at once):
+# each call costs the governor, which runs at serving's priority, ~4 ms of CPU (at 0.25 s: ~15 ms/s a worker).
+DIRECTIVE_WAIT_S = 1.0
+
+
+def directive_wait_s(silence_s: float) -> float:
+    """How long a worker's long poll waits on a steady directive: an answer comes well inside the
+    silence bound, past which the worker stops itself."""
+    return min(DIRECTIVE_WAIT_S, silence_s / 3)
 
 
 @ray.remote(max_restarts=0)
@@ -48,7 +55,7 @@ class TrainerWorker:
         self._limit_threads(max(1, int(self.spec.budget.cpus_per_worker)))
         self._trainer, self._state_id = None, None  # the live model this worker returned last, and its id
         self._bucket = TokenBucket()  # across rounds: a fresh one per round let short rounds run over the rate
-        self.feed = DirectiveFeed(self._ask_governor, silence_s=silence_s, wait_s=min(DIRECTIVE_WAIT_S, silence_s)).start()
+        self.feed = DirectiveFeed(self._ask_governor, silence_s=silence_s, wait_s=directive_wait_s(silence_s)).start()
 
     def _ask_governor(self, progress: dict | None, known: int | None, wait_s: float) -> dict:
         ref = self.governor.heartbeat.remote(self.job, self.slot, progress, known, wait_s)

@@ -69,3 +69,13 @@ def test_a_new_rate_at_the_same_level_is_a_change():
     throttled = LawState(level=Level.THROTTLE, workers=1, rows_per_s=500.0, steady_since_s=0.0)
     state, d = decide(throttled, reading(5.0, p99_ms=95.0), CFG)
     assert (d.level, d.rows_per_s) == (Level.THROTTLE, 250.0) and state.steady_since_s == 5.0
+
+
+def test_a_repeated_reading_is_one_load_not_many_and_a_calm_gap_keeps_the_last():
+    cfg = replace(CFG, impact_max_ratio=1.1)  # the load is kept for the impact guard
+    state = STEADY
+    for t in (10.0, 10.25, 10.5, 10.75):  # one reading, repeated between reads
+        state, _ = decide(state, reading(t), cfg)
+    assert [r[1] for r in state.loads] == [50.0]
+    state, _ = decide(state, reading(20.0, counts=((50.0, 40.0), (float("inf"), 40.0))), cfg)  # the next read, 9 s on
+    assert [r[0] for r in state.loads] == [10.0, 20.0]

@@ -139,6 +139,11 @@ def test_calm_read_pace_reaches_the_law_and_its_default_stays_below_the_stale_bo
     assert pace(stale_after_s=3) == 2.0  # the default leaves a second below a tighter stale bound
     assert pace(stale_after_s=0.5) == 0.0  # ... or reads every refresh
     assert (pace(calm_read_s=0), pace(calm_read_s=8, stale_after_s=10)) == (0.0, 8.0)
+    raw = valid_raw(workdir)
+    raw["serving"].update(stale_after_s=3)
+    spec = load_spec(write_spec(workdir, raw))
+    again = JobSpec.model_validate(spec.model_dump())  # as workers and the office rebuild it
+    assert law_config(again)["calm_read_s"] == 2.0
 
 
 def test_estimator_class_imports_incremental_learners():

@@ -223,6 +223,25 @@ def test_a_paced_source_repeats_its_last_reading_and_then_hands_over_every_reque
     assert len(exporter.requests) == scrapes + 2  # back to the endpoint's own refresh
 
 
+def test_a_paced_reading_is_never_repeated_to_within_a_second_of_stale():
+    """A reading that was already old when read (no request finished for 2.5 s, one still in flight)
+    is repeated only while it stays a second short of stale_after_s; then the source reads again."""
+    exporter = FakeExporter()
+    exporter.in_flight = 1.0
+    src = scrape_source(exporter, in_flight="serving_requests_in_flight", stale_after_s=5.0, min_interval_s=1.0)
+    src.sample(now_s=0.0)
+    exporter.observe(0.008, n=30)
+    src.sample(now_s=1.0)
+    old = src.sample(now_s=3.5)  # read: nothing new for 2.5 s
+    assert old.ok and old.staleness_s == 2.5
+    src.set_pace(3.0)
+    scrapes = len(exporter.requests)
+    assert src.sample(now_s=4.4).staleness_s == pytest.approx(3.4) and len(exporter.requests) == scrapes
+    src.sample(now_s=5.0)  # 2.5 + 1.5 = 4 s old: a second short of stale, so read afresh
+    assert len(exporter.requests) == scrapes + 1
+    assert exporter.requests[-1].headers["accept-encoding"] == "identity"  # uncompressed: no gzip for the agent
+
+
 def test_wrapped_sources_pass_the_pace_on():
     exporter = FakeExporter()
     inner = scrape_source(exporter)

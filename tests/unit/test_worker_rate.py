@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from runtime.spec.job import spec_from_dict
 from runtime.training.datagen import write_regression_slices
 from runtime.training.directive import DirectiveFeed
 from runtime.training.ingest import Dataset, TokenBucket
-from runtime.training.worker import TrainerWorker
+from runtime.training.worker import TrainerWorker, directive_wait_s
 
 RATE = 2000.0  # rows/s the directive grants
 
@@ -49,3 +51,8 @@ def test_the_granted_rate_holds_across_rounds_of_two_batches(tmp_path):
         worker.feed.stop()
     assert rows == 2000
     assert rows / elapsed <= RATE * 1.1, f"{rows / elapsed:.0f} rows/s against {RATE:.0f} granted"
+
+
+def test_a_steady_directive_is_re_asked_well_inside_the_silence_bound():
+    assert directive_wait_s(3.0) == 1.0  # the default bound: once a second
+    assert directive_wait_s(1.0) == pytest.approx(1 / 3)  # a tight bound: an answer thrice within it
