@@ -43,7 +43,7 @@ from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, d
 from runtime.control.lease import POOL_RESOURCE, Lease
 from runtime.control.sample import Sample
 from runtime.control.shares import Claim, clamp_state, divide, job_directive, pooled_config
-from runtime.control.telemetry import build_source
+from runtime.control.telemetry import build_source, set_pace
 
 LEVEL_VALUE = {Level.PAUSE: 0, Level.THROTTLE: 1, Level.RUN: 2}
 NAME = "headroom-governor"
@@ -389,7 +389,7 @@ class Governor:
         state = _training_clock(clamp_state(self.laws.get(key, LawState()), cfg), governed, sample.time_s)
         self.laws[key], pooled = decide(state, sample, cfg)
         # Read the serving side every refresh only while the law needs it: each read costs serving CPU.
-        getattr(self.sources.get(key), "set_pace", lambda _: None)(read_every_s(self.laws[key], pooled, sample, cfg))
+        set_pace(self.sources.get(key), read_every_s(self.laws[key], pooled, sample, cfg))
         shares = divide(min(pooled.workers, cfg.max_workers), pooled.rows_per_s,
                         [Claim(e.job, e.priority, e.law.max_workers, e.law.max_rows_per_s, e.law.floor_rows_per_s)
                          for e in governed])

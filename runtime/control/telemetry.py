@@ -300,6 +300,12 @@ class PrometheusScrapeSource(_HTTPSource):
         return buckets, in_flight
 
 
+def set_pace(source, seconds: float) -> None:
+    """``source.set_pace(seconds)`` where the source reads an endpoint it can read less often; others
+    (a PromQL query, host CPU) read at every sample."""
+    getattr(source, "set_pace", lambda _: None)(seconds)
+
+
 def _looks_like_exposition(name: str) -> bool:
     return bool(name) and (name[0].isalpha() or name[0] in "_:") and all(c.isalnum() or c in "_:" for c in name)
 
@@ -478,7 +484,7 @@ class ProbedSource:
 
     def set_pace(self, seconds: float) -> None:
         """The inner source's pace (the probe keeps its own interval)."""
-        getattr(self.inner, "set_pace", lambda _: None)(seconds)
+        set_pace(self.inner, seconds)
 
     def close(self) -> None:
         self.prober.close()
@@ -562,7 +568,7 @@ class WithGPUUtilization:
         return replace(sample, utilization=max(gpu.utilization, sample.utilization or 0.0))
 
     def set_pace(self, seconds: float) -> None:
-        getattr(self.inner, "set_pace", lambda _: None)(seconds)
+        set_pace(self.inner, seconds)
 
     def close(self) -> None:
         getattr(self.inner, "close", lambda: None)()
