@@ -31,13 +31,15 @@ demo: install
 # `ray start` lines need Ray's default ports (6379, 8265, 8000, 52365, ...) free, and a private
 # cluster's dashboard agent takes 52365 when it can; the shortened benchmark's governed job must find
 # headroom to train at all (beside the other worker's tests it stayed paused its whole run: 0 rows).
-PYTEST_WORKERS ?= 2
+# Four workers on this 2-core host: the 86 Ray-tier tests took 643 s (CPU 79 % busy on average) where
+# two took 900 s. Each Ray tier prints its slowest tests (--durations): where `make test`'s time goes.
+PYTEST_WORKERS ?= 4
 ALONE := tests/e2e/test_readme_cluster.py tests/e2e/test_benchmark_command.py
 test: install tools
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q runtime tests/unit
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests/integration tests/faults tests/e2e $(ALONE:%=--ignore=%)
-	$(PY) -m pytest -q $(ALONE)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 tests/integration tests/faults tests/e2e $(ALONE:%=--ignore=%)
+	$(PY) -m pytest -q --durations=5 $(ALONE)
 
 # Every fault test, the slow ones included (CI): each prints a "FAULT <name>: rows_lost=0 ..." line.
 test-faults: install tools
