@@ -31,9 +31,8 @@ demo: install
 # `ray start` lines need Ray's default ports (6379, 8265, 8000, 52365, ...) free, and a private
 # cluster's dashboard agent takes 52365 when it can; the shortened benchmark's governed job must find
 # headroom to train at all (beside the other worker's tests it stayed paused its whole run: 0 rows).
-# Two workers: four ran the 86 Ray-tier tests in 643 s where two took 900 s, but the next run on four
-# was red (one worker's Ray head stopped answering: "Timed out while waiting for GCS", 20 tests errored
-# at set-up). Each Ray tier prints its slowest tests (--durations): where `make test`'s time goes.
+# Two workers: four overloaded this host (docs/operations.md, "Tests"). Each Ray tier prints its
+# slowest tests (--durations): where `make test`'s time goes.
 PYTEST_WORKERS ?= 2
 ALONE := tests/e2e/test_readme_cluster.py tests/e2e/test_benchmark_command.py
 test: install tools

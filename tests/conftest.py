@@ -108,10 +108,8 @@ def ray_head():
                       temp_dir, proc)
     finally:
         proc.terminate()  # --block: SIGTERM stops every process this head started, and only those
-        try:
-            proc.wait(timeout=10)  # ~2 s on a quiet host
-        except subprocess.TimeoutExpired:
-            pass  # it took over 30 s at the end of busy `make test` runs; nothing of a finished session needs saving
+        with contextlib.suppress(subprocess.TimeoutExpired):  # ~2 s on a quiet host, over 30 s at the end of busy runs
+            proc.wait(timeout=10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the head and any process of it still there
         proc.wait(timeout=30)
