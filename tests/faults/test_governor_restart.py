@@ -49,6 +49,17 @@ def _train_stops_s(dashboard_url: str, actor_ids: list[str], frozen_at: float, k
     return stops
 
 
+def _ready_groups(job: str, timeout_s: float = 60.0) -> dict[int, str]:
+    """The lease's running groups, as soon as it has one: a moment after the resume the governor may
+    hold the slot draining or parked (a pause on a busy host), which the view does not list as ready."""
+    deadline = time.time() + timeout_s
+    while True:
+        ready = (ray.get(find_governor().lease.remote(job)) or {}).get("ready", {})
+        if ready or time.time() > deadline:
+            return {slot: pg.id.hex() for slot, pg in ready.items()}
+        time.sleep(0.1)
+
+
 def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray_session, tmp_path, capsys):
     # Shards of 4,000 rows (~6 s each at 700 rows/s over two workers): the hang falls inside a round,
     # not in the short gap between two, when no worker trains and nothing could be shown.
@@ -61,8 +72,7 @@ def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray
         job = JobThread(spec)
         job.start()
         job.wait_for(lambda s: s["active"] > 0 and s["rows_consumed"] > 1500, timeout_s=120)
-        gov = find_governor()
-        groups_before = {slot: pg.id.hex() for slot, pg in ray.get(gov.lease.remote(spec.name))["ready"].items()}
+        groups_before = _ready_groups(spec.name)
         pid = _governor_pid(ray_session.dashboard_url)
         workers = _live_workers(ray_session.dashboard_url)
 
@@ -75,7 +85,7 @@ def test_governor_hang_then_kill_workers_pause_governor_recovers_job_resumes(ray
 
         back = first_snap_after(job, killed_at, rows_at_freeze)
         status = ray.get(find_governor().status.remote())
-        groups_after = {slot: pg.id.hex() for slot, pg in ray.get(find_governor().lease.remote(spec.name))["ready"].items()}
+        groups_after = _ready_groups(spec.name)
         summary = job.finish(timeout_s=240)
 
     stops = _train_stops_s(ray_session.dashboard_url, workers, frozen_at, killed_at)
