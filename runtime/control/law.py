@@ -28,8 +28,10 @@ damage, so it acts first. The law works on the tightest of the three.
   job pauses (``MEASURING``, at most ``impact_pause_s``) so the law sees serving without it. The
   requests that finished (a histogram's new counts, settled) are pooled per side: the
   ``impact_quantile`` with the job over the same quantile without it, at about the same load, is its
-  *impact*, judged once each side has ``impact_min_requests``. Above the ratio: shrink, at the floor
-  pause (``IMPACT``, no load learnt); growth waits for a measured impact within the ratio and stops
+  *impact*, judged once each side has ``impact_min_requests``. Surely above the ratio (its lower
+  confidence bound, from each quantile's sampling error, is above it): shrink, at the floor pause
+  (``IMPACT``, no load learnt); above it but not surely: hold. Growth waits for a measured impact
+  within the ratio and stops
   short of a rate that went over it until the next measure. When even the floor is over it, the job
   stays out for ``impact_every_s`` (``IMPACT``) unless the load falls out of the band below.
 
@@ -116,6 +118,8 @@ class LawConfig:
     # counted: a pause's own work (the checkpoint, the workers' stop) and Ray's ~1-s metrics lag
     impact_window_s: float = 20.0  # the requests at the current rate of the last this many seconds are pooled
     impact_load_band: float = 0.25  # ... against requests without the job at a load within this fraction of the load now
+    impact_confidence: float = 0.8  # shrink for an impact above the ratio with this one-sided confidence (a quantile of
+    # a few hundred requests is itself uncertain); above the ratio but not surely: no growth, no shrink
     calm_read_s: float = 3.0  # while nothing moves and every bound is far: a fresh reading this often (0: every refresh)
 
     @property
@@ -208,12 +212,13 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     now = sample.time_s
     slack = slack_of(sample, cfg)
     state = _observe(state, sample, cfg, now)
-    impact = impact_ratio(state, cfg, now) if cfg.impact_max_ratio is not None else None
-    for stage in (_must_pause, _stay_paused, _capped, partial(_impact, ratio=impact), _shrink, _grow_or_hold):
+    impact = impact_estimate(state, cfg, now) if cfg.impact_max_ratio is not None else None
+    for stage in (_must_pause, _stay_paused, _capped, partial(_impact, impact=impact), _shrink,
+                  partial(_grow_or_hold, impact=impact)):
         decided = stage(state, sample, slack, cfg, now)
         if decided is not None:
             new = _carry_steady(state, _carry_impact(state, decided[0], cfg, now), now)
-            return new, replace(decided[1], impact=impact)
+            return new, replace(decided[1], impact=None if impact is None else impact.ratio)
     raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
 
 
@@ -327,9 +332,9 @@ def _capped(state: LawState, sample, slack, cfg: LawConfig, now):
     return new, Directive(new.level, state.workers, allowed, Reason.LOAD_MEMORY, slack)
 
 
-def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, ratio: float | None):
+def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, impact: "Impact | None"):
     """``impact_max_ratio``: measure serving without the job when that measure is due; shrink (at the
-    floor, pause) while the job's measured impact (``ratio``, :func:`impact_ratio` of this tick) is above it."""
+    floor, pause) while the job's measured impact (:func:`impact_estimate` of this tick) is surely above it."""
     if cfg.impact_max_ratio is None or state.level is Level.PAUSE or sample.idle:
         return None
     settled = state.changed_at_s is None or now - state.changed_at_s >= cfg.impact_pause_s
@@ -338,7 +343,7 @@ def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, ratio: 
                        hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
                        measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers)
         return new, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
-    if ratio is None or ratio <= cfg.impact_max_ratio:
+    if impact is None or impact.low <= cfg.impact_max_ratio:  # within the ratio, or not surely above it
         return None
     if cfg.pause_first or (state.rows_per_s <= cfg.floor_rows_per_s and state.workers <= 1):
         # a small, measured effect: no load is learnt from it (that is for the SLO); the job comes back
@@ -365,7 +370,7 @@ def _shrunk(state: LawState, reason: Reason, slack, cfg: LawConfig):
     return new, Directive(Level.THROTTLE, workers, rows, reason, slack)
 
 
-def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
+def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: "Impact | None" = None):
     eff = _effective_slack(sample, slack, cfg, state)
     if eff < cfg.grow_above_slack:
         new = replace(state, ample_since_s=None)
@@ -381,6 +386,9 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now):
     if cfg.impact_max_ratio is not None and not sample.idle and _impact_pending(state, cfg, now):
         new = replace(state, ample_since_s=ample_since)  # grow only on a measured impact within the ratio
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)
+    if impact is not None and impact.ratio > cfg.impact_max_ratio:
+        new = replace(state, ample_since_s=ample_since)  # above the ratio, not surely: no shrink, and no growth either
+        return new, Directive(state.level, state.workers, state.rows_per_s, Reason.IMPACT, slack)
     if state.impact_cap_rows_per_s is not None and (
             state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s >= state.impact_cap_rows_per_s):
         new = replace(state, ample_since_s=ample_since)  # the next step would be the rate that hurt: hold till measured again
@@ -532,7 +540,16 @@ def _impact_pending(state: LawState, cfg: LawConfig, now: float) -> bool:
     return _pooled(running)[1] < cfg.impact_min_requests and span < cfg.impact_window_s
 
 
-def impact_ratio(state: LawState, cfg: LawConfig, now: float) -> float | None:
+@dataclass(frozen=True)
+class Impact:
+    """The job's measured impact: ``ratio`` (the quantile with the job over the same quantile without
+    it) and ``low``, the ratio's lower confidence bound (``impact_confidence``)."""
+
+    ratio: float
+    low: float
+
+
+def impact_estimate(state: LawState, cfg: LawConfig, now: float) -> Impact | None:
     """The ``impact_quantile`` of the settled requests at the current rate (the last ``impact_window_s``)
     over the same quantile of recent requests without the job at about the same load; ``None`` while
     either side has fewer than ``impact_min_requests``. Requests are pooled into one histogram per side
@@ -540,13 +557,20 @@ def impact_ratio(state: LawState, cfg: LawConfig, now: float) -> float | None:
     carry utilization ``u``, the reference is first moved to the load now as a queue's tail moves, by
     ``(1 - u_then) / (1 - u_now)`` (an M/M/1 queue's quantiles scale as ``1 / (1 - u)``).
 
+    The lower bound takes each side's sampling error: of ``n`` requests, the ``q`` quantile's rank is
+    uncertain by ``sqrt(q (1 - q) / n)``, so ``low`` is the quantile ``z`` of those below ``q`` with the
+    job over the one ``z`` above it without (``z`` the normal quantile of ``impact_confidence``). Of 200
+    requests a side, a p90 is uncertain by +-2 percentage points of rank: on an exponential tail, an
+    impact of 1.1 is not yet told from 1.0.
+
     >>> cfg = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1, impact_quantile=0.5, impact_min_requests=100)
     >>> ref = [(0, ((10.0, 40.0), (20.0, 100.0), (math.inf, 100.0)), 50, None),   # half under 10 ms
     ...        (1, ((10.0, 0.0), (20.0, 0.0), (math.inf, 100.0)), 200, None)]     # another load: not compared
     >>> run = [(5, ((10.0, 10.0), (20.0, 100.0), (math.inf, 100.0)), 50, None)]
     >>> st = LawState(level=Level.RUN, reference=tuple(ref), running=tuple(run))
-    >>> round(impact_ratio(st, cfg, now=5), 2)  # median 14.4 ms with the job, 11.7 ms without
-    1.24
+    >>> est = impact_estimate(st, cfg, now=5)  # median 14.4 ms with the job, 11.7 ms without
+    >>> round(est.ratio, 2), round(est.low, 2)  # of 100 requests a side, still surely above 1.1
+    (1.24, 1.13)
     """
     running = [r for r in state.running if r[0] >= now - cfg.impact_window_s]
     with_job, n_with = _pooled(running)
@@ -557,11 +581,22 @@ def impact_ratio(state: LawState, cfg: LawConfig, now: float) -> float | None:
     without, n_without = _pooled(reference)
     if n_without < cfg.impact_min_requests:
         return None
-    q_with, q_without = quantile_from_buckets(with_job, cfg.impact_quantile), quantile_from_buckets(without, cfg.impact_quantile)
-    if not q_with or not q_without:
+    q = cfg.impact_quantile
+    z = statistics.NormalDist().inv_cdf(cfg.impact_confidence)
+    q_with, q_without = quantile_from_buckets(with_job, q), quantile_from_buckets(without, q)
+    q_with_low = quantile_from_buckets(with_job, max(0.0, q - z * math.sqrt(q * (1 - q) / n_with)))
+    q_without_high = quantile_from_buckets(without, min(1.0, q + z * math.sqrt(q * (1 - q) / n_without)))
+    if not q_with or not q_without or not q_without_high:
         return None
     utils_now = [r[3] for r in running if r[3] is not None]
     utils_then = [r[3] for r in reference if r[3] is not None]
+    scale = 1.0
     if utils_now and utils_then:
-        q_without *= (1 - min(statistics.median(utils_then), 0.95)) / (1 - min(statistics.median(utils_now), 0.95))
-    return q_with / q_without
+        scale = (1 - min(statistics.median(utils_then), 0.95)) / (1 - min(statistics.median(utils_now), 0.95))
+    return Impact(ratio=q_with / (q_without * scale), low=(q_with_low or 0.0) / (q_without_high * scale))
+
+
+def impact_ratio(state: LawState, cfg: LawConfig, now: float) -> float | None:
+    """:func:`impact_estimate`'s ratio alone (``None`` while not measured)."""
+    est = impact_estimate(state, cfg, now)
+    return None if est is None else est.ratio

@@ -97,6 +97,10 @@ class ImpactSpec(_Section):
     window_s: float = Field(default=20.0, gt=0, description="the requests at the current rate of the last window_s are pooled")
     load_band: float = Field(default=0.25, gt=0, le=1, description="requests without the job count at a load within "
                                                                    "this fraction of the load now")
+    confidence: float = Field(default=0.8, ge=0.5, lt=1, description="shrink only for an impact above max_ratio with "
+                                                                    "this one-sided confidence (each side's quantile of "
+                                                                    "a few hundred requests is uncertain); above the "
+                                                                    "ratio, not surely: hold the rate")
 
     @model_validator(mode="after")
     def _pause_measures(self) -> "ImpactSpec":
