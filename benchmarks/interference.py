@@ -78,6 +78,10 @@ def parse_args(argv=None):
                    help="the governed job's load ceiling, as a fraction of measured capacity (serving.max_utilization)")
     p.add_argument("--probe-interval-s", type=float, default=0.0,
                    help="the governed job's active probe through the proxy, one request this often (0: none)")
+    p.add_argument("--impact-max-ratio", type=float, default=None,
+                   help="the governed job's impact guard (serving.impact.max_ratio; default: jobs/demo.yaml's; 0: no guard)")
+    p.add_argument("--checkpoint-every-steps", type=int, default=None,
+                   help="the governed job's round length in steps (checkpoint.every_steps; default: jobs/demo.yaml's)")
     p.add_argument("--work", default=DEFAULT_WORK, help="scratch folder: training data, checkpoints, logs, MLflow store")
     p.add_argument("--calibration-seconds", type=float, default=None,
                    help="serving alone, one replayed day in this many seconds, at start: the SLO's baseline "
@@ -172,8 +176,14 @@ def governed_spec(ctx: dict, checkpoint_dir: Path):
                            capacity_rps=ctx["capacity_rps"], max_utilization=ctx["max_utilization"],
                            probe={"url": ctx["predict_url"], "interval_s": ctx["probe_interval_s"], "window_s": 1.0}
                            if ctx["probe_interval_s"] else None)
+    if ctx["impact_max_ratio"] == 0:
+        base["serving"]["impact"] = None
+    elif ctx["impact_max_ratio"] is not None:
+        base["serving"]["impact"] = dict(base["serving"]["impact"] or {}, max_ratio=ctx["impact_max_ratio"])
     base["budget"]["max_rows_per_s"] = ctx["max_rows_per_s"]
     base["checkpoint"]["storage"] = str(checkpoint_dir)
+    if ctx["checkpoint_every_steps"]:
+        base["checkpoint"]["every_steps"] = ctx["checkpoint_every_steps"]
     base["tracking"].update(uri=ctx["mlflow_uri"], experiment="bench-interference")
     return spec_from_dict(base, source=str(SPEC))
 
@@ -541,6 +551,7 @@ def main(argv=None) -> int:
         ctx = {"seconds": args.seconds_per_policy, "rate": rate, "out": out, "slo_ms": slo_ms, "cron_s": cron_s,
                "predict_url": endpoints.predict_url, "metrics_url": endpoints.metrics_url, "capacity_rps": meta["capacity"]["rps"],
                "app": APP_NAME, "max_utilization": args.max_utilization, "probe_interval_s": args.probe_interval_s,
+               "impact_max_ratio": args.impact_max_ratio, "checkpoint_every_steps": args.checkpoint_every_steps,
                "mlflow_uri": mlflow_uri, "work": work, **data}
         for rep in range(1, args.reps + 1):
             # Started ahead (imports cost seconds of CPU), idle on stdin until their run begins.

@@ -216,7 +216,11 @@ class BudgetSpec(_Section):
 
 class CheckpointSpec(_Section):
     storage: str = ".headroom/checkpoints"  # local path or pyarrow.fs URI
-    every_steps: int = Field(default=20, ge=1)
+    every_steps: int = Field(default=20, ge=1, description="a round (a merge and a checkpoint) every this many "
+                                                           "steps per worker, at least")
+    round_s: float = Field(default=0.0, ge=0, description="and at least this many seconds of training at the rate "
+                                                          "the workers last ran (0: steps only). Each round costs a "
+                                                          "state transfer, a merge and a write beside serving")
     keep: int = Field(default=3, ge=1)
 
 
