@@ -386,7 +386,7 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: "
     if cfg.impact_max_ratio is not None and not sample.idle and _impact_pending(state, cfg, now):
         new = replace(state, ample_since_s=ample_since)  # grow only on a measured impact within the ratio
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)
-    if impact is not None and impact.ratio > cfg.impact_max_ratio:
+    if impact is not None and not sample.idle and impact.ratio > cfg.impact_max_ratio:
         new = replace(state, ample_since_s=ample_since)  # above the ratio, not surely: no shrink, and no growth either
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.IMPACT, slack)
     if state.impact_cap_rows_per_s is not None and (

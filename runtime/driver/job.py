@@ -14,6 +14,7 @@ how fast each worker reads; the driver only follows the lease.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -106,18 +107,23 @@ def _warm_start(spec: JobSpec, store: CheckpointStore, dataset: Dataset,
     return _Truth(None, RangeSet(), counters, rng, "fresh")
 
 
+ROUND_SHARD_MARGIN = 1.5  # with round_s, a shard holds this many round_s at the last rate: the round's clock ends it
+
+
 def round_rows(every_steps: int, batch_rows: int, round_s: float, worker_rows_per_s: float) -> int:
-    """A worker's rows in the next round: ``every_steps`` batches, or ``round_s`` of training at the
-    rate a worker ran in the last round that trained, whichever is more. Each round ends in a state
-    transfer, a merge and a checkpoint beside serving: in the quick benchmark, rounds of 25,600 rows
-    (a second apart at full speed) left the governed job 0.70x the rows of rounds ten times longer.
+    """A worker's shard in the next round: ``every_steps`` batches; with ``round_s``, at least
+    ``ROUND_SHARD_MARGIN`` x ``round_s`` of training at a worker's rate in the last round that trained,
+    and the worker stops at ``round_s`` (its rows not trained go back to pending). Each round ends in
+    a state transfer, a merge and a checkpoint beside serving: in the quick benchmark, rounds of
+    25,600 rows (a second apart at full speed) left the governed job 0.70x the rows of rounds ten
+    times longer.
 
     >>> round_rows(100, 256, 0.0, 30_000.0)  # steps only
     25600
-    >>> round_rows(100, 256, 10.0, 30_000.0), round_rows(100, 256, 10.0, 1_000.0)  # 10 s at the rate, or the steps
-    (300000, 25600)
+    >>> round_rows(100, 256, 10.0, 30_000.0), round_rows(100, 256, 10.0, 1_000.0)  # 15 s at the rate, or the steps
+    (450000, 25600)
     """
-    return max(every_steps * batch_rows, int(round_s * worker_rows_per_s))
+    return max(every_steps * batch_rows, int(ROUND_SHARD_MARGIN * round_s * worker_rows_per_s))
 
 
 def _shards(pending: list, slots: list[int], rows_per_shard: int) -> dict[int, list]:
@@ -407,13 +413,14 @@ class _RoundLoop:
                 self._poll(force=False)
                 time.sleep(0.05)
                 continue
-            shards = _shards(pending, self._running, self._rows_per_shard())
+            shards = _shards(pending, self._running, self._rows_per_shard(pending))
             state_ref = ray.put(self.truth.state)
             self._round_rows = {}
             seed = int(self.truth.rng.integers(2**31))
             state_id = self.truth.state_id
             self._round_seeds = {s: seed + s for s in shards}
-            refs = {self.actors[s].train.remote(state_ref, shard, seed + s, state_id): s for s, shard in shards.items()}
+            max_s = self.spec.checkpoint.round_s or None
+            refs = {self.actors[s].train.remote(state_ref, shard, seed + s, state_id, max_s): s for s, shard in shards.items()}
             self._checkpoint()  # the last round's, written while this one trains: the workers never wait for it
             self._merge(self._collect(refs))
 
@@ -512,17 +519,20 @@ class _RoundLoop:
                 ray.kill(self.actors[slot], no_restart=True)
         return orphans
 
-    def _rows_per_shard(self) -> int:
+    def _rows_per_shard(self, pending: list) -> int:
         ckpt = self.spec.checkpoint
-        return round_rows(ckpt.every_steps, self.spec.data.batch_rows, ckpt.round_s, self._worker_rows_per_s)
+        rows = round_rows(ckpt.every_steps, self.spec.data.batch_rows, ckpt.round_s, self._worker_rows_per_s)
+        if ckpt.round_s:  # the last rows split evenly: a round is one round_s for every worker, not one shard for the first
+            rows = min(rows, max(1, math.ceil(sum(e - s for s, e in pending) / max(1, len(self._running)))))
+        return rows
 
     def _merge(self, results: list[dict]) -> None:
         for r in results:
             if "pid" in r:
                 self._process_cpu_s[r["pid"]] = max(self._process_cpu_s.get(r["pid"], 0.0), r["process_cpu_s"])
         useful = [r for r in results if r["rows"] > 0]
-        if useful:  # the workers' rate in this round (rows over each one's training time), for the next round's length
-            self._worker_rows_per_s = float(np.mean([r["rows"] / max(r["seconds"], 1e-3) for r in useful]))
+        if useful:  # a worker's rate in this round (its rows over its time), for the next round's shards
+            self._worker_rows_per_s = sum(r["rows"] for r in useful) / max(sum(r["seconds"] for r in useful), 1.0)
         if not useful:
             self._round_rows, self._round_seeds = {}, {}  # nothing of this round is in flight any more
             return

@@ -216,10 +216,10 @@ class BudgetSpec(_Section):
 
 class CheckpointSpec(_Section):
     storage: str = ".headroom/checkpoints"  # local path or pyarrow.fs URI
-    every_steps: int = Field(default=20, ge=1, description="a round (a merge and a checkpoint) every this many "
-                                                           "steps per worker, at least")
-    round_s: float = Field(default=0.0, ge=0, description="and at least this many seconds of training at the rate "
-                                                          "the workers last ran (0: steps only). Each round costs a "
+    every_steps: int = Field(default=20, ge=1, description="steps per worker per round (a merge and a checkpoint); "
+                                                           "with round_s, the least a round's shard holds")
+    round_s: float = Field(default=0.0, ge=0, description="rounds by time: a worker stops its round after this many "
+                                                          "seconds (0: rounds of every_steps). Each round costs a "
                                                           "state transfer, a merge and a write beside serving")
     keep: int = Field(default=3, ge=1)
 

@@ -75,9 +75,11 @@ class TrainerWorker:
         """What :func:`runtime.training.isolation.isolate` did in this process (nice, pinned CPUs, or why not)."""
         return dict(self.isolation, affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
 
-    def train(self, state: bytes | None, shard: list, seed: int, state_id: str | None = None) -> dict:
-        """Train on ``shard`` from ``state`` until it is used up or the governor says stop. ``state_id``
-        names the state: when it is the one this worker returned last, its live model goes on."""
+    def train(self, state: bytes | None, shard: list, seed: int, state_id: str | None = None,
+              max_s: float | None = None) -> dict:
+        """Train on ``shard`` from ``state`` until it is used up, the governor says stop, or ``max_s``
+        seconds have passed (the round's time: its rows not trained go back to the driver's pending).
+        ``state_id`` names the state: when it is the one this worker returned last, its live model goes on."""
         import numpy as np
 
         from runtime.training.ingest import RangeSet, take_batch, to_xy
@@ -96,7 +98,7 @@ class TrainerWorker:
         started, cpu_started = time.time(), time.process_time()
         feed = self.feed
         directive = feed.wait_first(self.silence_s)
-        while pending:
+        while pending and (max_s is None or time.time() - started < max_s):
             directive = feed.current()
             if directive["action"] == "wait":  # no answer yet (the governor is busy or restarting)
                 time.sleep(0.01)
