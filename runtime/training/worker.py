@@ -98,7 +98,8 @@ class TrainerWorker:
         started, cpu_started = time.time(), time.process_time()
         feed = self.feed
         directive = feed.wait_first(self.silence_s)
-        while pending and (max_s is None or time.time() - started < max_s):
+        ends_at = None if max_s is None else time.time() + max_s  # the round's clock runs from its first directive
+        while pending and (ends_at is None or time.time() < ends_at):
             directive = feed.current()
             if directive["action"] == "wait":  # no answer yet (the governor is busy or restarting)
                 time.sleep(0.01)

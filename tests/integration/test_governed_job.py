@@ -171,6 +171,20 @@ def test_sigkill_of_a_worker_mid_run_loses_and_repeats_no_row(ray_session, tmp_p
     assert_exactly_once(summary)
 
 
+def test_rounds_by_time_end_on_the_clock_and_lose_no_row(ray_session, tmp_path):
+    """``checkpoint.round_s``: every_steps alone (10,000 rows) would make the whole data one round; the
+    worker stops each round at 0.5 s instead, and the rows it did not reach go back to pending."""
+    with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
+        spec = make_spec(tmp_path, "it-round-clock", server.metrics_url, rows_per_s=1000, slices=2, rows=1500,
+                         every_steps=100)
+        spec = spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update={"round_s": 0.5})})
+        job = JobThread(spec)
+        job.start()
+        summary = job.finish()
+    assert summary["checkpoints"] >= 3, summary["checkpoints"]  # ~3 s of training at 1,000 rows/s: several rounds
+    assert_exactly_once(summary)
+
+
 def test_headroom_pause_and_resume_by_hand(ray_session, tmp_path):
     import subprocess
     import sys
