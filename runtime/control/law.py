@@ -332,7 +332,7 @@ def _capped(state: LawState, sample, slack, cfg: LawConfig, now):
     return new, Directive(new.level, state.workers, allowed, Reason.LOAD_MEMORY, slack)
 
 
-def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, impact: "Impact | None"):
+def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, impact: Impact | None):
     """``impact_max_ratio``: measure serving without the job when that measure is due; shrink (at the
     floor, pause) while the job's measured impact (:func:`impact_estimate` of this tick) is surely above it."""
     if cfg.impact_max_ratio is None or state.level is Level.PAUSE or sample.idle:
@@ -370,7 +370,7 @@ def _shrunk(state: LawState, reason: Reason, slack, cfg: LawConfig):
     return new, Directive(Level.THROTTLE, workers, rows, reason, slack)
 
 
-def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: "Impact | None" = None):
+def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: Impact | None = None):
     eff = _effective_slack(sample, slack, cfg, state)
     if eff < cfg.grow_above_slack:
         new = replace(state, ample_since_s=None)
