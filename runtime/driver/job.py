@@ -199,6 +199,7 @@ def _run_job(spec: JobSpec, address: str | None, on_status: StatusFn | None, art
         isolation["training_and_after"] = isolate_this_thread(spec)
     cpu.mark("data and connect")
     gov = get_or_create_governor(spec.budget.poll_interval_s)
+    cpu.mark("governor")
     office = Office(spec, gov)  # MLflow, the checklist, the gate and the post-mortem: on the training pool
     try:
         return _with_office(spec, gov, office, dataset, store, cpu, isolation, started, on_status, artifacts_dir, window)
@@ -241,6 +242,8 @@ def _with_office(spec, gov, office: "Office", dataset, store, cpu: PhaseCPU, iso
         summary, files = office.call("finish", summary, loop.decisions, loop.progress, truth.ledger.to_list(),
                                      truth.counters, _driver_cpu(cpu), loop.worker_cpu_s)
         summary["office_replacements"] = office.replaced  # one lost during the post-mortem counts too
+        cpu.mark("post-mortem and artifacts (in the office)")
+        summary["wall_by_phase_s"] = dict(cpu.wall)  # where the job's time went, as the driver saw it
         _write_files(artifacts_dir, files)
     except BaseException as exc:
         try:

@@ -48,20 +48,24 @@ GOVERNOR_DOWN = (RayActorError, ActorUnavailableError, GetTimeoutError)
 
 
 class PhaseCPU:
-    """A process's CPU-seconds per phase of the job; a phase that comes back adds to its total."""
+    """A process's CPU-seconds per phase of the job, and the wall-clock seconds each took; a phase that
+    comes back adds to its totals."""
 
     def __init__(self, started: float | None = None) -> None:
         self.started = self._last = time.process_time() if started is None else started
+        self._last_wall = time.monotonic()
         self.marks: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
 
     def mark(self, phase: str) -> None:
-        now = time.process_time()
+        now, now_wall = time.process_time(), time.monotonic()
         self.marks[phase] = round(self.marks.get(phase, 0.0) + now - self._last, 3)
-        self._last = now
+        self.wall[phase] = round(self.wall.get(phase, 0.0) + now_wall - self._last_wall, 3)
+        self._last, self._last_wall = now, now_wall
 
     def skip(self) -> None:
-        """Leave the CPU since the last mark out of every phase (it is counted elsewhere)."""
-        self._last = time.process_time()
+        """Leave the CPU and the time since the last mark out of every phase (counted elsewhere)."""
+        self._last, self._last_wall = time.process_time(), time.monotonic()
 
 
 class Hold:

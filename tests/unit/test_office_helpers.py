@@ -27,6 +27,18 @@ def test_a_phase_that_comes_back_adds_to_its_total():
     assert list(cpu.marks) == ["round metrics", "checklist"]
 
 
+def test_a_phase_records_its_wall_clock_beside_its_cpu_and_skip_drops_both():
+    cpu = PhaseCPU()
+    time.sleep(0.2)  # waiting on another process: time passes, this one's CPU does not
+    cpu.mark("validation (in the office)")
+    _burn(0.05)
+    cpu.skip()
+    cpu.mark("after a skip")
+
+    assert cpu.wall["validation (in the office)"] >= 0.2 > 0.1 > cpu.marks["validation (in the office)"]
+    assert cpu.wall["after a skip"] < 0.05 and cpu.marks["after a skip"] < 0.05
+
+
 def test_the_offices_files_land_in_the_artifacts_folder_as_written(tmp_path):
     made = tmp_path / "office"
     (made / "postmortem").mkdir(parents=True)
