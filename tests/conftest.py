@@ -38,13 +38,14 @@ from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY
 from tests.support import free_ports  # noqa: E402  -- after the environment above: nothing before it may load Ray
 
 
-# Files whose tests start Ray clusters of their own, as a user would (a private cluster's dashboard
-# agent takes Ray's default port 52365 when it is free): under pytest-xdist (`make test`) they share
-# one worker, so no two run at once. The README's `ray start` lines, which need every default port
-# free, and the shortened benchmark run after the parallel tiers, alone (Makefile).
+# Files whose tests start Ray clusters of their own, as a user would: under pytest-xdist (`make test`)
+# they share one worker, so no two run at once. The README's `ray start` lines need Ray's default
+# ports free, and a private cluster's dashboard agent takes one of them (52365) when it is free; the
+# session heads take ports of their own. The shortened benchmark runs after the parallel tiers, alone
+# (Makefile): beside other tests its governed job finds no headroom.
 OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",  # (make test runs the benchmark alone)
                 "tests/e2e/test_cli_and_job_submit.py", "tests/faults/test_closed_by_default.py",
-                "tests/faults/test_node_removal.py"}
+                "tests/faults/test_node_removal.py", "tests/e2e/test_readme_cluster.py"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -98,21 +99,45 @@ def ray_head():
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--metrics-export-port", str(metrics_port), "--num-cpus", "4",
            "--dashboard-agent-listen-port", str(agent_port), "--ray-client-server-port", str(client_port),
            "--resources", '{"training_pool": 2}', "--temp-dir", temp_dir, "--disable-usage-stats"]
-    with log.open("w") as out:
-        # A session of its own: at the end, whatever of the head is left can be killed as one group.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+    with _one_head_starting_at_a_time():
+        with log.open("w") as out:
+            # A session of its own: at the end, whatever of the head is left can be killed as one group.
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        try:
+            _wait_port(gcs_port, 60, proc, log)
+            _wait_port(dash_port, 60, proc, log)
+        except BaseException:
+            _stop_head(proc)
+            raise
     try:
-        _wait_port(gcs_port, 60, proc, log)
-        _wait_port(dash_port, 60, proc, log)
         yield RayHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", f"http://127.0.0.1:{metrics_port}/metrics",
                       temp_dir, proc)
     finally:
-        proc.terminate()  # --block: SIGTERM stops every process this head started, and only those
-        with contextlib.suppress(subprocess.TimeoutExpired):  # ~2 s on a quiet host, over 30 s at the end of busy runs
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the head and any process of it still there
-        proc.wait(timeout=30)
+        _stop_head(proc)
+
+
+@contextlib.contextmanager
+def _one_head_starting_at_a_time():
+    """Under pytest-xdist every worker starts a head of its own: started together on 2 cores, one
+    head's GCS once timed out while the others came up. A file lock makes them start one by one
+    (~5-10 s each); the tests of a worker whose head is up run meanwhile."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / f"headroom-tests-ray-start-{os.getuid()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _stop_head(proc: subprocess.Popen) -> None:
+    proc.terminate()  # --block: SIGTERM stops every process this head started, and only those
+    with contextlib.suppress(subprocess.TimeoutExpired):  # ~2 s on a quiet host, over 30 s at the end of busy runs
+        proc.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the head and any process of it still there
+    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

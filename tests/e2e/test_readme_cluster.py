@@ -60,9 +60,18 @@ PORTS = {6379: "GCS", 8265: "dashboard and Jobs API", 8000: "Serve", 8080: "metr
          10001: "Ray Client server"}
 
 
+def _taken_ports(wait_s: float) -> dict[int, str]:
+    deadline = time.monotonic() + wait_s
+    while True:
+        listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        taken = {port: what for port, what in PORTS.items() if port in listening}
+        if not taken or time.monotonic() >= deadline:
+            return taken
+        time.sleep(1.0)
+
+
 def test_the_readmes_ray_job_submit_lines_train_a_model_on_a_ray_start_cluster(tmp_path):
-    taken = {port: what for port, what in PORTS.items()
-             if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in psutil.net_connections("tcp"))}
+    taken = _taken_ports(wait_s=60)  # a private cluster of the test before it (same worker) may still be exiting
     assert not taken, f"ports the README's cluster needs are already taken on this machine: {taken}"
     lines = readme_lines()
     assert any(line.startswith("ray job submit") for line in lines) and any("ray start" in line for line in lines)

@@ -22,15 +22,15 @@ MODELS = {
 }
 
 
-def elastic_spec(tmp_path, kind: str, metrics_url: str):
-    data, holdout = write_regression_slices(tmp_path / "data", slices=8, rows_per_slice=2500)
+def elastic_spec(tmp_path, kind: str, metrics_url: str, *, slices: int = 8, max_rows_per_s: float = 600):
+    data, holdout = write_regression_slices(tmp_path / "data", slices=slices, rows_per_slice=2500)
     return spec_from_dict({
         "name": f"it-elastic-{kind}",
         "model": MODELS[kind],
         "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": 100},
         "validation": {"holdout": str(holdout), "metric": "r2"},
         "serving": {"url": metrics_url, "slo_p99_ms": 400, "window_s": 0.5, "stale_after_s": 3},
-        "budget": {"max_workers": 2, "max_rows_per_s": 600, "cooldown_s": 1.0, "holddown_s": 0.5, "park_s": 60},
+        "budget": {"max_workers": 2, "max_rows_per_s": max_rows_per_s, "cooldown_s": 1.0, "holddown_s": 0.5, "park_s": 60},
         "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": 4},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "elastic"},
     })
@@ -79,8 +79,8 @@ def test_torch_champion_loads_back_by_alias_and_predicts_like_the_trained_model(
     from runtime.training.trainers import model_from_state
     from runtime.training.checkpoint import CheckpointStore
 
-    with ServingProcess(delay_s=0.002, rps=30) as server:
-        spec = elastic_spec(tmp_path, "torch", server.metrics_url)
+    with ServingProcess(delay_s=0.002, rps=30) as server:  # 5,000 rows at full speed: what is tested is the registry
+        spec = elastic_spec(tmp_path, "torch", server.metrics_url, slices=2, max_rows_per_s=20_000)
         summary = run_job(spec)
     assert summary["registered_alias"] == "champion"
     trained = model_from_state(spec.model, CheckpointStore(spec.checkpoint.storage, spec.name).latest().payload)
