@@ -120,6 +120,9 @@ class LawConfig:
     impact_load_band: float = 0.25  # ... against requests without the job at a load within this fraction of the load now
     impact_confidence: float = 0.8  # shrink for an impact above the ratio with this one-sided confidence (a quantile of
     # a few hundred requests is itself uncertain); above the ratio but not surely: no growth, no shrink
+    impact_noise: float = 0.12  # the spread (SD of the log) of a with/without ratio beyond sampling. Adjacent 10-s
+    # windows of one load and one job: 0.11-0.14 here, ~0.07 of it sampling (benchmarks.standing_cost); the guard's
+    # two sides lie up to minutes apart, so more
     calm_read_s: float = 3.0  # while nothing moves and every bound is far: a fresh reading this often (0: every refresh)
 
     @property
@@ -558,12 +561,17 @@ def impact_estimate(state: LawState, cfg: LawConfig, now: float) -> Impact | Non
     ``(1 - u_then) / (1 - u_now)`` (an M/M/1 queue's quantiles scale as ``1 / (1 - u)``).
 
     The lower bound takes each side's sampling error: of ``n`` requests, the ``q`` quantile's rank is
-    uncertain by ``sqrt(q (1 - q) / n)``, so ``low`` is the quantile ``z`` of those below ``q`` with the
-    job over the one ``z`` above it without (``z`` the normal quantile of ``impact_confidence``). Of 200
-    requests a side, a p90 is uncertain by +-2 percentage points of rank: on an exponential tail, an
-    impact of 1.1 is not yet told from 1.0.
+    uncertain by ``sqrt(q (1 - q) / n)``, so the rank bound is the quantile ``z`` of those below ``q``
+    with the job over the one ``z`` above it without (``z`` the normal quantile of
+    ``impact_confidence``). Of 200 requests a side, a p90 is uncertain by +-2 percentage points of
+    rank: on an exponential tail, an impact of 1.1 is not yet told from 1.0. Requests are not
+    independent draws, though: they come in bursts, and the host moves between the two sides' seconds.
+    ``impact_noise`` (the log-ratio's spread between windows of one condition) widens the bound in
+    quadrature: ``low = ratio * exp(-sqrt(log(ratio / rank_low) ** 2 + (z * noise) ** 2))``; at 0.12
+    and 0.8 confidence, an impact must be ~1.25x to be surely above 1.1x however many requests.
 
-    >>> cfg = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1, impact_quantile=0.5, impact_min_requests=100)
+    >>> cfg = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1, impact_quantile=0.5, impact_min_requests=100,
+    ...                 impact_noise=0.0)
     >>> ref = [(0, ((10.0, 40.0), (20.0, 100.0), (math.inf, 100.0)), 50, None),   # half under 10 ms
     ...        (1, ((10.0, 0.0), (20.0, 0.0), (math.inf, 100.0)), 200, None)]     # another load: not compared
     >>> run = [(5, ((10.0, 10.0), (20.0, 100.0), (math.inf, 100.0)), 50, None)]
@@ -571,6 +579,8 @@ def impact_estimate(state: LawState, cfg: LawConfig, now: float) -> Impact | Non
     >>> est = impact_estimate(st, cfg, now=5)  # median 14.4 ms with the job, 11.7 ms without
     >>> round(est.ratio, 2), round(est.low, 2)  # of 100 requests a side, still surely above 1.1
     (1.24, 1.13)
+    >>> round(impact_estimate(st, replace(cfg, impact_noise=0.12), now=5).low, 2)  # windows apart by 12 %: not sure
+    1.08
     """
     running = [r for r in state.running if r[0] >= now - cfg.impact_window_s]
     with_job, n_with = _pooled(running)
@@ -593,7 +603,11 @@ def impact_estimate(state: LawState, cfg: LawConfig, now: float) -> Impact | Non
     scale = 1.0
     if utils_now and utils_then:
         scale = (1 - min(statistics.median(utils_then), 0.95)) / (1 - min(statistics.median(utils_now), 0.95))
-    return Impact(ratio=q_with / (q_without * scale), low=(q_with_low or 0.0) / (q_without_high * scale))
+    ratio, rank_low = q_with / (q_without * scale), (q_with_low or 0.0) / (q_without_high * scale)
+    if rank_low <= 0.0:
+        return Impact(ratio=ratio, low=0.0)
+    spread = math.hypot(math.log(ratio / rank_low) if rank_low < ratio else 0.0, z * cfg.impact_noise)
+    return Impact(ratio=ratio, low=ratio * math.exp(-spread))
 
 
 def impact_ratio(state: LawState, cfg: LawConfig, now: float) -> float | None:

@@ -64,7 +64,8 @@ def pooled_config(laws: list[LawConfig], pool_slots: int | None = None) -> LawCo
         impact_settle_s=max(law.impact_settle_s for law in impacts),
         impact_window_s=max(law.impact_window_s for law in impacts),
         impact_load_band=min(law.impact_load_band for law in impacts),
-        impact_confidence=min(law.impact_confidence for law in impacts))  # the least sure shrinks soonest
+        impact_confidence=min(law.impact_confidence for law in impacts),  # the least sure shrinks soonest
+        impact_noise=min(law.impact_noise for law in impacts))
     return replace(laws[0], **impact,
                    slo_p99_ms=min(law.slo_p99_ms for law in laws),
                    max_utilization=min(law.max_utilization for law in laws),

@@ -101,6 +101,10 @@ class ImpactSpec(_Section):
                                                                     "this one-sided confidence (each side's quantile of "
                                                                     "a few hundred requests is uncertain); above the "
                                                                     "ratio, not surely: hold the rate")
+    noise: float = Field(default=0.12, ge=0, le=1, description="how far apart (SD of the log) two windows of one "
+                                                               "load and one job read on this host, beyond each "
+                                                               "side's sampling error: it widens the bound "
+                                                               "(python -m benchmarks.standing_cost measures it)")
 
     @model_validator(mode="after")
     def _pause_measures(self) -> "ImpactSpec":

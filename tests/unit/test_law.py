@@ -340,7 +340,7 @@ cfg_st = st.builds(
     holddown_s=st.floats(0.0, 5.0), cooldown_s=st.floats(0.0, 5.0),
     impact_max_ratio=st.one_of(st.none(), st.floats(1.0, 2.0)), impact_every_s=st.floats(1.0, 60.0),
     impact_pause_s=st.floats(0.0, 8.0), impact_settle_s=st.floats(0.0, 4.0), impact_window_s=st.floats(0.5, 10.0),
-    impact_confidence=st.floats(0.5, 0.99))
+    impact_confidence=st.floats(0.5, 0.99), impact_noise=st.floats(0.0, 1.0))
 
 
 def _as_samples(raw) -> list[Sample]:

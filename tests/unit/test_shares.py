@@ -82,12 +82,15 @@ def test_pooled_config_is_as_cautious_as_the_most_cautious_job():
 
 
 def test_pooled_impact_guard_is_the_tightest_asked_for():
-    a = LawConfig(slo_p99_ms=100, impact_max_ratio=1.2, impact_every_s=40, impact_pause_s=4, impact_confidence=0.7)
+    a = LawConfig(slo_p99_ms=100, impact_max_ratio=1.2, impact_every_s=40, impact_pause_s=4, impact_confidence=0.7,
+                  impact_noise=0.2)
     b = LawConfig(slo_p99_ms=100, impact_confidence=0.6)  # no guard of its own: the other jobs' still covers the cluster
-    c = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1, impact_every_s=60, impact_pause_s=6, impact_confidence=0.95)
+    c = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1, impact_every_s=60, impact_pause_s=6, impact_confidence=0.95,
+                  impact_noise=0.05)
     for laws in ([a, b, c], [b, c, a]):
         cfg = pooled_config(laws)
-        assert (cfg.impact_max_ratio, cfg.impact_every_s, cfg.impact_pause_s, cfg.impact_confidence) == (1.1, 40, 6, 0.7)
+        assert (cfg.impact_max_ratio, cfg.impact_every_s, cfg.impact_pause_s, cfg.impact_confidence,
+                cfg.impact_noise) == (1.1, 40, 6, 0.7, 0.05)
 
 
 def test_a_single_job_gets_exactly_what_the_law_decides():
