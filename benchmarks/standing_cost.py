@@ -70,6 +70,26 @@ def job_spec(work: Path, data_dir: Path, holdout: Path, rows_per_s: float, app: 
     return spec_from_dict(base)
 
 
+def phase_latencies(phases: list[dict], records: list[tuple[float, float]], phase_s: float, settle_s: float) -> None:
+    """Each phase's client p50/p90/p99 (ms) and request count, from ``(intended send time, ms)``
+    records: the requests sent in ``[begin + settle_s, begin + phase_s)``. Adds them to each phase."""
+    for ph in phases:
+        lat = [ms for t, ms in records if ph["begin_s"] + settle_s <= t < ph["begin_s"] + phase_s]
+        if not lat:
+            raise RuntimeError(f"no request succeeded in the {ph['phase']} phase at {ph['begin_s']:.0f} s: the load "
+                               "generator or the service failed; see the Serve logs above")
+        ph.update(requests=len(lat), **{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)})
+
+
+def pair_ratios(phases: list[dict]) -> tuple[dict[str, list[float]], float]:
+    """Per (paused, running) pair: running over paused for p50, p90 and p99; and the median CPU the
+    running phases used over their paused partners (cores)."""
+    pairs = list(zip(phases[0::2], phases[1::2]))
+    assert all(p["phase"] == "paused" and r["phase"] == "running" for p, r in pairs), "phases alternate, paused first"
+    ratios = {q: [run[f"{q}_ms"] / paused[f"{q}_ms"] for paused, run in pairs] for q in ("p50", "p90", "p99")}
+    return ratios, statistics.median(run["cpu_per_s"] - paused["cpu_per_s"] for paused, run in pairs)
+
+
 class _Done(Exception):
     """Raised from run_job's status callback when the phases are over."""
 
@@ -146,15 +166,11 @@ def main(argv=None) -> int:
     finally:
         load.close()
         ray.shutdown()
-    records = [(t, lat * 1e3) for t, lat, ok in result["records"] if ok]
+    phase_latencies(phases, [(t, lat * 1e3) for t, lat, ok in result["records"] if ok], args.phase_s, args.settle_s)
     for ph in phases:
-        lat = [ms for t, ms in records if ph["begin_s"] + args.settle_s <= t < ph["begin_s"] + args.phase_s]
-        ph.update(requests=len(lat), **{f"p{q}_ms": float(np.percentile(lat, q)) for q in (50, 90, 99)})
         print(f"[standing_cost] {ph['phase']:<8} p50 {ph['p50_ms']:6.1f}  p90 {ph['p90_ms']:6.1f}  p99 {ph['p99_ms']:6.1f} ms"
               f"  ({ph['requests']} requests)  host CPU {ph['cpu_per_s']:.2f} cores  rows {ph['rows']}", flush=True)
-    pairs = list(zip(phases[0::2], phases[1::2]))
-    ratios = {q: [run[f"{q}_ms"] / paused[f"{q}_ms"] for paused, run in pairs] for q in ("p50", "p90", "p99")}
-    cpu = statistics.median(run["cpu_per_s"] - paused["cpu_per_s"] for paused, run in pairs)
+    ratios, cpu = pair_ratios(phases)
     print("\n  running / paused, per pair (median): " + "; ".join(
         f"{q} {', '.join(f'{r:.2f}' for r in rs)} ({statistics.median(rs):.2f}x)" for q, rs in ratios.items()))
     print(f"  the running job's CPU (host, running minus paused, median): {cpu:.2f} cores")
