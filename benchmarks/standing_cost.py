@@ -21,7 +21,9 @@ host's CPU (all processes) per phase; writes JSON to ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -50,7 +52,7 @@ def parse_args(argv=None):
 def cpu_busy_s() -> float:
     """CPU-seconds the whole host has been busy (every process), from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    hz = 100.0  # USER_HZ
+    hz = os.sysconf("SC_CLK_TCK")  # USER_HZ
     return (sum(fields[:8]) - fields[3] - fields[4]) / hz
 
 
@@ -162,9 +164,12 @@ def main(argv=None) -> int:
         ray.get(gov.set_manual_pause.remote(spec.name, False), timeout=30)
         result = load.result(120)
         driver.join(120)
-        stop_serving()
+        if driver.is_alive():
+            print("[standing_cost] the job's driver did not end within 120 s; the figures below are from before it", flush=True)
     finally:
         load.close()
+        with contextlib.suppress(Exception):  # a failed start's own error is the one to see
+            stop_serving()
         ray.shutdown()
     phase_latencies(phases, [(t, lat * 1e3) for t, lat, ok in result["records"] if ok], args.phase_s, args.settle_s)
     for ph in phases:

@@ -80,26 +80,27 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen, log: Path) -
 @pytest.fixture(scope="session")
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="hr-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs_port, dash_port, metrics_port, agent_port, client_port = free_ports(5)
-    # Ports of its own for the agent and the Ray Client server too: left at their defaults (52365, 10001)
-    # they would take those of a cluster a test starts as a user would (tests/e2e/test_readme_cluster.py),
-    # whose dashboard agent then never comes up ("No available agent" from the Jobs API).
-    log = Path(temp_dir) / "ray-start.log"
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env["PATH"] = f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv: job entrypoints find its python
-    # As the embedded default (runtime/loopback.py): Serve's latency buckets fine enough for a p99, and
-    # Ray's metrics endpoint refreshed every ~1 s instead of every 10 s. Ray's workers keep its default
-    # niceness here (15): with the embedded default's 0, the windowed-job scheduler test failed 2 runs
-    # of 6 (a first window that trained nothing), a cause not yet found.
-    env.setdefault(SERVE_BUCKETS_ENV, ",".join(f"{b:g}" for b in SERVE_LATENCY_BUCKETS_MS))
-    system_config = json.dumps({k: v for k, v in RAY_SYSTEM_CONFIG.items() if k != "worker_niceness"})
-    cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
-           "--system-config", system_config,
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--metrics-export-port", str(metrics_port), "--num-cpus", "4",
-           "--dashboard-agent-listen-port", str(agent_port), "--ray-client-server-port", str(client_port),
-           "--resources", '{"training_pool": 2}', "--temp-dir", temp_dir, "--disable-usage-stats"]
     with _one_head_starting_at_a_time():
+        # the ports are chosen under the lock too: a head starting meanwhile could take them
+        gcs_port, dash_port, metrics_port, agent_port, client_port = free_ports(5)
+        # Ports of its own for the agent and the Ray Client server too: left at their defaults (52365, 10001)
+        # they would take those of a cluster a test starts as a user would (tests/e2e/test_readme_cluster.py),
+        # whose dashboard agent then never comes up ("No available agent" from the Jobs API).
+        log = Path(temp_dir) / "ray-start.log"
+        env = dict(os.environ)
+        env.pop("RAY_ADDRESS", None)
+        env["PATH"] = f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}"  # as with an activated venv: job entrypoints find its python
+        # As the embedded default (runtime/loopback.py): Serve's latency buckets fine enough for a p99, and
+        # Ray's metrics endpoint refreshed every ~1 s instead of every 10 s. Ray's workers keep its default
+        # niceness here (15): with the embedded default's 0, the windowed-job scheduler test failed 2 runs
+        # of 6 (a first window that trained nothing), a cause not yet found.
+        env.setdefault(SERVE_BUCKETS_ENV, ",".join(f"{b:g}" for b in SERVE_LATENCY_BUCKETS_MS))
+        system_config = json.dumps({k: v for k, v in RAY_SYSTEM_CONFIG.items() if k != "worker_niceness"})
+        cmd = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
+               "--system-config", system_config,
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port), "--metrics-export-port", str(metrics_port), "--num-cpus", "4",
+               "--dashboard-agent-listen-port", str(agent_port), "--ray-client-server-port", str(client_port),
+               "--resources", '{"training_pool": 2}', "--temp-dir", temp_dir, "--disable-usage-stats"]
         with log.open("w") as out:
             # A session of its own: at the end, whatever of the head is left can be killed as one group.
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
@@ -107,7 +108,8 @@ def ray_head():
             _wait_port(gcs_port, 60, proc, log)
             _wait_port(dash_port, 60, proc, log)
         except BaseException:
-            _stop_head(proc)
+            with contextlib.suppress(Exception):  # the start's own error is the one to see
+                _stop_head(proc)
             raise
     try:
         yield RayHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", f"http://127.0.0.1:{metrics_port}/metrics",

@@ -13,6 +13,7 @@ how fast each worker reads; the driver only follows the lease.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -239,11 +240,13 @@ def _with_office(spec, gov, office: "Office", dataset, store, cpu: PhaseCPU, iso
         if window is not None:
             summary["window"] = _window_record(window, started, time.time())
         cpu.mark("summary")
+        summary["wall_by_phase_s"] = dict(cpu.wall)  # where the job's time went, as the driver saw it
         summary, files = office.call("finish", summary, loop.decisions, loop.progress, truth.ledger.to_list(),
                                      truth.counters, _driver_cpu(cpu), loop.worker_cpu_s)
         summary["office_replacements"] = office.replaced  # one lost during the post-mortem counts too
-        cpu.mark("post-mortem and artifacts (in the office)")
-        summary["wall_by_phase_s"] = dict(cpu.wall)  # where the job's time went, as the driver saw it
+        cpu.mark("post-mortem and artifacts (in the office)")  # the run's MLflow copy was logged before this one
+        summary["wall_by_phase_s"] = dict(cpu.wall)
+        files["summary.json"] = json.dumps(summary, indent=1, default=str).encode()
         _write_files(artifacts_dir, files)
     except BaseException as exc:
         try:

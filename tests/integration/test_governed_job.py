@@ -8,6 +8,7 @@ falls, resumes after it falls, consumes every row exactly once, and registers a 
 from __future__ import annotations
 
 import faulthandler
+import json
 import os
 import signal
 import sys
@@ -43,13 +44,15 @@ def make_spec(tmp_path, name: str, metrics_url: str, *, rows_per_s: float, slice
 class JobThread(threading.Thread):
     """Runs ``run_job`` in the background and keeps every status snapshot it reported."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, artifacts_dir: str | None = None):
         super().__init__(daemon=True)
         self.spec, self.snaps, self.summary, self.error = spec, [], None, None
+        self.artifacts_dir = artifacts_dir
 
     def run(self):
         try:
-            self.summary = run_job(self.spec, on_status=lambda s: self.snaps.append(dict(s, seen=time.time())))
+            self.summary = run_job(self.spec, on_status=lambda s: self.snaps.append(dict(s, seen=time.time())),
+                                   artifacts_dir=self.artifacts_dir)
         except BaseException as exc:  # surfaced by the test
             self.error = exc
 
@@ -178,11 +181,16 @@ def test_rounds_by_time_end_on_the_clock_and_lose_no_row(ray_session, tmp_path):
         spec = make_spec(tmp_path, "it-round-clock", server.metrics_url, rows_per_s=1000, slices=2, rows=1500,
                          every_steps=100)
         spec = spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update={"round_s": 0.5})})
-        job = JobThread(spec)
+        job = JobThread(spec, artifacts_dir=str(tmp_path / "artifacts"))
         job.start()
         summary = job.finish()
     assert summary["checkpoints"] >= 3, summary["checkpoints"]  # ~3 s of training at 1,000 rows/s: several rounds
     assert_exactly_once(summary)
+    # where the job's time went, every phase the post-mortem's included, in the artifacts' summary too
+    written = json.loads((tmp_path / "artifacts" / "summary.json").read_text())
+    assert written["wall_by_phase_s"] == summary["wall_by_phase_s"]
+    assert {"training rounds", "post-mortem and artifacts (in the office)"} <= set(written["wall_by_phase_s"])
+    print(f"\n[figures] round-clock job, seconds per phase: {summary['wall_by_phase_s']}")
 
 
 def test_headroom_pause_and_resume_by_hand(ray_session, tmp_path):
