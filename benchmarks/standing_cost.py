@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -50,26 +49,23 @@ def parse_args(argv=None):
 
 
 def cpu_busy_s() -> float:
-    """CPU-seconds the whole host has been busy (every process), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    hz = os.sysconf("SC_CLK_TCK")  # USER_HZ
-    return (sum(fields[:8]) - fields[3] - fields[4]) / hz
+    """CPU-seconds the whole host has been busy (every process)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
 def job_spec(work: Path, data_dir: Path, holdout: Path, rows_per_s: float, app: str):
-    from runtime.spec.job import load_spec, spec_from_dict
+    """The interference benchmark's governed job, with no impact guard and an SLO it cannot reach:
+    only an operator's hand (the governor's manual pause) moves it."""
+    from benchmarks.interference import governed_spec
 
-    base = load_spec(ROOT / "jobs" / "demo.yaml", check_paths=False).model_dump()
-    base["name"] = "bench-standing"
-    base["model"]["warm_start"] = "none"
-    base["data"]["path"] = str(data_dir)
-    base["validation"]["holdout"] = str(holdout)
-    base["serving"].update(telemetry="ray_serve", application=app, url=None, slo_p99_ms=60_000.0, capacity_rps=None,
-                           impact=None, probe=None)
-    base["budget"]["max_rows_per_s"] = rows_per_s
-    base["checkpoint"]["storage"] = str(work / "checkpoints")
-    base["tracking"].update(uri=f"sqlite:///{work / 'mlflow.db'}", experiment="bench-standing")
-    return spec_from_dict(base)
+    spec = governed_spec({"data_dir": data_dir, "holdout": holdout, "app": app, "slo_ms": 60_000.0, "capacity_rps": None,
+                          "max_utilization": 0.85, "probe_interval_s": 0, "impact_max_ratio": 0,
+                          "max_rows_per_s": rows_per_s, "checkpoint_every_steps": None,
+                          "mlflow_uri": f"sqlite:///{work / 'mlflow.db'}"}, work / "checkpoints")
+    return spec.model_copy(update={"name": "bench-standing"})
 
 
 def phase_latencies(phases: list[dict], records: list[tuple[float, float]], phase_s: float, settle_s: float) -> None:

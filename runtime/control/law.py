@@ -569,8 +569,8 @@ def impact_estimate(state: LawState, cfg: LawConfig, now: float) -> Impact | Non
     """The ``impact_quantile`` of the settled requests at the current rate (the last ``impact_window_s``,
     those at about the load now) over the same quantile of recent requests without the job at that
     load; ``None`` while either side has fewer than ``impact_min_requests``. Requests are pooled into
-    one histogram per side
-    (a quantile of hundreds of requests, not a median of noisy window quantiles); where the readings
+    one histogram per side (a quantile of hundreds of requests, not a median of noisy window
+    quantiles); where the readings
     carry utilization ``u``, the reference is first moved to the load now as a queue's tail moves, by
     ``(1 - u_then) / (1 - u_now)`` (an M/M/1 queue's quantiles scale as ``1 / (1 - u)``).
 
