@@ -13,6 +13,7 @@ its bound; still there before it), never as figures.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -145,7 +146,8 @@ def test_a_pause_longer_than_park_s_removes_the_group_and_the_resume_starts_cold
     assert_exactly_once(summary)
 
 
-def test_a_drain_that_never_reports_back_loses_its_group_after_the_timeout(ray_session, tmp_path):
+def test_a_drain_that_never_reports_back_loses_its_group_after_the_timeout(ray_session, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="runtime.driver.job")
     name, silence_s = "it-lease-drain", 1.0
     drain_timeout_s = silence_s + 5.0  # what the driver registers (runtime/driver/job.py)
     with ServingProcess(delay_s=0.002, rps=40) as server:
@@ -176,5 +178,9 @@ def test_a_drain_that_never_reports_back_loses_its_group_after_the_timeout(ray_s
     # The drain begins at the PAUSE decision (the governor's own log): the group goes no sooner than the timeout after it
     paused_t = next(d["t"] for d in logged_decisions(summary, tmp_path) if d["t"] >= paused_at and d["level"] == "PAUSE")
     assert removed_seen_at - paused_t >= drain_timeout_s, (removed_seen_at - paused_t, drain_timeout_s)
-    assert summary["worker_crashes"] >= 1  # the driver saw its worker die with the group, and gave its shard back
+    # The driver saw its worker go with the group and gave its shard back: as a crash when the actor's
+    # death reached it first, as a slot withdrawn from the lease when the lease's change did (not a
+    # crash: the driver's own release took it; seen once, in a plain make test on three workers)
+    lost = [r.getMessage() for r in caplog.records if "goes back to pending" in r.getMessage()]
+    assert summary["worker_crashes"] >= 1 or any("left the lease" in m for m in lost), lost
     assert_exactly_once(summary)
