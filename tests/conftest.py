@@ -39,12 +39,12 @@ from tests.support import free_ports  # noqa: E402  -- after the environment abo
 
 
 # Files whose tests start Ray clusters of their own, as a user would: under pytest-xdist (`make test`)
-# they share one worker, so no two run at once. The README's `ray start` lines need Ray's default
-# ports free, and a private cluster's dashboard agent takes one of them (52365) when it is free; the
-# session heads take ports of their own. The shortened benchmark runs after the parallel tiers, alone
-# (Makefile): beside other tests its governed job finds no headroom.
-OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",  # (make test runs the benchmark alone)
-                "tests/e2e/test_cli_and_job_submit.py", "tests/faults/test_closed_by_default.py",
+# they share one worker, so no two run at once; a private cluster's dashboard agent takes Ray's
+# default port (52365) when it is free, the session heads take ports of their own. The README's
+# `ray start` lines and the shortened benchmark run after the parallel tiers, alone (Makefile): the
+# first needs Ray's default ports and a dashboard agent that comes up, the second headroom to train.
+OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",  # (make test runs
+                "tests/e2e/test_cli_and_job_submit.py", "tests/faults/test_closed_by_default.py",  # the last two alone)
                 "tests/faults/test_node_removal.py", "tests/e2e/test_readme_cluster.py"}
 
 

@@ -8,6 +8,7 @@ the processes of that GCS address only (`ray stop` would also stop the test sess
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -70,6 +71,12 @@ def _taken_ports(wait_s: float) -> dict[int, str]:
         time.sleep(1.0)
 
 
+def _agent_log_tail() -> str:
+    """The dashboard agent's log of the README's cluster: why the Jobs API found "No available agent"."""
+    log = pathlib.Path("/tmp/ray/session_latest/logs/dashboard_agent.log")
+    return f"\n--- {log} ---\n" + (log.read_text(errors="replace")[-3000:] if log.exists() else "(absent)")
+
+
 def test_the_readmes_ray_job_submit_lines_train_a_model_on_a_ray_start_cluster(tmp_path):
     taken = _taken_ports(wait_s=60)  # a private cluster of the test before it (same worker) may still be exiting
     assert not taken, f"ports the README's cluster needs are already taken on this machine: {taken}"
@@ -86,7 +93,7 @@ def test_the_readmes_ray_job_submit_lines_train_a_model_on_a_ray_start_cluster(t
     finally:
         stopped = stop_cluster()
     out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-6000:]
+    assert run.returncode == 0, out[-6000:] + _agent_log_tail()
     assert stopped, "no process of the README's cluster was found to stop"
     assert re.search(r"Job 'raysubmit_\w+' succeeded", out), out[-4000:]
     assert "cluster-regressor: completed" in out  # the job's own summary line, from its log

@@ -20,8 +20,8 @@ from tests.support import ServingProcess
 pytestmark = pytest.mark.integration
 
 
-def job_spec(tmp_path, name: str, priority: int, workers: int, metrics_url: str):
-    data, holdout = write_regression_slices(tmp_path / name / "data", slices=8, rows_per_slice=2500)
+def job_spec(tmp_path, name: str, priority: int, workers: int, metrics_url: str, slices: int = 8):
+    data, holdout = write_regression_slices(tmp_path / name / "data", slices=slices, rows_per_slice=2500)
     return spec_from_dict({
         "name": name, "priority": priority,
         "model": {"estimator": "sklearn.linear_model.SGDRegressor", "params": {"random_state": 0}},
@@ -36,7 +36,9 @@ def job_spec(tmp_path, name: str, priority: int, workers: int, metrics_url: str)
 
 def test_higher_priority_takes_workers_and_lower_priority_yields_first(ray_session, tmp_path, capsys):
     with ServingProcess(delay_s=0.002, rps=60) as server:
-        low = JobThread(job_spec(tmp_path, "it-prio-low", 0, 2, server.metrics_url))
+        # 40k rows at most 400 rows/s: the low job is still training when the high one is up, however long
+        # that takes (20k were all consumed before it was, once, on a busy CI host)
+        low = JobThread(job_spec(tmp_path, "it-prio-low", 0, 2, server.metrics_url, slices=16))
         low.start()
         low.wait_for(lambda s: s["active"] == 2 and s["rows_consumed"] > 0, timeout_s=180)
 

@@ -105,7 +105,9 @@ def test_promql_p99_follows_serving_latency(serving: LatencyServer, prometheus: 
     finally:
         serving.set_delay(0.002)
     assert slow.ok, slow.error
-    assert 150 < slow.p99_ms <= 250  # the 0.2 s requests land in the (0.2, 0.25] bucket
+    # The 0.2 s requests land in the (0.2, 0.25] bucket on a quiet host; on a busy one (CI, three test
+    # workers) 1 % of them took over 0.3 s: the p99 of a 0.2 s service, far from the fast one's 50 ms.
+    assert 150 < slow.p99_ms <= 500
 
 
 def test_promql_missing_metric_is_a_failed_sample(prometheus: str) -> None:
