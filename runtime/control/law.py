@@ -116,6 +116,8 @@ class LawConfig:
     impact_pause_s: float = 8.0  # that pause at most: impact_settle_s to settle, then min_requests or the rest of it
     impact_settle_s: float = 3.0  # requests that finish this soon after the job starts, stops or changes rate are not
     # counted: a pause's own work (the checkpoint, the workers' stop) and Ray's ~1-s metrics lag
+    impact_rate_settle_s: float = 1.5  # ... after a new rate alone (the same workers, no pause): no checkpoint or stop
+    # to wait out, only the metrics lag
     impact_window_s: float = 20.0  # the requests at the current rate of the last this many seconds are pooled
     impact_load_band: float = 0.25  # ... against requests without the job at a load within this fraction of the load now
     impact_confidence: float = 0.8  # shrink for an impact above the ratio with this one-sided confidence (a quantile of
@@ -176,6 +178,7 @@ class LawState:
     reference: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings with the job paused
     running: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings at the current rate and workers
     changed_at_s: float | None = None  # when the job last paused, resumed or changed rate (samples settle from here)
+    rate_only: bool = False  # ... and that change was a new rate alone (impact_rate_settle_s)
     loads: tuple = ()  # ((time_s, rps, utilization), ...) the readings of the last LOAD_SMOOTH_S: the load is their median
     measuring_rows_per_s: float | None = None  # in a MEASURING pause: the rate (and workers) to go back to
     measuring_workers: int = 0
@@ -392,17 +395,19 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: I
     if impact is not None and not sample.idle and impact.ratio > cfg.impact_max_ratio:
         new = replace(state, ample_since_s=ample_since)  # above the ratio, not surely: no shrink, and no growth either
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.IMPACT, slack)
-    if state.impact_cap_rows_per_s is not None and (
-            state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s >= state.impact_cap_rows_per_s):
+    step = cfg.grow_step_fraction * cfg.max_rows_per_s
+    if state.impact_cap_rows_per_s is not None and state.rows_per_s + step >= state.impact_cap_rows_per_s:
         new = replace(state, ample_since_s=ample_since)  # the next step would be the rate that hurt: hold till measured again
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.IMPACT, slack)
+    if impact is not None and impact.ratio <= 1.0 and state.impact_cap_rows_per_s is None:
+        step = max(step, state.rows_per_s)  # measured, and serving no slower with the job than without: double the rate
     allowed = cfg.rows_allowed(state, sample.utilization, now)
     if allowed < cfg.max_rows_per_s and state.rows_per_s >= allowed:  # at the remembered load's cap: no growth
         new = replace(state, ample_since_s=ample_since)
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.LOAD_MEMORY, slack)
     # Grow rows/s first; add a worker only once the current workers run at full rate.
     if state.rows_per_s < cfg.max_rows_per_s:
-        rows, workers = min(allowed, state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s), state.workers
+        rows, workers = min(allowed, cfg.max_rows_per_s, state.rows_per_s + step), state.workers
     else:
         rows, workers = state.rows_per_s, state.workers + 1
     new = replace(state, level=_level_for(rows, cfg), workers=workers, rows_per_s=rows,
@@ -429,7 +434,8 @@ def _observe(state: LawState, sample: Sample, cfg: LawConfig, now: float) -> Law
         state = replace(state, loads=recent + (() if repeated else ((now, sample.rps, sample.utilization),)))
     if not sample.counts:
         return state
-    if state.changed_at_s is not None and now - state.changed_at_s < cfg.impact_settle_s:
+    settle_s = min(cfg.impact_settle_s, cfg.impact_rate_settle_s) if state.rate_only else cfg.impact_settle_s
+    if state.changed_at_s is not None and now - state.changed_at_s < settle_s:
         return state
     utils = [r[2] for r in state.loads if r[2] is not None]
     entry = (now, sample.counts, load_now(state), statistics.median(utils) if utils else None)
@@ -445,10 +451,14 @@ def _carry_impact(before: LawState, after: LawState, cfg: LawConfig, now: float)
     worker count is a change: requests settle again, and the running ones start over."""
     if cfg.impact_max_ratio is None:
         return after
-    changed = (before.level is Level.PAUSE) != (after.level is Level.PAUSE) or (
+    toggled = (before.level is Level.PAUSE) != (after.level is Level.PAUSE)
+    changed = toggled or (
         after.level is not Level.PAUSE and (before.rows_per_s, before.workers) != (after.rows_per_s, after.workers))
-    return replace(after, reference=before.reference, loads=before.loads, running=() if changed else before.running,
-                   changed_at_s=now if changed else before.changed_at_s)
+    if not changed:
+        return replace(after, reference=before.reference, loads=before.loads, running=before.running,
+                       changed_at_s=before.changed_at_s, rate_only=before.rate_only)
+    return replace(after, reference=before.reference, loads=before.loads, running=(), changed_at_s=now,
+                   rate_only=not toggled and before.workers == after.workers)
 
 
 def _carry_steady(before: LawState, after: LawState, now: float) -> LawState:

@@ -262,3 +262,25 @@ def test_a_new_load_is_measured_but_never_right_after_a_resume():
     assert d.reason is not Reason.MEASURING  # a worker still starting cannot stop; the rate is not measured yet
     state, d = decide(state, served(100.0 + CFG.impact_pause_s, 20.0, rps=60.0), CFG)
     assert d.reason is Reason.MEASURING
+
+
+@pytest.mark.parametrize("per_1000_rows, rates", [
+    (0.0, [500.0, 1000.0]),  # serving no slower with the job than without: the rate doubles from the resume rate
+    (0.1, [500.0, 750.0, 1000.0]),  # measured at 1.025x at 250 rows/s, within the ratio but not nothing: steps
+])
+def test_a_rate_with_no_measured_impact_doubles_and_one_with_some_grows_by_steps(per_1000_rows, rates):
+    _, log = simulate(CFG, 60.0, base_ms=20.0, per_1000_rows=per_1000_rows)
+    grown = [d.rows_per_s for (_, d), (_, prev) in zip(log[1:], log) if d.reason is Reason.GROW and prev.reason is not Reason.GROW]
+    assert grown[:len(rates)] == pytest.approx(rates)
+
+
+def test_after_a_new_rate_alone_requests_count_from_rate_settle_s_after_a_resume_from_settle_s():
+    cfg = replace(CFG, impact_settle_s=3.0, impact_rate_settle_s=1.0, impact_pause_s=6.0)
+    _, log = simulate(cfg, 60.0, base_ms=20.0, per_1000_rows=0.1)  # steps of 250 rows/s, one worker: rates alone
+    resumed = next(t for t, d in log if d.reason is Reason.RESUME)
+    grows = starts_of(log, Reason.GROW)
+    assert len(grows) >= 3
+    # 200 requests at 50 req/s: 8 readings of 25, the first at the settle's end
+    assert grows[0] - resumed >= cfg.impact_settle_s + 3.5 - 1e-9
+    gaps = [b - a for a, b in zip(grows, grows[1:])]
+    assert min(gaps) >= cfg.impact_rate_settle_s + 3.5 - 1e-9 and max(gaps) < cfg.impact_settle_s + 3.5
