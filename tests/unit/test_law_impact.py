@@ -284,3 +284,31 @@ def test_after_a_new_rate_alone_requests_count_from_rate_settle_s_after_a_resume
     assert grows[0] - resumed >= cfg.impact_settle_s + 3.5 - 1e-9
     gaps = [b - a for a, b in zip(grows, grows[1:])]
     assert min(gaps) >= cfg.impact_rate_settle_s + 3.5 - 1e-9 and max(gaps) < cfg.impact_settle_s + 3.5
+
+
+def test_an_impact_that_does_not_fall_when_the_rate_halves_is_measured_again_not_shrunk_again():
+    """Serving slows by 40 % for reasons of its own (the host) while a job with no effect runs: against
+    the reference from before, the job reads 1.4x and shrinks once. At half the rate it still reads 1.4x:
+    the job is not what moved. Serving is measured again without it (MEASURING), compared with that
+    measure alone, and the job grows back."""
+    state, log, t = LawState(), [], 0.0
+    while t < 90.0:
+        base_ms = 20.0 if t < 15.0 else 28.0  # the job has no effect at all (its rate is not in here)
+        state, d = decide(state, served(t, base_ms, rps=200.0), CFG)
+        log.append((t, d))
+        t += STEP_S
+    shrinks = [(t, d) for (t, d), (_, prev) in zip(log[1:], log) if d.reason is Reason.IMPACT and d.rows_per_s < prev.rows_per_s]
+    assert len(shrinks) == 1 and shrinks[0][1].impact > CFG.impact_max_ratio
+    again = next(t for t, d in log if t > shrinks[0][0] and d.reason is Reason.MEASURING)
+    assert again - shrinks[0][0] < 10.0  # once the halved rate is judged, not at the next every_s (30 s)
+    after = [d for t, d in log if t > again and d.impact is not None]
+    assert after and all(d.impact == pytest.approx(1.0, abs=0.05) for d in after)  # compared with the new measure alone
+    assert max(d.rows_per_s for t, d in log if t > again) > shrinks[0][1].rows_per_s  # and grown back
+
+
+def test_an_impact_that_falls_with_the_rate_shrinks_again_without_a_measure():
+    # +400 % latency per 1,000 rows/s: 2x at the resume rate (250 rows/s), 1.5x at 125: the excess halves with the rate
+    _, log = simulate(CFG, 20.0, base_ms=20.0, per_1000_rows=4.0, rps=200.0)
+    shrinks = [t for (t, d), (_, prev) in zip(log[1:], log) if d.reason is Reason.IMPACT and d.rows_per_s < prev.rows_per_s]
+    assert len(shrinks) >= 2 and shrinks[1] - shrinks[0] < 5.0
+    assert not any(d.reason is Reason.MEASURING for t, d in log if shrinks[0] < t < shrinks[1])
