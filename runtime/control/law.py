@@ -116,8 +116,6 @@ class LawConfig:
     impact_pause_s: float = 8.0  # that pause at most: impact_settle_s to settle, then min_requests or the rest of it
     impact_settle_s: float = 3.0  # requests that finish this soon after the job starts, stops or changes rate are not
     # counted: a pause's own work (the checkpoint, the workers' stop) and Ray's ~1-s metrics lag
-    impact_rate_settle_s: float = 1.5  # ... after a new rate alone (the same workers, no pause): no checkpoint or stop
-    # to wait out, only the metrics lag
     impact_window_s: float = 20.0  # the requests at the current rate of the last this many seconds are pooled
     impact_load_band: float = 0.25  # ... against requests without the job at a load within this fraction of the load now
     impact_confidence: float = 0.8  # shrink for an impact above the ratio with this one-sided confidence (a quantile of
@@ -178,15 +176,12 @@ class LawState:
     reference: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings with the job paused
     running: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings at the current rate and workers
     changed_at_s: float | None = None  # when the job last paused, resumed or changed rate (samples settle from here)
-    rate_only: bool = False  # ... and that change was a new rate alone (impact_rate_settle_s)
     loads: tuple = ()  # ((time_s, rps, utilization), ...) the readings of the last LOAD_SMOOTH_S: the load is their median
     measuring_rows_per_s: float | None = None  # in a MEASURING pause: the rate (and workers) to go back to
     measuring_workers: int = 0
     impact_cap_rows_per_s: float | None = None  # a rate whose impact was above the ratio: no growth to it until measured again
     impact_hold_until_s: float | None = None  # even the floor was over the ratio: paused till then, unless the load falls
     impact_hold_load: float | None = None  # ... below this, less the load band
-    impact_shrunk_at: float | None = None  # the impact the job last shrank for: half the rate should measure less
-    reference_from_s: float | None = None  # readings without the job from before this are not compared (a doubted one)
     steady_since_s: float | None = None  # the directive (level, rate, workers) has stood since then: read_every_s
 
 
@@ -347,13 +342,12 @@ def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, impact:
         return None
     settled = state.changed_at_s is None or now - state.changed_at_s >= cfg.impact_pause_s
     if settled and _reference_due(state, cfg, now, load_now(state)):  # never right after a resume: it would stall
-        return _measuring(state, now, slack)
+        new = LawState(level=Level.PAUSE, paused_at_s=now, hurt_utilization=state.hurt_utilization,
+                       hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
+                       measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers)
+        return new, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
     if impact is None or impact.low <= cfg.impact_max_ratio:  # within the ratio, or not surely above it
         return None
-    if state.impact_shrunk_at is not None and impact.ratio - 1 >= IMPACT_DOUBT * (state.impact_shrunk_at - 1):
-        # Half the rate, and the impact did not fall: serving moved, not the job (its reference may come from
-        # a quieter minute of the host). Measure serving without the job again, and compare with that alone.
-        return _measuring(state, now, slack, reference_from_s=now)
     if cfg.pause_first or (state.rows_per_s <= cfg.floor_rows_per_s and state.workers <= 1):
         # a small, measured effect: no load is learnt from it (that is for the SLO); the job comes back
         # at the floor after the cool-down and grows no further until serving is measured again
@@ -361,19 +355,7 @@ def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, impact:
         return replace(new, impact_cap_rows_per_s=cfg.floor_rows_per_s, impact_hold_until_s=now + cfg.impact_every_s,
                        impact_hold_load=load_now(state)), d
     new, d = _shrunk(state, Reason.IMPACT, slack, cfg)
-    return replace(new, impact_cap_rows_per_s=state.rows_per_s, impact_shrunk_at=impact.ratio), d
-
-
-IMPACT_DOUBT = 0.8  # _impact: an impact that kept this much of its excess over 1.0x when the rate halved is doubted
-
-
-def _measuring(state: LawState, now: float, slack, reference_from_s: float | None = None):
-    """A MEASURING pause: serving without the job, then back to the same rate and workers."""
-    new = LawState(level=Level.PAUSE, paused_at_s=now, hurt_utilization=state.hurt_utilization,
-                   hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
-                   measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers,
-                   reference_from_s=reference_from_s)
-    return new, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
+    return replace(new, impact_cap_rows_per_s=state.rows_per_s), d
 
 
 def _shrink(state: LawState, sample, slack, cfg: LawConfig, now):
@@ -410,23 +392,21 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: I
     if impact is not None and not sample.idle and impact.ratio > cfg.impact_max_ratio:
         new = replace(state, ample_since_s=ample_since)  # above the ratio, not surely: no shrink, and no growth either
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.IMPACT, slack)
-    step = cfg.grow_step_fraction * cfg.max_rows_per_s
-    if state.impact_cap_rows_per_s is not None and state.rows_per_s + step >= state.impact_cap_rows_per_s:
+    if state.impact_cap_rows_per_s is not None and (
+            state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s >= state.impact_cap_rows_per_s):
         new = replace(state, ample_since_s=ample_since)  # the next step would be the rate that hurt: hold till measured again
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.IMPACT, slack)
-    if impact is not None and impact.ratio <= 1.0 and state.impact_cap_rows_per_s is None:
-        step = max(step, state.rows_per_s)  # measured, and serving no slower with the job than without: double the rate
     allowed = cfg.rows_allowed(state, sample.utilization, now)
     if allowed < cfg.max_rows_per_s and state.rows_per_s >= allowed:  # at the remembered load's cap: no growth
         new = replace(state, ample_since_s=ample_since)
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.LOAD_MEMORY, slack)
     # Grow rows/s first; add a worker only once the current workers run at full rate.
     if state.rows_per_s < cfg.max_rows_per_s:
-        rows, workers = min(allowed, cfg.max_rows_per_s, state.rows_per_s + step), state.workers
+        rows, workers = min(allowed, state.rows_per_s + cfg.grow_step_fraction * cfg.max_rows_per_s), state.workers
     else:
         rows, workers = state.rows_per_s, state.workers + 1
     new = replace(state, level=_level_for(rows, cfg), workers=workers, rows_per_s=rows,
-                  ample_since_s=ample_since, last_grow_s=now, impact_shrunk_at=None)
+                  ample_since_s=ample_since, last_grow_s=now)
     return new, Directive(new.level, workers, rows, Reason.GROW, slack)
 
 
@@ -449,8 +429,7 @@ def _observe(state: LawState, sample: Sample, cfg: LawConfig, now: float) -> Law
         state = replace(state, loads=recent + (() if repeated else ((now, sample.rps, sample.utilization),)))
     if not sample.counts:
         return state
-    settle_s = min(cfg.impact_settle_s, cfg.impact_rate_settle_s) if state.rate_only else cfg.impact_settle_s
-    if state.changed_at_s is not None and now - state.changed_at_s < settle_s:
+    if state.changed_at_s is not None and now - state.changed_at_s < cfg.impact_settle_s:
         return state
     utils = [r[2] for r in state.loads if r[2] is not None]
     entry = (now, sample.counts, load_now(state), statistics.median(utils) if utils else None)
@@ -466,16 +445,10 @@ def _carry_impact(before: LawState, after: LawState, cfg: LawConfig, now: float)
     worker count is a change: requests settle again, and the running ones start over."""
     if cfg.impact_max_ratio is None:
         return after
-    toggled = (before.level is Level.PAUSE) != (after.level is Level.PAUSE)
-    changed = toggled or (
+    changed = (before.level is Level.PAUSE) != (after.level is Level.PAUSE) or (
         after.level is not Level.PAUSE and (before.rows_per_s, before.workers) != (after.rows_per_s, after.workers))
-    since = max((s for s in (before.reference_from_s, after.reference_from_s) if s is not None), default=None)
-    reference = before.reference if since is None else tuple(r for r in before.reference if r[0] >= since)
-    if not changed:
-        return replace(after, reference=reference, reference_from_s=since, loads=before.loads, running=before.running,
-                       changed_at_s=before.changed_at_s, rate_only=before.rate_only)
-    return replace(after, reference=reference, reference_from_s=since, loads=before.loads, running=(), changed_at_s=now,
-                   rate_only=not toggled and before.workers == after.workers)
+    return replace(after, reference=before.reference, loads=before.loads, running=() if changed else before.running,
+                   changed_at_s=now if changed else before.changed_at_s)
 
 
 def _carry_steady(before: LawState, after: LawState, now: float) -> LawState:
@@ -492,8 +465,7 @@ def read_every_s(state: LawState, directive: Directive, sample: Sample, cfg: Law
 
     Nothing moves when the directive has stood for ``calm_read_s``, the reading is good, every
     bound is far (latency and queue slack at least ``grow_above_slack``, the slack the law grows on;
-    the load a tenth below its ceiling), the job is not measuring its impact and no growth waits on
-    the impact at its current rate (read every 3 s, a step took ~6 s where ~4 s do). A read is not free:
+    the load a tenth below its ceiling) and the job is not measuring its impact. A read is not free:
     Ray's metrics agent renders a node's whole endpoint (~0.6 MB) for each one, ~40 ms of CPU on the
     serving host, 4 % of a core at one a second. Slowed, a change is seen up to ``calm_read_s`` later.
 
@@ -508,8 +480,6 @@ def read_every_s(state: LawState, directive: Directive, sample: Sample, cfg: Law
     if (cfg.calm_read_s <= 0 or sample.error is not None or directive.reason is Reason.MEASURING
             or state.measuring_rows_per_s is not None or state.steady_since_s is None
             or now - state.steady_since_s < cfg.calm_read_s):
-        return 0.0
-    if cfg.impact_max_ratio is not None and directive.reason is Reason.HOLD and _impact_pending(state, cfg, now):
         return 0.0
     room = [s for s in (slack_of(sample, cfg), queue_slack(sample, cfg)) if s is not None]
     if not room or min(room) < cfg.grow_above_slack:

@@ -62,7 +62,6 @@ def pooled_config(laws: list[LawConfig], pool_slots: int | None = None) -> LawCo
         impact_every_s=min(law.impact_every_s for law in impacts),
         impact_pause_s=max(law.impact_pause_s for law in impacts),
         impact_settle_s=max(law.impact_settle_s for law in impacts),
-        impact_rate_settle_s=max(law.impact_rate_settle_s for law in impacts),
         impact_window_s=max(law.impact_window_s for law in impacts),
         impact_load_band=min(law.impact_load_band for law in impacts),
         impact_confidence=min(law.impact_confidence for law in impacts),  # the least sure shrinks soonest

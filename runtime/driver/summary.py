@@ -22,7 +22,6 @@ def law_config(spec) -> dict:
         cfg = dataclasses.replace(cfg, impact_max_ratio=impact.max_ratio, impact_quantile=impact.quantile,
                                   impact_min_requests=impact.min_requests, impact_every_s=impact.every_s,
                                   impact_pause_s=impact.pause_s, impact_settle_s=impact.settle_s,
-                                  impact_rate_settle_s=impact.rate_settle_s,
                                   impact_window_s=impact.window_s, impact_load_band=impact.load_band,
                                   impact_confidence=impact.confidence, impact_noise=impact.noise)
     return dataclasses.asdict(cfg)

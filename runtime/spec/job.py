@@ -94,8 +94,6 @@ class ImpactSpec(_Section):
     settle_s: float = Field(default=3.0, ge=0, description="requests that finish this soon after a pause, a resume or "
                                                            "a new rate are not counted: the pause's own work (checkpoint, "
                                                            "workers stopping) and Ray's ~1-s metrics lag")
-    rate_settle_s: float = Field(default=1.5, ge=0, description="... after a new rate alone (the same workers, no "
-                                                                "pause): only the metrics lag (at most settle_s)")
     window_s: float = Field(default=20.0, gt=0, description="the requests at the current rate of the last window_s are pooled")
     load_band: float = Field(default=0.25, gt=0, le=1, description="requests without the job count at a load within "
                                                                    "this fraction of the load now")

@@ -339,8 +339,7 @@ cfg_st = st.builds(
     grow_step_fraction=st.floats(0.01, 1.0), resume_fraction=st.floats(0.0, 1.0),
     holddown_s=st.floats(0.0, 5.0), cooldown_s=st.floats(0.0, 5.0),
     impact_max_ratio=st.one_of(st.none(), st.floats(1.0, 2.0)), impact_every_s=st.floats(1.0, 60.0),
-    impact_pause_s=st.floats(0.0, 8.0), impact_settle_s=st.floats(0.0, 4.0),
-    impact_rate_settle_s=st.floats(0.0, 4.0), impact_window_s=st.floats(0.5, 10.0),
+    impact_pause_s=st.floats(0.0, 8.0), impact_settle_s=st.floats(0.0, 4.0), impact_window_s=st.floats(0.5, 10.0),
     impact_confidence=st.floats(0.5, 0.99), impact_noise=st.floats(0.0, 1.0))
 
 

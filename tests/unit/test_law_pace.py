@@ -37,19 +37,9 @@ def test_a_steady_job_far_inside_every_bound_reads_at_the_calm_pace():
     ("measuring the impact", STEADY, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING), reading(), CFG),
     ("back from measuring next", replace(STEADY, measuring_rows_per_s=1000.0), AT_MAX, reading(), CFG),
     ("calm reads off", STEADY, AT_MAX, reading(), replace(CFG, calm_read_s=0.0)),
-    ("growth waiting on the impact at this rate", replace(STEADY, rows_per_s=500.0, level=Level.THROTTLE),
-     Directive(Level.THROTTLE, 1, 500.0, Reason.HOLD), reading(), replace(CFG, impact_max_ratio=1.1)),
 ])
 def test_anything_moving_or_any_bound_near_reads_every_refresh(why, state, directive, sample, cfg):
     assert read_every_s(state, directive, sample, cfg) == 0.0, why
-
-
-def test_a_hold_with_its_impact_measured_or_without_the_guard_is_calm():
-    held = (replace(STEADY, rows_per_s=500.0, level=Level.THROTTLE), Directive(Level.THROTTLE, 1, 500.0, Reason.HOLD))
-    assert read_every_s(*held, reading(), CFG) == 3.0  # no impact guard: nothing waits on a measure
-    counts = ((50.0, 300.0), (float("inf"), 300.0))  # 300 settled requests at this rate, over the guard's 200
-    measured = replace(held[0], running=((9.0, counts, 50.0, None),))
-    assert read_every_s(measured, held[1], reading(), replace(CFG, impact_max_ratio=1.1)) == 3.0
 
 
 def test_an_idle_service_is_calm():

@@ -121,10 +121,10 @@ def test_impact_reaches_the_law(workdir):
     from runtime.driver.summary import law_config
 
     raw = set_at(valid_raw(workdir), "serving.impact", {"max_ratio": 1.1, "quantile": 0.95, "every_s": 20,
-                                                        "confidence": 0.9, "noise": 0.2, "rate_settle_s": 1.0})
+                                                        "confidence": 0.9, "noise": 0.2})
     law = law_config(load_spec(write_spec(workdir, raw)))
     assert (law["impact_max_ratio"], law["impact_quantile"], law["impact_every_s"], law["impact_settle_s"],
-            law["impact_rate_settle_s"], law["impact_confidence"], law["impact_noise"]) == (1.1, 0.95, 20.0, 3.0, 1.0, 0.9, 0.2)
+            law["impact_confidence"], law["impact_noise"]) == (1.1, 0.95, 20.0, 3.0, 0.9, 0.2)
     assert law_config(load_spec(write_spec(workdir, valid_raw(workdir))))["impact_max_ratio"] is None
 
 
