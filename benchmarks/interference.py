@@ -13,6 +13,9 @@ and batch size, one thread) runs under each policy in turn:
                  and driver use by default: this row shows what the scheduling class alone buys);
 - ``static``     a fixed CPU share, like a Kubernetes CPU limit (cgroup CPU quota, else ``taskset`` one core);
 - ``cron``       training only inside a fixed off-peak window of the replayed day (default 01:00-05:00);
+- ``offpeak``    the bound for any governor that pauses at the peak: ``idle``'s loop, held (``SIGSTOP``)
+                 exactly in the peak hours, known ahead from the trace, at no cost (no reaction time, no
+                 checkpoint, no measuring); its rows are the most a job paused through the peak can train;
 - ``governed``   ``run_job`` under this project's governor, guarding what users feel: Ray Serve's own
                  ingress histogram and queue (every node's metrics endpoint, refreshed every ~1 s), its
                  workers and driver in ``SCHED_IDLE``, ``--max-utilization`` its load ceiling (Heracles'
@@ -51,8 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "jobs" / "demo.yaml"
 TRACE = ROOT / "data" / "nasa-http-1995-07.csv"
 DEFAULT_WORK = ".headroom/bench-interference"
-POLICIES = ("none", "unmanaged", "nice", "idle", "static", "cron", "governed")
-TRAIN_LOOP_POLICIES = ("unmanaged", "nice", "idle", "static", "cron")
+POLICIES = ("none", "unmanaged", "nice", "idle", "static", "cron", "offpeak", "governed")
+TRAIN_LOOP_POLICIES = ("unmanaged", "nice", "idle", "static", "cron", "offpeak")
 # Night-rate traffic before the governed window: the job starts and warms up, as the other policies'
 # trainers are warm when theirs opens. Its office (a process of its own: start-up, MLflow's run, the
 # checklist, all at SCHED_IDLE) took 11-18 s before the job registered, in run G, and a worker then
@@ -130,6 +133,21 @@ def peak_seconds(rate_fn, duration_s: float) -> np.ndarray:
     centres = np.arange(int(math.ceil(duration_s))) + 0.5
     rates = np.array([rate_fn(c) for c in centres])
     return np.flatnonzero(rates >= PEAK_RATE_FRACTION * rates.max()) if len(rates) else np.zeros(0, dtype=int)
+
+
+def peak_intervals(peak_s) -> list[tuple[int, int]]:
+    """The peak seconds as ``[start, end)`` runs of consecutive seconds.
+
+    >>> peak_intervals([3, 4, 5, 9, 10])
+    [(3, 6), (9, 11)]
+    """
+    runs: list[tuple[int, int]] = []
+    for s in sorted(int(x) for x in peak_s):
+        if runs and s == runs[-1][1]:
+            runs[-1] = (runs[-1][0], s + 1)
+        else:
+            runs.append((s, s + 1))
+    return runs
 
 
 def rows_in_window(progress: list[dict], start_s: float, end_s: float) -> int:
@@ -268,6 +286,12 @@ def run_one(ctx: dict, load: LoadProcess, policy: str, rep: int, trainer: TrainP
     gov: dict = {}
     if trainer is not None:
         trainer.go(t0 + (ctx["cron_s"][0] if policy == "cron" else 0.0))
+        if policy == "offpeak":
+            for start, end in peak_intervals(peak_seconds(rate, seconds)):
+                sleep_until(t0 + start, 0.02)
+                trainer.hold()
+                sleep_until(t0 + end, 0.02)
+                trainer.release()
         sleep_until(t0 + seconds)
         progress = trainer.stop()
     elif policy == "governed":
@@ -474,6 +498,11 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         note = f"; {t['note']}" if t.get("note") else ""
         lines.append(f"- {t['target']}: {mark} (value {_fmt(t['value'])}, reference {_fmt(t['reference'])}{note})")
+    rows = lambda p: ((summary.get(p) or {}).get("train_rows") or {}).get("median")  # noqa: E731
+    if rows("offpeak") and rows("nice"):
+        lines += ["", f"Bound: `offpeak` (idle's loop held for free in the {meta['peak_seconds']} peak s) trained "
+                  f"{rows('offpeak') / rows('nice'):.2f}x `nice`'s rows: the most a job paused through the peak can train"
+                  + (f"; `governed` trained {rows('governed') / rows('offpeak'):.2f}x of it." if rows("governed") else ".")]
     return "\n".join(lines) + "\n"
 
 

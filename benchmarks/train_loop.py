@@ -204,7 +204,8 @@ class TrainProcess:
 
     ``policy``: ``unmanaged`` (plain), ``nice`` (``nice -n 19``), ``idle`` (Linux's ``SCHED_IDLE`` class,
     as the governed job's workers run by default), ``static`` (the confinement :func:`static_limit`
-    returned), ``cron`` (plain; the caller picks the start time and ``seconds``).
+    returned), ``cron`` (plain; the caller picks the start time and ``seconds``), ``offpeak`` (``SCHED_IDLE``,
+    as ``idle``; the caller stops and continues it, :meth:`hold` and :meth:`release`).
     """
 
     def __init__(self, policy: str, data_dir: Path, log: Path, seconds: float, static: dict | None = None):
@@ -213,7 +214,7 @@ class TrainProcess:
         preexec = None
         if policy == "nice":
             cmd = ["nice", "-n", "19", *cmd]
-        elif policy == "idle":
+        elif policy in ("idle", "offpeak"):
             preexec = lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # noqa: E731
         elif policy == "static":
             cmd = [*static["prefix"], *cmd]
@@ -237,7 +238,18 @@ class TrainProcess:
         self.proc.stdin.write(f"{start_at_s}\n")
         self.proc.stdin.flush()
 
+    def hold(self) -> None:
+        """Stop the loop where it stands (``SIGSTOP``): an instant pause that costs nothing, no checkpoint."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def release(self) -> None:
+        """Continue a held loop (``SIGCONT``); a no-op on one that runs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> list[dict]:
+        self.release()  # a stopped process would keep its SIGTERM pending
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

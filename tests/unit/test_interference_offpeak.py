@@ -1,0 +1,49 @@
+"""The interference benchmark's ``offpeak`` bound: the peak seconds as runs, and a train loop in
+``SCHED_IDLE`` that trains nothing while held and goes on when released (a real process)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from benchmarks.interference import peak_intervals
+from benchmarks.train_loop import TrainProcess, read_log
+from runtime.training.datagen import write_regression_slices
+
+
+def test_peak_seconds_become_runs_of_consecutive_seconds():
+    assert peak_intervals([]) == []
+    assert peak_intervals([7]) == [(7, 8)]
+    assert peak_intervals([12, 10, 11, 20, 21, 30]) == [(10, 13), (20, 22), (30, 31)]
+
+
+def _rows(proc: TrainProcess) -> int:
+    return max((p["rows_consumed"] for p in read_log(proc.log)[1]), default=0)
+
+
+def _until(check, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not check():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_held_offpeak_loop_trains_nothing_until_released(tmp_path):
+    data, _ = write_regression_slices(tmp_path / "data", slices=1, rows_per_slice=2000)
+    proc = TrainProcess("offpeak", data, tmp_path / "train.jsonl", seconds=60)
+    try:
+        proc.wait_ready()
+        assert os.sched_getscheduler(proc.proc.pid) == os.SCHED_IDLE  # the governed workers' class
+        proc.go(time.time())
+        _until(lambda: _rows(proc) > 0, 30, "the loop never reported trained rows")
+        proc.hold()
+        time.sleep(0.3)  # a progress line written just before the stop has landed
+        held = _rows(proc)
+        time.sleep(1.5)  # three of its 0.5-s progress lines, had it run
+        assert _rows(proc) == held
+        proc.release()
+        _until(lambda: _rows(proc) > held, 30, "the released loop never trained again")
+        proc.hold()  # stopped while held (the replay can end in a peak): it still ends cleanly, on SIGTERM
+    finally:
+        progress = proc.stop()
+    assert progress[-1].get("event") == "end" and progress[-1]["why"] == "SIGTERM"
