@@ -169,13 +169,14 @@ class Queue:
         if now < start:
             return False
         submission_id = f"headroom-{e['job']}-{int(now * 1000)}"
-        workdir = Path(tempfile.mkdtemp(prefix=f"headroom-{e['job']}-"))
-        (workdir / "spec.yaml").write_text(yaml.safe_dump(e["spec"], sort_keys=False))
         entrypoint = (f"{shlex.quote(sys.executable)} -m jobs.retrain spec.yaml --window {start:.3f}/{end:.3f} "
                       f"--outcome-key {submission_id}")
-        self.client().submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                                 runtime_env={"working_dir": str(workdir)},
-                                 metadata={"headroom.job": e["job"], "headroom.window": f"{iso(start)}/{iso(end)}"})
+        # The spec travels as the Ray job's working_dir, which the submission uploads to the cluster: the
+        # local folder is not needed once it returns (kept, one per window, it filled /tmp).
+        with tempfile.TemporaryDirectory(prefix=f"headroom-{e['job']}-") as workdir:
+            (Path(workdir) / "spec.yaml").write_text(yaml.safe_dump(e["spec"], sort_keys=False))
+            self.client().submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env={"working_dir": workdir},
+                                     metadata={"headroom.job": e["job"], "headroom.window": f"{iso(start)}/{iso(end)}"})
         e["runs"].append({"submission_id": submission_id, "window": [start, end], "submitted_s": now,
                           "ended_s": None, "ray_status": "PENDING", "status": None, "rows_consumed": None,
                           "stop_requested": False})

@@ -5,9 +5,11 @@ scheduler does from the GCS."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from runtime.cli.jobs import parse_window, queue_text
 from runtime.control.governor_state import MemoryStateStore
@@ -27,6 +29,9 @@ class FakeJobs:
         self.stopped: list[str] = []
 
     def submit_job(self, **kw):
+        # Ray uploads the working_dir during the call: what it holds then is what the job gets
+        workdir = Path(kw["runtime_env"]["working_dir"])
+        kw["files"] = {f.name: f.read_text() for f in workdir.iterdir()}
         self.submitted.append(kw)
         self.status[kw["submission_id"]] = "RUNNING"
         return kw["submission_id"]
@@ -66,6 +71,8 @@ def test_a_job_starts_when_its_window_opens_not_before_and_runs_with_its_window(
     assert "-m jobs.retrain spec.yaml --window 1100.000/1200.000" in sub["entrypoint"]
     assert f"--outcome-key {sub['submission_id']}" in sub["entrypoint"]
     assert sub["metadata"]["headroom.job"] == "ranker"
+    assert list(sub["files"]) == ["spec.yaml"] and yaml.safe_load(sub["files"]["spec.yaml"]) == SPEC
+    assert not Path(sub["runtime_env"]["working_dir"]).exists()  # uploaded by the submission: not left in /tmp
     assert q.entries["ranker"]["state"] == "running" and q.entries["ranker"]["runs"][0]["submitted_s"] == 1100.0
 
 
