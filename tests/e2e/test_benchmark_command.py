@@ -1,7 +1,7 @@
-"""``make benchmark`` as a user runs it, in miniature: serving + open-loop replay + three policies.
+"""``make benchmark`` as a user runs it, in miniature: serving + open-loop replay + four policies.
 
 Runs the README's command (``make benchmark``, with ``BENCH_ARGS`` shortening it: a day compressed
-into 8 s, one repetition of ``none``, ``unmanaged`` and ``governed``) with no Ray variable in the
+into 8 s, one repetition of ``none``, ``unmanaged``, ``offpeak`` and ``governed``) with no Ray variable in the
 environment, as on a fresh machine: the benchmark starts its own private loopback Ray cluster. Asserted:
 the output's structure, that every policy got latency samples, that the policies that train consumed
 rows, and that the signals' freshness was measured. The latency figures are printed, never asserted:
@@ -21,7 +21,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-POLICIES = ["none", "unmanaged", "governed"]
+POLICIES = ["none", "unmanaged", "offpeak", "governed"]
 
 
 def test_short_benchmark_produces_results_for_every_policy(tmp_path):
@@ -52,6 +52,7 @@ def test_short_benchmark_produces_results_for_every_policy(tmp_path):
     runs = {r["policy"]: r for r in result["runs"]}
     assert runs["none"]["train_rows"] == 0
     assert runs["unmanaged"]["train_rows"] > 0
+    assert 0 < runs["offpeak"]["train_rows"]  # held (SIGSTOP) through the peak seconds only, then released
     # The governed job may be paused for the whole 8-s window on a busy host; over its lead-in too it trains.
     assert runs["governed"]["train_rows_run"] > 0
     assert runs["governed"]["jobs_left_on_governor"] == []  # the job unregistered: no parked lease left behind
