@@ -83,6 +83,11 @@ def parse_args(argv=None):
                    help="the governed job's active probe through the proxy, one request this often (0: none)")
     p.add_argument("--impact-max-ratio", type=float, default=None,
                    help="the governed job's impact guard (serving.impact.max_ratio; default: jobs/demo.yaml's; 0: no guard)")
+    p.add_argument("--worker-sched", choices=("idle", "normal"), default=None,
+                   help="the governed job's scheduling class (budget.worker_sched; default: jobs/demo.yaml's, idle)")
+    p.add_argument("--worker-nice", type=int, default=None,
+                   help="the governed job's niceness (budget.worker_nice; default: jobs/demo.yaml's); 19 with "
+                        "--worker-sched normal trains as the nice policy does")
     p.add_argument("--checkpoint-every-steps", type=int, default=None,
                    help="the governed job's round length in steps (checkpoint.every_steps; default: jobs/demo.yaml's)")
     p.add_argument("--work", default=DEFAULT_WORK, help="scratch folder: training data, checkpoints, logs, MLflow store")
@@ -199,6 +204,9 @@ def governed_spec(ctx: dict, checkpoint_dir: Path):
     elif ctx["impact_max_ratio"] is not None:
         base["serving"]["impact"] = dict(base["serving"]["impact"] or {}, max_ratio=ctx["impact_max_ratio"])
     base["budget"]["max_rows_per_s"] = ctx["max_rows_per_s"]
+    for key in ("worker_sched", "worker_nice"):
+        if ctx.get(key) is not None:
+            base["budget"][key] = ctx[key]
     base["checkpoint"]["storage"] = str(checkpoint_dir)
     if ctx["checkpoint_every_steps"]:
         base["checkpoint"]["every_steps"] = ctx["checkpoint_every_steps"]
@@ -581,6 +589,7 @@ def main(argv=None) -> int:
                "predict_url": endpoints.predict_url, "metrics_url": endpoints.metrics_url, "capacity_rps": meta["capacity"]["rps"],
                "app": APP_NAME, "max_utilization": args.max_utilization, "probe_interval_s": args.probe_interval_s,
                "impact_max_ratio": args.impact_max_ratio, "checkpoint_every_steps": args.checkpoint_every_steps,
+               "worker_sched": args.worker_sched, "worker_nice": args.worker_nice,
                "mlflow_uri": mlflow_uri, "work": work, **data}
         for rep in range(1, args.reps + 1):
             # Started ahead (imports cost seconds of CPU), idle on stdin until their run begins.
