@@ -1,12 +1,15 @@
-"""The interference benchmark's ``offpeak`` bound: the peak seconds as runs, and a train loop in
-``SCHED_IDLE`` that trains nothing while held and goes on when released (a real process)."""
+"""The interference benchmark's policies: the ``offpeak`` bound (the peak seconds as runs, and a train
+loop in ``SCHED_IDLE`` that trains nothing while held and goes on when released: a real process), and
+the governed job's spec as the command line shapes it."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from benchmarks.interference import peak_intervals
+import pytest
+
+from benchmarks.interference import governed_spec, parse_args, peak_intervals
 from benchmarks.train_loop import TrainProcess, read_log
 from runtime.training.datagen import write_regression_slices
 
@@ -47,3 +50,15 @@ def test_a_held_offpeak_loop_trains_nothing_until_released(tmp_path):
     finally:
         progress = proc.stop()
     assert progress[-1].get("event") == "end" and progress[-1]["why"] == "SIGTERM"
+
+
+@pytest.mark.parametrize("argv, sched, nice", [([], "idle", 10), (["--worker-sched", "normal", "--worker-nice", "19"], "normal", 19)])
+def test_the_governed_jobs_scheduling_class_comes_from_the_command_line(tmp_path, argv, sched, nice):
+    args = parse_args(argv)
+    ctx = {"data_dir": tmp_path / "data", "holdout": tmp_path / "h.parquet", "app": "app", "slo_ms": 60.0,
+           "capacity_rps": 300.0, "max_utilization": args.max_utilization, "probe_interval_s": 0.0,
+           "impact_max_ratio": None, "max_rows_per_s": 60_000.0, "checkpoint_every_steps": None,
+           "mlflow_uri": f"sqlite:///{tmp_path}/m.db", "worker_sched": args.worker_sched, "worker_nice": args.worker_nice}
+    spec = governed_spec(ctx, tmp_path / "ckpt")
+    assert (spec.budget.worker_sched, spec.budget.worker_nice) == (sched, nice)  # default: jobs/demo.yaml's
+    assert spec.serving.impact is not None and spec.budget.max_rows_per_s == 60_000.0
