@@ -49,7 +49,7 @@ test-faults: install tools
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-# `make benchmark` is the quick interference run (~5 min); BENCH_ARGS="--reps 3" gives the full one.
+# `make benchmark` is the quick interference run (~6 min); BENCH_ARGS="--reps 3" gives the full one.
 BENCH_ARGS ?= --quick
 benchmark: install
 	$(PY) -m benchmarks.interference $(BENCH_ARGS)

@@ -67,7 +67,7 @@ PEAK_RATE_FRACTION = 0.8  # peak hours: replay seconds where the trace rate is >
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.interference", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 rep, 25 s per policy (~4 min in all)")
+    p.add_argument("--quick", action="store_true", help="1 rep, 25 s per policy (~5 min in all)")
     p.add_argument("--reps", type=int, default=None, help="repetitions of the whole policy sequence (default 3, quick 1)")
     p.add_argument("--seconds-per-policy", type=float, default=None, help="one replayed day lasts this long (default 60, quick 25)")
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset, run in this order")
