@@ -438,9 +438,14 @@ def summarize(runs: list[dict], policies: list[str]) -> dict:
     return out
 
 
+def median_of(summary: dict, policy: str, metric: str):
+    """``summary[policy][metric]["median"]``; None where that policy did not run."""
+    return ((summary.get(policy) or {}).get(metric) or {}).get("median")
+
+
 def check_targets(summary: dict) -> list[dict]:
     """The issue's targets on the medians; ``met`` is None where a policy needed for it did not run."""
-    med = lambda p, m: (summary.get(p) or {}).get(m, {}).get("median")  # noqa: E731
+    med = lambda p, m: median_of(summary, p, m)  # noqa: E731
     g = "governed"
     pooled = (summary.get(g) or {}).get("reaction_pooled", {})
     checks = [
@@ -506,7 +511,7 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         note = f"; {t['note']}" if t.get("note") else ""
         lines.append(f"- {t['target']}: {mark} (value {_fmt(t['value'])}, reference {_fmt(t['reference'])}{note})")
-    rows = lambda p: ((summary.get(p) or {}).get("train_rows") or {}).get("median")  # noqa: E731
+    rows = lambda p: median_of(summary, p, "train_rows")  # noqa: E731
     if rows("offpeak") and rows("nice"):
         lines += ["", f"Bound: `offpeak` (idle's loop held for free in the {meta['peak_seconds']} peak s) trained "
                   f"{rows('offpeak') / rows('nice'):.2f}x `nice`'s rows: the most a job paused through the peak can train"
