@@ -24,21 +24,22 @@ demo: install
 	$(PY) -m examples.demo
 
 # lint-imports: the subsystem layering of runtime/ (pyproject.toml [tool.importlinter]) fails the build when broken.
-# The doctests and unit tests first, in one process, before any Ray session exists; then the Ray tiers
+# The doctests and unit tests first, on two processes, before any Ray session exists; then the Ray tiers
 # on PYTEST_WORKERS processes (pytest-xdist), each with a Ray head of its own, started one at a time:
 # they mostly wait on real jobs, pauses and traffic (tests/conftest.py keeps a file's tests, and the
 # tests that start clusters of their own, together). Last and alone, the two that need the host to
 # themselves: the README's `ray start` lines need Ray's default ports free and a dashboard agent that
 # comes up (beside three busy workers, CI's did not: "No available agent to submit job"); the
 # shortened benchmark's governed job must find headroom to train at all (beside the other workers'
-# tests it stayed paused its whole run: 0 rows). Two workers: on three, CI's host stretched the
-# timings of four tests past their bounds; four overloaded this host (docs/operations.md, "Tests").
+# tests it stayed paused its whole run: 0 rows). Three workers: once, before those two ran alone and
+# three other tests were made to hold on a busy host, CI's host stretched four tests past their bounds on
+# three; four overloaded this host (docs/operations.md, "Tests").
 # Each Ray tier prints its slowest tests (--durations): where `make test`'s time goes.
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 ALONE := tests/e2e/test_readme_cluster.py tests/e2e/test_benchmark_command.py
 test: install tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q runtime tests/unit
+	$(PY) -m pytest -q -n 2 runtime tests/unit
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 tests/integration tests/faults tests/e2e $(ALONE:%=--ignore=%)
 	$(PY) -m pytest -q --durations=5 $(ALONE)
 

@@ -42,10 +42,11 @@ def test_a_job_runs_in_its_windows_as_ray_jobs_yields_at_the_end_and_survives_a_
 
     name = "it-windowed"
     with LatencyServer(delay_s=0.002) as server, LoadThread(server.predict_url, rps=30):
-        # 18 000 rows at <= 300 rows/s: at least 60 s of training, more than the first window holds. The
-        # window is 45 s: on a busy host the Ray job's start-up (imports, MLflow, the checklist, a cold
-        # worker) took ~25 s of a 30-s window once, so that it trained nothing and left no checkpoint.
-        spec = make_spec(tmp_path, name, server.metrics_url, rows_per_s=300, slices=6, rows=3000, every_steps=2)
+        # 15 000 rows at <= 300 rows/s: at least 50 s of training, more than the first window holds even
+        # with no start-up at all, and little more (the second window trains what the first one's start-up
+        # took). The window is 45 s: on a busy host the Ray job's start-up (imports, MLflow, the checklist,
+        # a cold worker) took ~25 s of a 30-s window once, so that it trained nothing and left no checkpoint.
+        spec = make_spec(tmp_path, name, server.metrics_url, rows_per_s=300, slices=5, rows=3000, every_steps=2)
         spec_path = tmp_path / "spec.yaml"
         spec_path.write_text(yaml.safe_dump(spec.model_dump()))
         first_opens = time.time() + 10
