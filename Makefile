@@ -34,13 +34,14 @@ demo: install
 # tests it stayed paused its whole run: 0 rows). Three workers: once, before those two ran alone and
 # three other tests were made to hold on a busy host, CI's host stretched four tests past their bounds on
 # three; four overloaded this host (docs/operations.md, "Tests").
-# Each Ray tier prints its slowest tests (--durations): where `make test`'s time goes.
+# The longest groups start first (LONGEST_FIRST in tests/conftest.py; --no-loadscope-reorder keeps that
+# order). Each Ray tier prints its slowest tests (--durations): where `make test`'s time goes.
 PYTEST_WORKERS ?= 3
 ALONE := tests/e2e/test_readme_cluster.py tests/e2e/test_benchmark_command.py
 test: install tools
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 2 runtime tests/unit
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 tests/integration tests/faults tests/e2e $(ALONE:%=--ignore=%)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15 tests/integration tests/faults tests/e2e $(ALONE:%=--ignore=%)
 	$(PY) -m pytest -q --durations=5 $(ALONE)
 
 # Every fault test, the slow ones included (CI): each prints a "FAULT <name>: rows_lost=0 ..." line.

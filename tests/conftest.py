@@ -49,12 +49,32 @@ OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_c
                 "tests/faults/test_node_removal.py", "tests/e2e/test_readme_cluster.py"}
 
 
+# The longest groups of the Ray tiers, longest first (`--durations=0` of a plain run on two workers, and
+# CI's with the slow fault tier): `make test` hands groups out in collection order
+# (`--no-loadscope-reorder`), so these start first and the short files fill the workers' ends. Left to
+# xdist's own order (the groups with the most tests first), the two 2-minute single-test files started
+# last and held the run open while the other workers idled.
+LONGEST_FIRST = ("own-clusters",  # ~230 s; ~330 s with node removal (slow tier)
+                 "tests/faults/test_mlflow_outage.py",  # ~190 s, slow tier
+                 "tests/integration/test_elastic_jobs.py",  # ~150 s
+                 "tests/integration/test_governed_job.py",  # ~140 s
+                 "tests/integration/test_leases.py",  # ~125 s
+                 "tests/integration/test_scheduler.py",  # ~120 s
+                 "tests/integration/test_priorities.py",  # ~120 s
+                 "tests/integration/test_ingress_telemetry.py")  # ~80 s
+
+
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup``: a file's tests stay on one worker (its module fixtures are set up
-    once), and the files of :data:`OWN_CLUSTERS` on one worker together."""
+    once), and the files of :data:`OWN_CLUSTERS` on one worker together; the groups of
+    :data:`LONGEST_FIRST` come first, in that order (a stable sort: the rest keep their order)."""
+    groups = {}
     for item in items:
         path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group("own-clusters" if path in OWN_CLUSTERS else path))
+        groups[item.nodeid] = "own-clusters" if path in OWN_CLUSTERS else path
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))
 
 
 @dataclass
