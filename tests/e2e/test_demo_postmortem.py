@@ -22,7 +22,7 @@ def test_demo_post_mortem_is_an_artifact_of_its_mlflow_run(tmp_path, capsys):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    demo = subprocess.run([sys.executable, "-m", "examples.demo", "--seconds-per-day", "20", "--rows", "24000",
+    demo = subprocess.run([sys.executable, "-m", "examples.demo", "--seconds-per-day", "30", "--rows", "24000",
                            "--port", str(free_port()), "--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "work"),
                            "--tracking-uri", uri], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]

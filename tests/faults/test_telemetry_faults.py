@@ -54,9 +54,7 @@ def test_endpoint_down_hanging_garbage_frozen_each_pause_with_the_cause(ray_sess
 def test_an_idle_service_is_headroom_not_missing_telemetry(ray_session, tmp_path):
     """Traffic stops mid-job: the histogram stops moving and nothing is in flight. The job keeps training."""
     with ServingProcess(delay_s=0.002, rps=40) as server:
-        # 8 000 rows at <= 500 rows/s: rows left through the idle phase (~10 s after the first rows, up to
-        # ~14 s on a busy host), and little training after it
-        job = JobThread(make_spec(tmp_path, "fault-idle", server.metrics_url, rows_per_s=500, slices=4, rows=2000))
+        job = JobThread(make_spec(tmp_path, "fault-idle", server.metrics_url, rows_per_s=300, slices=4, rows=2000))
         job.start()
         job.wait_for(lambda s: s["active"] > 0 and s["rows_consumed"] > 0, timeout_s=120)
         server.set_rps(0)

@@ -32,8 +32,6 @@ SLO_MS = 400
 
 
 def lease_spec(tmp_path, name: str, metrics_url: str, *, park_s: float, silence_s: float = 3.0) -> object:
-    # 12 000 rows at <= 1 000 rows/s: rows left at the pause (which comes seconds after the first rows),
-    # and no more than ~10 s of training after the resume.
     data, holdout = write_regression_slices(tmp_path / "data", slices=6, rows_per_slice=2000)
     return spec_from_dict({
         "name": name,
@@ -41,7 +39,7 @@ def lease_spec(tmp_path, name: str, metrics_url: str, *, park_s: float, silence_
         "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": 100},
         "validation": {"holdout": str(holdout), "metric": "r2"},
         "serving": {"url": metrics_url, "slo_p99_ms": SLO_MS, "window_s": 0.5, "stale_after_s": 3},
-        "budget": {"max_workers": 1, "max_rows_per_s": 1000, "cooldown_s": 1.0, "holddown_s": 0.5, "park_s": park_s,
+        "budget": {"max_workers": 1, "max_rows_per_s": 500, "cooldown_s": 1.0, "holddown_s": 0.5, "park_s": park_s,
                    "governor_silence_s": silence_s},
         "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": 4},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "leases"},
