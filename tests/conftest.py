@@ -47,6 +47,7 @@ from tests.support import free_ports  # noqa: E402  -- after the environment abo
 OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_command.py",
                 "tests/e2e/test_cli_and_job_submit.py", "tests/faults/test_closed_by_default.py",
                 "tests/faults/test_node_removal.py", "tests/e2e/test_readme_cluster.py"}
+SHARED_GROUP = "own-clusters"  # their group
 
 
 # The longest groups of the Ray tiers, longest first (`--durations=0` of a plain run on two workers, and
@@ -54,7 +55,7 @@ OWN_CLUSTERS = {"tests/e2e/test_demo_postmortem.py", "tests/e2e/test_benchmark_c
 # (`--no-loadscope-reorder`), so these start first and the short files fill the workers' ends. Left to
 # xdist's own order (the groups with the most tests first), the two 2-minute single-test files started
 # last and held the run open while the other workers idled.
-LONGEST_FIRST = ("own-clusters",  # ~230 s; ~330 s with node removal (slow tier)
+LONGEST_FIRST = (SHARED_GROUP,  # ~230 s; ~330 s with node removal (slow tier)
                  "tests/faults/test_mlflow_outage.py",  # ~190 s, slow tier
                  "tests/integration/test_elastic_jobs.py",  # ~150 s
                  "tests/integration/test_governed_job.py",  # ~140 s
@@ -64,6 +65,7 @@ LONGEST_FIRST = ("own-clusters",  # ~230 s; ~330 s with node removal (slow tier)
                  "tests/integration/test_ingress_telemetry.py")  # ~80 s
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks to form the groups
 def pytest_collection_modifyitems(config, items):
     """Under ``--dist loadgroup``: a file's tests stay on one worker (its module fixtures are set up
     once), and the files of :data:`OWN_CLUSTERS` on one worker together; the groups of
@@ -71,10 +73,22 @@ def pytest_collection_modifyitems(config, items):
     groups = {}
     for item in items:
         path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
-        groups[item.nodeid] = "own-clusters" if path in OWN_CLUSTERS else path
+        groups[item.nodeid] = SHARED_GROUP if path in OWN_CLUSTERS else path
         item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
     rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under ``--dist loadgroup`` every test a worker collected must carry its group (``nodeid@group``),
+    or the groups above are silently ignored and private clusters run side by side. That happened:
+    this module's hook once ran after xdist's, and pytest 9.2's node ids drop xdist's suffix
+    (constraints.txt)."""
+    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid]
+    if node.config.getoption("dist") == "loadgroup" and ungrouped:
+        pytest.exit(f"--dist loadgroup grouped nothing on {node.gateway.id} ({len(ungrouped)} tests without a group, "
+                    f"e.g. {ungrouped[0]}): pytest-xdist did not apply the xdist_group marks of tests/conftest.py. "
+                    "Install the versions of constraints.txt (make install), or run without -n.", returncode=4)
 
 
 @dataclass
