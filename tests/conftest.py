@@ -54,7 +54,8 @@ SHARED_GROUP = "own-clusters"  # their group
 # CI's with the slow fault tier): `make test` hands groups out in collection order
 # (`--no-loadscope-reorder`), so these start first and the short files fill the workers' ends. Left to
 # xdist's own order (the groups with the most tests first), the two 2-minute single-test files started
-# last and held the run open while the other workers idled.
+# last and held the run open while the other workers idled. "First" is approximate: xdist hands a worker
+# its next group as soon as the one it holds has two tests or fewer left.
 LONGEST_FIRST = (SHARED_GROUP,  # ~230 s; ~330 s with node removal (slow tier)
                  "tests/faults/test_mlflow_outage.py",  # ~190 s, slow tier
                  "tests/integration/test_elastic_jobs.py",  # ~150 s
