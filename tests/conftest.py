@@ -87,8 +87,8 @@ def pytest_xdist_node_collection_finished(node, ids):
     (constraints.txt)."""
     ungrouped = [nodeid for nodeid in ids if "@" not in nodeid]
     if node.config.getoption("dist") == "loadgroup" and ungrouped:
-        pytest.exit(f"--dist loadgroup grouped nothing on {node.gateway.id} ({len(ungrouped)} tests without a group, "
-                    f"e.g. {ungrouped[0]}): pytest-xdist did not apply the xdist_group marks of tests/conftest.py. "
+        pytest.exit(f"--dist loadgroup left {len(ungrouped)} tests on {node.gateway.id} without a group "
+                    f"(e.g. {ungrouped[0]}): pytest-xdist did not apply the xdist_group marks of tests/conftest.py. "
                     "Install the versions of constraints.txt (make install), or run without -n.", returncode=4)
 
 
