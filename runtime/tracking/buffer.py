@@ -87,12 +87,12 @@ class MetricBuffer:
                 with self._cond:
                     self._cond.wait_for(lambda: self._closed, timeout=delay_s)
                 continue
-            with self._cond:
+            with self._cond:  # state settles before flush() is woken: it may return at once
                 for _ in batch:
                     self._pending.popleft()
                 self.sent += len(batch)
+                recovered, self.last_error = self.last_error is not None, None
                 self._cond.notify_all()
-            if self.last_error is not None:
+            if recovered:
                 log.warning("MLflow reachable again; %d metrics sent so far", self.sent)
-                self.last_error = None
             delay_s = 0.0
