@@ -5,9 +5,10 @@ Training must never wait for MLflow: the job driver logs a few metrics a second,
 ``log_batch`` against a stopped server would hold the driver (and so the workers' next round) for
 as long as MLflow's HTTP retries last. So :class:`MetricBuffer` only queues; its thread sends up to
 1,000 metrics per ``log_batch`` (MLflow's limit), in order, and on failure keeps them and backs off
-(0.5 s, doubling, at most ``max_backoff_s``). :meth:`MetricBuffer.flush` waits until everything is
-sent; the tracker calls it before registering a model, so a server that is still down fails the job
-with one clear :class:`TrackingError` *before* anything is registered.
+(0.5 s, doubling, at most ``max_backoff_s``). :meth:`MetricBuffer.flush` cuts a backoff short (the
+server may be back) and waits until everything is sent; the tracker calls it before registering a
+model, so a server that is still down fails the job with one clear :class:`TrackingError` *before*
+anything is registered.
 
 >>> buf = MetricBuffer(client.log_batch, run_id)  # doctest: +SKIP
 >>> buf.add([Metric("loss", 0.3, ts, 1)]); buf.flush(timeout_s=30)  # doctest: +SKIP
@@ -34,6 +35,7 @@ class MetricBuffer:
         self._pending: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._retry_now = False  # flush() cuts a backoff short: the server may be back
         self.sent = 0
         self.failures = 0  # failed sends (each followed by a backoff)
         self.last_error: str | None = None
@@ -54,6 +56,7 @@ class MetricBuffer:
         """Wait until every queued metric is sent; False if ``timeout_s`` passed first."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            self._retry_now = True
             self._cond.notify_all()
             while self._pending:
                 left = deadline - time.monotonic()
@@ -79,13 +82,14 @@ class MetricBuffer:
             try:
                 self._log_batch(self.run_id, metrics=batch)
             except Exception as exc:  # server down, timing out, refusing: keep the metrics, back off
-                self.failures += 1
                 if self.last_error is None:
                     log.warning("MLflow unreachable (%s); buffering metrics and retrying", type(exc).__name__)
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 delay_s = min(self.max_backoff_s, max(0.5, delay_s * 2))
-                with self._cond:
-                    self._cond.wait_for(lambda: self._closed, timeout=delay_s)
+                with self._cond:  # under the lock, as a flush() that times out reads them for its error
+                    self.failures += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    self._cond.wait_for(lambda: self._closed or self._retry_now, timeout=delay_s)
+                    self._retry_now = False
                 continue
             with self._cond:  # state settles before flush() is woken: it may return at once
                 for _ in batch:

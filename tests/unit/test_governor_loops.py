@@ -136,7 +136,7 @@ def test_hung_sources_hold_up_neither_a_healthy_one_nor_the_tick(monkeypatch):
 
 
 def test_a_slow_but_healthy_source_is_not_called_stuck_and_each_sample_is_decided_once(monkeypatch):
-    slow = FakeSource(takes_s=0.2, timeout_s=0.1)  # twice its timeout per scrape (two requests), under the bound
+    slow = FakeSource(takes_s=0.3, timeout_s=0.15)  # twice its timeout per scrape (two requests), under the bound
 
     async def scenario():
         gov = _governor(monkeypatch, {"http://127.0.0.1:9/metrics": [slow]})
@@ -263,7 +263,8 @@ def test_a_waiting_heartbeat_wakes_on_a_change_and_a_steady_one_waits(monkeypatc
 
     first, steady, woken, unknown, entry = asyncio.run(scenario())
     assert steady["version"] == first["version"]
-    assert woken["version"] == first["version"] + 1  # the change, not the timeout, answered
+    # the change, not the timeout, answered (a scrape landing just after it may have moved it on again)
+    assert woken["version"] > first["version"]
     assert entry.progress[0]["rows"] == 5  # progress rides on the long poll
     assert unknown == {"action": "stop", "rows_per_s": 0.0, "why": "unknown job", "version": None}
 

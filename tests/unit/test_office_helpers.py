@@ -32,11 +32,12 @@ def test_a_phase_records_its_wall_clock_beside_its_cpu_and_skip_drops_both():
     time.sleep(0.2)  # waiting on another process: time passes, this one's CPU does not
     cpu.mark("validation (in the office)")
     _burn(0.05)
-    cpu.skip()
+    time.sleep(0.3)
+    cpu.skip()  # drops the burn and the sleep: a wide margin, so a pause of the host between the two calls below is no failure
     cpu.mark("after a skip")
 
     assert cpu.wall["validation (in the office)"] >= 0.2 > 0.1 > cpu.marks["validation (in the office)"]
-    assert cpu.wall["after a skip"] < 0.05 and cpu.marks["after a skip"] < 0.05
+    assert cpu.wall["after a skip"] < 0.2 and cpu.marks["after a skip"] < 0.04
 
 
 def test_the_offices_files_land_in_the_artifacts_folder_as_written(tmp_path):

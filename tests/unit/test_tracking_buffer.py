@@ -61,6 +61,18 @@ def test_flush_returns_only_after_the_recovery_is_recorded():
         buf.close()
 
 
+def test_a_flush_retries_at_once_rather_than_after_the_backoff():
+    server = FlakyServer()
+    server.down.set()
+    buf = MetricBuffer(server.log_batch, "run", max_backoff_s=30.0)
+    buf.add([1])
+    assert not buf.flush(2.0)  # fails, backs off (0.5 s, 1 s, ...): the next try may be 2+ s away
+    server.down.clear()
+    assert buf.flush(1.0)  # the server is back: this flush's own retry sends it, no backoff waited out
+    assert server.accepted == [1]
+    buf.close()
+
+
 def test_close_stops_the_thread_even_while_backing_off():
     server = FlakyServer()
     server.down.set()
