@@ -25,7 +25,8 @@ damage, so it acts first. The law works on the tightest of the three.
   phase-out of Bubble-Flux, Yang et al., ISCA 2013). An SLO set well above the tail leaves a job all
   the slack it wants; this keeps it to what users would barely notice. At least every
   ``impact_every_s``, and whenever the load leaves ``impact_load_band`` of every load measured so, the
-  job pauses (``MEASURING``, at most ``impact_pause_s``) so the law sees serving without it. The
+  job pauses (``MEASURING``, at most ``impact_pause_s``) so the law sees serving without it, and comes
+  back at the rate it ran (at a resume's, if the load rose out of the band meanwhile). The
   requests that finished (a histogram's new counts, settled) are pooled per side: the
   ``impact_quantile`` with the job over the same quantile without it, at about the same load, is its
   *impact*, judged once each side has ``impact_min_requests``. Surely above the ratio (its lower
@@ -179,6 +180,7 @@ class LawState:
     loads: tuple = ()  # ((time_s, rps, utilization), ...) the readings of the last LOAD_SMOOTH_S: the load is their median
     measuring_rows_per_s: float | None = None  # in a MEASURING pause: the rate (and workers) to go back to
     measuring_workers: int = 0
+    measuring_load: float | None = None  # ... and the load that rate ran at
     impact_cap_rows_per_s: float | None = None  # a rate whose impact was above the ratio: no growth to it until measured again
     impact_hold_until_s: float | None = None  # even the floor was over the ratio: paused till then, unless the load falls
     impact_hold_load: float | None = None  # ... below this, less the load band
@@ -297,8 +299,13 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
         if measuring:
             return state, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
         rows, workers = state.measuring_rows_per_s, max(1, state.measuring_workers)
+        load, was = load_now(state), state.measuring_load
+        if load is not None and was is not None and load > was and not _near(load, was, cfg):
+            # the load rose out of the band while serving was measured: that rate never ran at this load
+            # (on a climb to the peak it is the rate that builds the queue), so it starts over from a resume's
+            rows, workers = min(rows, max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)), 1
         new = replace(state, level=_level_for(rows, cfg), workers=workers, rows_per_s=rows, last_grow_s=now,
-                      running_since_s=now, measuring_rows_per_s=None, measuring_workers=0)
+                      running_since_s=now, measuring_rows_per_s=None, measuring_workers=0, measuring_load=None)
         return new, Directive(new.level, workers, rows, Reason.RESUME, slack)
     if state.paused_at_s is not None and now - state.paused_at_s < cfg.cooldown_s:
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.COOLDOWN, slack)
@@ -344,7 +351,8 @@ def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, impact:
     if settled and _reference_due(state, cfg, now, load_now(state)):  # never right after a resume: it would stall
         new = LawState(level=Level.PAUSE, paused_at_s=now, hurt_utilization=state.hurt_utilization,
                        hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
-                       measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers)
+                       measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers,
+                       measuring_load=load_now(state))
         return new, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
     if impact is None or impact.low <= cfg.impact_max_ratio:  # within the ratio, or not surely above it
         return None

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from benchmarks.interference import governed_spec, parse_args, peak_intervals
+from benchmarks.interference import climb_s, governed_spec, parse_args, peak_intervals
 from benchmarks.train_loop import TrainProcess, read_log
 from runtime.training.datagen import write_regression_slices
 
@@ -22,6 +22,14 @@ def test_peak_seconds_become_runs_of_consecutive_seconds():
 
 def _rows(proc: TrainProcess) -> int:
     return max((p["rows_consumed"] for p in read_log(proc.log)[1]), default=0)
+
+
+def test_the_climb_is_timed_from_half_the_peak_into_the_peak_hours():
+    assert climb_s(lambda t: t, 10.0) == 3.0  # a straight ramp to 10: from 5 to 8
+    assert climb_s(lambda t: t, 5.0) == 1.5  # the same ramp in half the time: twice as steep
+    assert climb_s(lambda t: 10 - t, 10.0) is None  # starts at its peak: no climb to time
+    dip = lambda t: 6.0 if t < 2 else (1.0 if t < 4 else 10.0)  # noqa: E731 -- above half, a dip, then a jump
+    assert climb_s(dip, 10.0) == 0.0  # timed from the end of the last stretch under half the peak
 
 
 def _until(check, timeout_s: float, what: str) -> None:

@@ -144,6 +144,25 @@ def test_serving_without_the_job_is_measured_again_every_impact_every_s_and_the_
             assert back_at - t <= CFG.impact_pause_s
 
 
+@pytest.mark.parametrize("load_after, resumes_at", [(80.0, 250.0), (55.0, 1000.0), (30.0, 1000.0)])
+def test_a_load_that_rose_out_of_the_band_while_measuring_restarts_the_rate(load_after, resumes_at):
+    """Running at the budget at 50 req/s when a measure of serving falls due; while the job is out the
+    load moves to ``load_after``. Within the band, or down, it comes back at the rate it ran; up out of
+    the band (a climb to the peak) that rate never ran at this load: back at a resume's 25 %."""
+    state, t, log, measuring_since = LawState(), 0.0, [], None
+    while t < 200.0:
+        rps = load_after if measuring_since is not None else 50.0
+        state, d = decide(state, served(t, 20.0, rps=rps), CFG)
+        log.append((t, d))
+        if measuring_since is None and d.reason is Reason.MEASURING and any(x.level is Level.RUN for _, x in log):
+            measuring_since = t
+        elif measuring_since is not None and d.level is not Level.PAUSE:
+            break
+        t += STEP_S
+    assert measuring_since is not None and log[-1][1].reason is Reason.RESUME
+    assert log[-1][1].rows_per_s == resumes_at
+
+
 def test_requests_right_after_a_change_are_not_counted():
     # running at 1000 rows/s; requests that finish in the first settle_s of the pause ran beside the job
     state = LawState(level=Level.RUN, workers=1, rows_per_s=1000.0, reference=(), changed_at_s=0.0)
