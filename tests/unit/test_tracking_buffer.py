@@ -24,6 +24,15 @@ class FlakyServer:
         self.accepted.extend(metrics)
 
 
+def outage(max_backoff_s: float, metrics: list) -> tuple[FlakyServer, MetricBuffer]:
+    """A buffer whose server refuses, with ``metrics`` queued."""
+    server = FlakyServer()
+    server.down.set()
+    buf = MetricBuffer(server.log_batch, "run", max_backoff_s=max_backoff_s)
+    buf.add(metrics)
+    return server, buf
+
+
 def test_sends_everything_once_in_order_in_batches_within_the_limit():
     server = FlakyServer()
     buf = MetricBuffer(server.log_batch, "run")
@@ -34,10 +43,7 @@ def test_sends_everything_once_in_order_in_batches_within_the_limit():
 
 
 def test_outage_keeps_metrics_backs_off_and_catches_up():
-    server = FlakyServer()
-    server.down.set()
-    buf = MetricBuffer(server.log_batch, "run", max_backoff_s=0.2)
-    buf.add([1, 2, 3])
+    server, buf = outage(0.2, [1, 2, 3])
     assert not buf.flush(1.0)  # still down: nothing lost, nothing claimed sent
     assert buf.pending == 3 and buf.failures >= 2 and "refused" in buf.last_error
     calls_during_outage = server.calls
@@ -62,10 +68,7 @@ def test_flush_returns_only_after_the_recovery_is_recorded():
 
 
 def test_a_flush_retries_at_once_rather_than_after_the_backoff():
-    server = FlakyServer()
-    server.down.set()
-    buf = MetricBuffer(server.log_batch, "run", max_backoff_s=30.0)
-    buf.add([1])
+    server, buf = outage(30.0, [1])
     assert not buf.flush(2.0)  # fails, backs off (0.5 s, 1 s, ...): the next try may be 2+ s away
     server.down.clear()
     assert buf.flush(1.0)  # the server is back: this flush's own retry sends it, no backoff waited out
@@ -74,9 +77,6 @@ def test_a_flush_retries_at_once_rather_than_after_the_backoff():
 
 
 def test_close_stops_the_thread_even_while_backing_off():
-    server = FlakyServer()
-    server.down.set()
-    buf = MetricBuffer(server.log_batch, "run", max_backoff_s=30.0)
-    buf.add([1])
+    _, buf = outage(30.0, [1])
     buf.close()
     assert not buf._thread.is_alive()
