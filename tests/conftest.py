@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,17 @@ LONGEST_FIRST = (SHARED_GROUP,  # ~230 s; ~330 s with node removal (slow tier)
                  "tests/integration/test_scheduler.py",  # ~120 s
                  "tests/integration/test_priorities.py",  # ~120 s
                  "tests/integration/test_ingress_telemetry.py")  # ~80 s
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures' teardown: the job's lease goes back while its pool is up
+def pytest_runtest_teardown(item):
+    """A job thread its test left running (the test failed before the job finished) is stopped here:
+    its lease would hold the pool's slots and starve every later test on this worker (a CI run lost
+    its next test to a 20-minute timeout that way). Duck-typed, so that this file imports no Ray."""
+    for thread in threading.enumerate():
+        stop = getattr(thread, "stop_job", None)
+        if stop is not None and thread.is_alive():
+            stop()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks to form the groups

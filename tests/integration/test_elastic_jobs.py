@@ -44,12 +44,22 @@ def test_two_workers_resize_pause_resume_exactly_once(ray_session, tmp_path, kin
         # Two workers up and training (their cold start may itself cause a pause first: that is fine).
         first = job.wait_for(lambda s: s["active"] == 2 and s["rows_consumed"] > 0, timeout_s=180)
         job.wait_for(lambda s: s["active"] == 2 and s["rows_consumed"] > first["rows_consumed"] + 400, timeout_s=120)
-        t_shrink = time.time()
         # p99 lands in the histogram's (300, 400] ms bucket, just under the SLO: small slack -> THROTTLE, 2 -> 1.
         # A wide bucket under the SLO leaves ~90 ms for the noise of a server sharing two cores with two
-        # training workers: only a tail past 400 ms would turn the throttle into a pause.
-        server.set_delay(0.31)
-        job.wait_for(lambda s: s["seen"] > t_shrink and s["active"] == 1 and s["level"] == "THROTTLE")
+        # training workers: only a tail past 400 ms turns the throttle into a pause. On a busy CI host it
+        # once did (and a pause at that p99 never resumes): then back to a fast service, and again.
+        for _ in range(3):
+            t_shrink = time.time()
+            server.set_delay(0.31)
+            hit = job.wait_for(lambda s: s["seen"] > t_shrink and (
+                (s["active"] == 1 and s["level"] == "THROTTLE") or s["level"] == "PAUSE"))
+            if hit["level"] == "THROTTLE":
+                break
+            t_again = time.time()
+            server.set_delay(0.002)
+            job.wait_for(lambda s: s["seen"] > t_again and s["active"] == 2, timeout_s=120)
+        else:
+            pytest.fail("a p99 just under the SLO paused the job in each of three tries: its tail passed 400 ms")
         t_pause = time.time()
         server.set_delay(0.45)  # over the SLO: PAUSE
         job.wait_for(lambda s: s["seen"] > t_pause and s["level"] == "PAUSE" and s["active"] == 0)

@@ -41,6 +41,10 @@ def make_spec(tmp_path, name: str, metrics_url: str, *, rows_per_s: float, slice
     })
 
 
+class JobStopped(Exception):
+    """Raised from a job's status callback to end a job that its test left running."""
+
+
 class JobThread(threading.Thread):
     """Runs ``run_job`` in the background and keeps every status snapshot it reported."""
 
@@ -48,13 +52,24 @@ class JobThread(threading.Thread):
         super().__init__(daemon=True)
         self.spec, self.snaps, self.summary, self.error = spec, [], None, None
         self.artifacts_dir = artifacts_dir
+        self._stopping = threading.Event()
 
     def run(self):
         try:
-            self.summary = run_job(self.spec, on_status=lambda s: self.snaps.append(dict(s, seen=time.time())),
-                                   artifacts_dir=self.artifacts_dir)
+            self.summary = run_job(self.spec, on_status=self._status, artifacts_dir=self.artifacts_dir)
         except BaseException as exc:  # surfaced by the test
             self.error = exc
+
+    def _status(self, snap: dict) -> None:
+        if self._stopping.is_set():  # run_job releases the lease and unregisters on the way out
+            raise JobStopped(f"{self.spec.name}: stopped by the test's teardown")
+        self.snaps.append(dict(snap, seen=time.time()))
+
+    def stop_job(self, timeout_s: float = 60.0) -> None:
+        """End a job its test left running (it failed before ``finish``), so that its lease does not
+        starve the next test on this worker's pool (tests/conftest.py calls it at every teardown)."""
+        self._stopping.set()
+        self.join(timeout_s)
 
     def wait_for(self, check, timeout_s: float = 60.0) -> dict:
         deadline = time.time() + timeout_s
