@@ -31,12 +31,12 @@ demo: install
 # themselves: the README's `ray start` lines need Ray's default ports free and a dashboard agent that
 # comes up (beside three busy workers, CI's did not: "No available agent to submit job"); the
 # shortened benchmark's governed job must find headroom to train at all (beside the other workers'
-# tests it stayed paused its whole run: 0 rows). Three workers: four overloaded this host (an earlier
-# CI run on three was red, before those two ran alone and three tests were made to hold on a busy host;
-# docs/operations.md, "Tests"). The groups need pytest below 9.2 (constraints.txt).
+# tests it stayed paused its whole run: 0 rows). Two workers by default: three save ~2 min on a quiet
+# host (PYTEST_WORKERS=3) but on a busy one two CI runs of three went red on timing a starved host
+# stretched (docs/operations.md, "Tests"). The groups need pytest below 9.2 (constraints.txt).
 # The longest groups start first (LONGEST_FIRST in tests/conftest.py; --no-loadscope-reorder keeps that
 # order). Each Ray tier prints its slowest tests (--durations): where `make test`'s time goes.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 2
 ALONE := tests/e2e/test_readme_cluster.py tests/e2e/test_benchmark_command.py
 test: install tools
 	$(VENV)/bin/lint-imports
