@@ -31,7 +31,7 @@ demo: install
 # themselves: the README's `ray start` lines need Ray's default ports free and a dashboard agent that
 # comes up (beside three busy workers, CI's did not: "No available agent to submit job"); the
 # shortened benchmark's governed job must find headroom to train at all (beside the other workers'
-# tests it stayed paused its whole run: 0 rows). Two workers by default: three save ~2 min on a quiet
+# tests it stayed paused its whole run: 0 rows). Two workers by default: three save 2-3 min on a quiet
 # host (PYTEST_WORKERS=3) but on a busy one two CI runs of three went red on timing a starved host
 # stretched (docs/operations.md, "Tests"). The groups need pytest below 9.2 (constraints.txt).
 # The longest groups start first (LONGEST_FIRST in tests/conftest.py; --no-loadscope-reorder keeps that

@@ -62,14 +62,15 @@ TRAIN_LOOP_POLICIES = ("unmanaged", "nice", "idle", "static", "cron", "offpeak")
 # starts; 10 s left a shortened run's window (8 s) with no training at all.
 GOVERNED_LEAD_S = 30.0
 FAILED_MS = 2000.0  # a failed request counts as the load generator's timeout (OpenLoopLoad's default)
+FULL_DAY_S, QUICK_DAY_S = 60.0, 25.0  # one replayed day, full run and quick run (--seconds-per-policy)
 PEAK_RATE_FRACTION = 0.8  # peak hours: replay seconds where the trace rate is >= 80 % of its peak
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.interference", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 rep, 25 s per policy (~5 min in all)")
+    p.add_argument("--quick", action="store_true", help=f"1 rep, {QUICK_DAY_S:g} s per policy (~5 min in all)")
     p.add_argument("--reps", type=int, default=None, help="repetitions of the whole policy sequence (default 3, quick 1)")
-    p.add_argument("--seconds-per-policy", type=float, default=None, help="one replayed day lasts this long (default 60, quick 25)")
+    p.add_argument("--seconds-per-policy", type=float, default=None, help=f"one replayed day lasts this long (default {FULL_DAY_S:g}, quick {QUICK_DAY_S:g})")
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset, run in this order")
     p.add_argument("--out", default="bench-out/interference", help="folder for results.json, results.md, timelines")
     p.add_argument("--peak-fraction", type=float, default=0.75, help="trace peak as a fraction of measured capacity")
@@ -97,7 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=0, help="Serve's HTTP port on 127.0.0.1 (0: a free one)")
     args = p.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
-    args.seconds_per_policy = args.seconds_per_policy or (25.0 if args.quick else 60.0)
+    args.seconds_per_policy = args.seconds_per_policy or (QUICK_DAY_S if args.quick else FULL_DAY_S)
     args.calibration_seconds = args.calibration_seconds or min(30.0, max(15.0, args.seconds_per_policy / 2))
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     unknown = sorted(set(args.policies) - set(POLICIES))
@@ -525,13 +526,13 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         lines.append(f"| {policy} | {_cell(s['p50_ms'], 1)} | {_cell(s['p99_ms'], 1)} | {_cell(s['p999_ms'], 1)} | "
                      f"{_cell(s['peak_p99_ms'], 1)} | {_cell(s['peak_p999_ms'], 1)} | {_cell(s['slo_violation_s'])} | "
                      f"{_cell(s['errors'])} | {_cell(s['train_rows'])} | {_cell(s['pauses'])} | {_cell(s['checkpoints'])} | {reaction} |")
-    lines += ["", "Targets (medians; reported, not asserted):", ""]
+    caveat = ""
     if meta["mode"] == "quick":  # what `make benchmark` prints first: say what one short rep can and cannot show
-        lines[-2:] = [f"Targets (medians; reported, not asserted; set for the full run, `--reps 3` of a 60-s day: this "
-                      f"quick run's {meta['seconds_per_policy']:g}-s day climbs to its peak "
-                      f"{60 / meta['seconds_per_policy']:.1f}x as fast for the same ~1-s signal, and one repetition "
-                      "on a shared host is within the spread of any policy, so it shows that every policy runs, not "
-                      "whether the targets hold):", ""]
+        caveat = (f"; set for the full run, `--reps 3` of a {FULL_DAY_S:g}-s day: this quick run's "
+                  f"{meta['seconds_per_policy']:g}-s day climbs to its peak {FULL_DAY_S / meta['seconds_per_policy']:.1f}x "
+                  "as fast for the same ~1-s signal, and one repetition on a shared host is within the spread of any "
+                  "policy, so it shows that every policy runs, not whether the targets hold")
+    lines += ["", f"Targets (medians; reported, not asserted{caveat}):", ""]
     for t in targets:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         note = f"; {t['note']}" if t.get("note") else ""
