@@ -29,19 +29,21 @@ from tests.support import ServingProcess
 pytestmark = pytest.mark.integration
 
 SLO_MS = 400
+ROWS, BATCH = 12_000, 100  # the data: 6 slices of 2,000 rows, 100-row batches
 
 
-def lease_spec(tmp_path, name: str, metrics_url: str, *, park_s: float, silence_s: float = 3.0) -> object:
-    data, holdout = write_regression_slices(tmp_path / "data", slices=6, rows_per_slice=2000)
+def lease_spec(tmp_path, name: str, metrics_url: str, *, park_s: float, silence_s: float = 3.0,
+               every_steps: int = 4) -> object:
+    data, holdout = write_regression_slices(tmp_path / "data", slices=6, rows_per_slice=ROWS // 6)
     return spec_from_dict({
         "name": name,
         "model": {"estimator": "sklearn.linear_model.SGDRegressor", "params": {"random_state": 0}},
-        "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": 100},
+        "data": {"path": str(data), "target": "y", "id_column": "row_id", "batch_rows": BATCH},
         "validation": {"holdout": str(holdout), "metric": "r2"},
         "serving": {"url": metrics_url, "slo_p99_ms": SLO_MS, "window_s": 0.5, "stale_after_s": 3},
         "budget": {"max_workers": 1, "max_rows_per_s": 500, "cooldown_s": 1.0, "holddown_s": 0.5, "park_s": park_s,
                    "governor_silence_s": silence_s},
-        "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": 4},
+        "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": every_steps},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "leases"},
     })
 
@@ -150,8 +152,13 @@ def test_a_drain_that_never_reports_back_loses_its_group_after_the_timeout(ray_s
     caplog.set_level(logging.WARNING, logger="runtime.driver.job")
     name, silence_s = "it-lease-drain", 1.0
     drain_timeout_s = silence_s + 5.0  # what the driver registers (runtime/driver/job.py)
+    # One round holds every row (120 batches): the worker is stopped mid-round, so the drain can only end
+    # in the timeout. With short rounds, a SIGSTOP between two of them left an idle worker the driver
+    # handed back at once (parked, rightly: it had nothing unsaved), and the timeout never came (CI, a
+    # busy host; reproduced here beside two busy loops, 1 run of 4).
     with ServingProcess(delay_s=0.002, rps=40) as server:
-        job = JobThread(lease_spec(tmp_path, name, server.metrics_url, park_s=120, silence_s=silence_s))
+        job = JobThread(lease_spec(tmp_path, name, server.metrics_url, park_s=120, silence_s=silence_s,
+                                   every_steps=ROWS // BATCH))
         job.start()
         snap, pg, proc = training(job, ray_session, name)
         os.kill(proc["pid"], signal.SIGSTOP)  # the worker will never answer the drain
