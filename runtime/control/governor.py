@@ -52,6 +52,7 @@ HEAD_RESOURCE = "node:__internal_head__"  # Ray puts this resource on the head n
 # A scrape in flight longer than this many of its source's ``timeout_s`` is stuck: httpx's timeout
 # bounds each phase (connect, read), and a PromQL source makes two requests (latency, utilization).
 STUCK_AFTER_TIMEOUTS = 4
+HUNG_STALL_S = 5.0  # ticks this far apart (they are poll_interval_s apart): the governor stalled, not the workers
 PHASES = ("training", "finishing")
 LONG_POLL_MAX_S = 1.0  # the longest a worker's heartbeat waits for a change before it is answered anyway
 log = logging.getLogger("headroom.governor")
@@ -77,6 +78,7 @@ class JobEntry:
     phase: str = "training"  # finishing: no slots, only "is there headroom" for the job's office
     sample: Sample | None = None
     progress: dict = field(default_factory=dict)  # slot -> latest heartbeat payload
+    hung: int = 0  # slots taken from workers that stopped sending heartbeats (Lease.hung)
     version: int = 0  # bumped whenever what a worker would be told changes (the workers' long polls wake)
     answer_sig: tuple | None = None
     changed: asyncio.Event | None = None  # set, then replaced, at each bump
@@ -128,6 +130,7 @@ class Governor:
         self._pool_reader = ThreadPoolExecutor(1, thread_name_prefix="pool-slots")
         self._pool_read: Future | None = None  # the pool-size query in flight
         self._decide_ms = 0.0  # time spent deciding since the last tick (part of that tick's work)
+        self._last_tick_s: float | None = None  # when _tick last ran (a long gap restarts the workers' hung clocks)
         self._metrics = _Metrics()
         self._store = state_store or GcsStateStore()
         self._saved: tuple | None = None  # (poll interval, records) last written
@@ -137,9 +140,10 @@ class Governor:
     # ---- registration -------------------------------------------------------------------------
     async def register(self, job: str, law: dict, serving: dict, bundle: dict, drain_timeout_s: float = 10.0,
                        poll_interval_s: float | None = None, park_s: float = 30.0, priority: int = 0,
-                       phase: str = "training") -> dict:
+                       phase: str = "training", hung_s: float = 0.0) -> dict:
         """Add a job (idempotent: a driver that restarts re-registers and keeps its entry). Higher
-        ``priority`` gets workers first when the pooled headroom is short; ``phase`` as in :meth:`set_phase`."""
+        ``priority`` gets workers first when the pooled headroom is short; ``phase`` as in :meth:`set_phase`;
+        ``hung_s``: a running worker not heard from this long loses its slot (0: never; :class:`Lease`)."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; use one of {PHASES}")
         if poll_interval_s:
@@ -148,7 +152,8 @@ class Governor:
             key = source_key(serving)
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
-            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s), priority,
+            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s, hung_s),
+                                      priority,
                                       phase=phase)
         self._ensure_loop()  # and a scraper for a new source
         self._persist()
@@ -181,6 +186,8 @@ class Governor:
         steady directive costs one call per ``wait_s`` (runtime/training/directive.py)."""
         self._ensure_loop()  # a restarted governor ticks again at the first call it gets
         entry = self.jobs.get(job)
+        if entry is not None:
+            entry.lease.heard(slot, time.time())
         if entry is not None and progress is not None:
             entry.progress[slot] = dict(progress, t=time.time())
         if entry is not None and wait_s > 0 and known == entry.version:
@@ -376,9 +383,18 @@ class Governor:
                 scraper.stuck = True
                 self._on_sample(key, Sample.failed(now, f"scrape in flight for {in_flight_s:.1f} s, "
                                                         f"{STUCK_AFTER_TIMEOUTS}x its timeout: the scrape is stuck"))
+        # A tick this late means this process stalled: workers' heartbeats may be queued behind it.
+        stalled = self._last_tick_s is not None and now - self._last_tick_s > HUNG_STALL_S
+        self._last_tick_s = now
         for entry in self.jobs.values():
             entry.lease.poll_ready()
             entry.lease.expire(now)
+            if stalled:
+                entry.lease.restart_clocks()
+            for slot in entry.lease.hung(now):
+                entry.hung += 1
+                log.warning("job %s: the worker in slot %s sent no heartbeat for %.0f s; its group is removed and "
+                            "a fresh one takes its place", entry.job, slot, entry.lease.hung_s)
             self._note_release(entry, now)
             self._notify(entry)
 
@@ -445,7 +461,7 @@ class Governor:
                 "rps": s.rps if s else None, "error": s.error if s else None, "manual": entry.manual,
                 "phase": entry.phase, "in_flight": s.in_flight if s else None,
                 "pauses": entry.pauses, "resumes": entry.resumes, "reactions_s": list(entry.reactions_s),
-                "progress": dict(entry.progress)}
+                "workers_hung": entry.hung, "progress": dict(entry.progress)}
 
     def _record(self, entry: JobEntry) -> dict:
         return dict(self._summary(entry), decisions=list(entry.decisions))
@@ -481,13 +497,13 @@ class Governor:
         key = source_key(r["serving"])
         if key not in self.sources:
             self.sources[key] = build_source(**r["serving"])
-        lease = restore_lease(r["lease"], Lease(name, r["bundle"], r["drain_timeout_s"], r["park_s"]))
+        lease = restore_lease(r["lease"], Lease(name, r["bundle"], r["drain_timeout_s"], r["park_s"], r.get("hung_s", 0.0)))
         self.laws[key] = law_state_from(r["state"])  # the pooled law of the job's serving cluster
         return JobEntry(name, LawConfig(**r["law"]), key, lease, priority=r.get("priority", 0),
                         directive=directive_from(r["directive"]),
                         reactions_s=list(r["reactions_s"]), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
                         resumes=r["resumes"], started=r["started"], manual=r["manual"], phase=r.get("phase", "training"),
-                        window_closed=r.get("window_closed", False))
+                        window_closed=r.get("window_closed", False), hung=r.get("hung", 0))
 
 
 def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
@@ -495,7 +511,8 @@ def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
     state of the job's serving cluster, shared with the other jobs that watch it."""
     lease = entry.lease
     return {"law": vars(entry.law), "serving": json.loads(entry.source_key), "bundle": lease.bundle,
-            "drain_timeout_s": lease.drain_timeout_s, "park_s": lease.park_s, "lease": lease_record(lease),
+            "drain_timeout_s": lease.drain_timeout_s, "park_s": lease.park_s, "hung_s": lease.hung_s,
+            "hung": entry.hung, "lease": lease_record(lease),
             "priority": entry.priority, "state": law_state_record(pooled), "directive": directive_record(entry.directive),
             "manual": entry.manual, "window_closed": entry.window_closed, "phase": entry.phase, "pauses": entry.pauses, "resumes": entry.resumes,
             "started": entry.started,

@@ -7,7 +7,11 @@ it is removed — or, when the whole job is paused, *parked*: the worker is stop
 but its group and its warm process stay for ``park_s``, so a resume soon after skips a cold start
 (process launch and imports cost seconds of CPU, which would land on the serving side exactly when
 headroom has just come back). A parked slot is removed when the pause outlasts ``park_s``; a
-draining slot whose worker never reports back is removed after ``drain_timeout_s``.
+draining slot whose worker never reports back is removed after ``drain_timeout_s``; and a running slot
+whose worker has not been heard from (no heartbeat: a process stopped, frozen or wedged with the
+interpreter held) for ``hung_s`` is removed too, which ends its worker, so that a fresh group and a
+fresh worker take its place instead of the job waiting on it for good. A worker whose training thread
+blocks while its heartbeat thread still runs is not seen by this: its heartbeats keep coming.
 
 Every group asks for ``{"CPU": cpus_per_worker, "training_pool": 1}``, so training only ever lands on
 nodes that carry the ``training_pool`` resource.
@@ -30,6 +34,7 @@ class Slot:
     ready: bool = False
     draining_since_s: float | None = None
     parked_since_s: float | None = None
+    heard_s: float | None = None  # the worker's last heartbeat, or when the slot began to run (the hung clock)
 
     @property
     def active(self) -> bool:
@@ -43,6 +48,7 @@ class Lease:
     bundle: dict[str, float]
     drain_timeout_s: float = 10.0
     park_s: float = 30.0
+    hung_s: float = 0.0  # a running slot whose worker is not heard from this long is removed (0: never)
     slots: dict[int, Slot] = field(default_factory=dict)
     target: int = 0
 
@@ -58,6 +64,7 @@ class Lease:
                 self.slots[idx] = Slot(pg, now_s)
             elif slot.parked_since_s is not None:
                 slot.parked_since_s = None  # warm resume: the worker process is still there
+                slot.heard_s = None  # ... and its hung clock starts again
         for idx, slot in list(self.slots.items()):
             if idx < workers or slot.parked_since_s is not None:
                 continue
@@ -102,6 +109,34 @@ class Lease:
         for idx in late:
             self._remove(idx)
         return late
+
+    def heard(self, idx: int, now_s: float) -> None:
+        """The worker in ``idx`` sent a heartbeat."""
+        slot = self.slots.get(idx)
+        if slot is not None:
+            slot.heard_s = now_s
+
+    def hung(self, now_s: float) -> list[int]:
+        """Remove running slots whose worker was not heard from for ``hung_s``; returns them. A slot's
+        clock starts at the first call that finds it running (a fresh worker's start-up counts)."""
+        if not self.hung_s:
+            return []
+        late = []
+        for idx, slot in self.slots.items():
+            if not self.should_run(idx):
+                continue
+            if slot.heard_s is None:
+                slot.heard_s = now_s
+            elif now_s - slot.heard_s > self.hung_s:
+                late.append(idx)
+        for idx in late:
+            self._remove(idx)
+        return late
+
+    def restart_clocks(self) -> None:
+        """Every slot's hung clock starts again (the caller stalled: heartbeats may be queued behind it)."""
+        for slot in self.slots.values():
+            slot.heard_s = None
 
     def view(self) -> dict:
         """What the job driver needs: ready groups to run in, and the slots draining or parked."""

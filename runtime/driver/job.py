@@ -369,7 +369,7 @@ def _registrar(gov, spec: JobSpec):
 
     def register(phase: str = "training"):
         ray.get(gov.register.remote(spec.name, law_config(spec), serving, bundle, drain_s, spec.budget.poll_interval_s,
-                                    spec.budget.park_s, spec.priority, phase))
+                                    spec.budget.park_s, spec.priority, phase, spec.budget.worker_hung_s))
 
     return register
 

@@ -60,6 +60,7 @@ def build_summary(spec, truth, loop, record: dict, validation: dict, dataset, st
         "resumes": record.get("resumes", 0),
         "checkpoints": loop.checkpoints,
         "worker_crashes": loop.crashes,
+        "workers_hung": record.get("workers_hung", 0),  # slots the governor took from workers gone silent (worker_hung_s)
         "reaction": reaction_stats(record.get("reactions_s", [])),
         "validation": validation,
         "registered_version": validation.get("version"),

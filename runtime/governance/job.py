@@ -193,7 +193,7 @@ class JobGovernance:
             "job": self.spec.name, "status": "checklist_failed", "mlflow_run_id": self.tracker.run_id,
             "warm_start": t.origin, "rows_total": self.dataset.total_rows, "rows_consumed": consumed,
             "rows_consumed_this_run": 0, "rows_duplicated": 0, "row_ids_verified": None,
-            "steps": t.counters.get("steps", 0), "pauses": 0, "resumes": 0, "checkpoints": 0, "worker_crashes": 0,
+            "steps": t.counters.get("steps", 0), "pauses": 0, "resumes": 0, "checkpoints": 0, "worker_crashes": 0, "workers_hung": 0,
             "reaction": reaction_stats([]), "validation": {"skipped": "the pre-work checklist failed"},
             "registered_version": None, "registered_alias": None, "duration_s": round(time.time() - started_s, 2),
         }

@@ -135,7 +135,8 @@ def _serving(s: dict, latency: dict, slo: float, plots: dict) -> str:
             f"| while training | {t['samples']} | {_ms(t['median_ms'])} | {_ms(t['p95_ms'])} | {t['over_slo']} |\n\n"
             f"Training / baseline median p99: {'n/a' if ratio is None else f'{ratio:.2f}x'}. "
             f"Pauses {s.get('pauses', 0)}, resumes {s.get('resumes', 0)}; reaction (pause decided -> workers released): "
-            f"{react}. Checkpoints written: {s.get('checkpoints', 0)}; worker crashes: {s.get('worker_crashes', 0)}.")
+            f"{react}. Checkpoints written: {s.get('checkpoints', 0)}; worker crashes: {s.get('worker_crashes', 0)}"
+            f"{f'; workers replaced for sending no heartbeat for budget.worker_hung_s: {h}' if (h := s.get('workers_hung', 0)) else ''}.")
     for role in ("latency", "timeline"):
         if role in plots:
             text += f"\n\n![{role}]({plots[role]})"

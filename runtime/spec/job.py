@@ -210,8 +210,18 @@ class BudgetSpec(_Section):
                                                                  "to its share of them where the host allows (second line of defence)")
     governor_silence_s: float = Field(default=3.0, gt=0, description="a worker that cannot hear the governor this long pauses itself")
     park_s: float = Field(default=30.0, ge=0, description="a paused worker keeps its slot and warm process this long")
+    worker_hung_s: float = Field(default=120.0, ge=0, description="a running worker the governor has not heard from "
+                                 "(no heartbeat) this long loses its slot, which ends it, and a fresh one takes its place (0: never)")
     cooldown_s: float = Field(default=3.0, ge=0)
     holddown_s: float = Field(default=2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _hung_above_silence(self):
+        if 0 < self.worker_hung_s < 2 * self.governor_silence_s:
+            raise ValueError(f"worker_hung_s ({self.worker_hung_s:g}) must be 0 (never) or at least twice "
+                             f"governor_silence_s ({self.governor_silence_s:g}): a healthy worker's heartbeat may "
+                             f"take up to the silence bound; raise worker_hung_s or lower governor_silence_s")
+        return self
 
     @property
     def pause_first(self) -> bool:

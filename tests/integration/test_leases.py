@@ -5,7 +5,10 @@
 - **park expiry**: a pause that outlasts ``park_s`` removes the group (and so its worker); the resume
   starts cold in a new group;
 - **drain timeout**: a worker that never reports back from a drain (SIGSTOPped here) loses its group
-  after the drain timeout, not before; the job then resumes in a new group.
+  after the drain timeout, not before; the job then resumes in a new group;
+- **hung worker**: a worker that stops sending heartbeats while it trains (SIGSTOPped, the directive
+  still RUN) loses its group after ``worker_hung_s``, not before, and a fresh worker in a new group
+  trains on.
 
 Each job still consumes every row exactly once. Times are asserted only as orderings (removed after
 its bound; still there before it), never as figures.
@@ -33,7 +36,7 @@ ROWS, BATCH = 12_000, 100  # the data: 6 slices of 2,000 rows, 100-row batches
 
 
 def lease_spec(tmp_path, name: str, metrics_url: str, *, park_s: float, silence_s: float = 3.0,
-               every_steps: int = 4) -> object:
+               every_steps: int = 4, hung_s: float = 0.0) -> object:
     data, holdout = write_regression_slices(tmp_path / "data", slices=6, rows_per_slice=ROWS // 6)
     return spec_from_dict({
         "name": name,
@@ -42,7 +45,7 @@ def lease_spec(tmp_path, name: str, metrics_url: str, *, park_s: float, silence_
         "validation": {"holdout": str(holdout), "metric": "r2"},
         "serving": {"url": metrics_url, "slo_p99_ms": SLO_MS, "window_s": 0.5, "stale_after_s": 3},
         "budget": {"max_workers": 1, "max_rows_per_s": 500, "cooldown_s": 1.0, "holddown_s": 0.5, "park_s": park_s,
-                   "governor_silence_s": silence_s},
+                   "governor_silence_s": silence_s, "worker_hung_s": hung_s},
         "checkpoint": {"storage": str(tmp_path / "ckpt"), "every_steps": every_steps},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "leases"},
     })
@@ -192,4 +195,36 @@ def test_a_drain_that_never_reports_back_loses_its_group_after_the_timeout(ray_s
     # crash: the driver's own release took it; seen once, in a plain make test on three workers)
     lost = [r.getMessage() for r in caplog.records if "goes back to pending" in r.getMessage()]
     assert summary["worker_crashes"] >= 1 or any("left the lease" in m for m in lost), lost
+    assert_exactly_once(summary)
+
+
+def test_a_worker_gone_silent_while_it_trains_is_replaced_after_worker_hung_s(ray_session, tmp_path):
+    name, silence_s, hung_s = "it-lease-hung", 1.0, 5.0
+    with ServingProcess(delay_s=0.002, rps=40) as server:  # fast serving: the directive stays RUN throughout
+        job = JobThread(lease_spec(tmp_path, name, server.metrics_url, park_s=120, silence_s=silence_s,
+                                   every_steps=ROWS // BATCH, hung_s=hung_s))
+        job.start()
+        _, pg, proc = training(job, ray_session, name)
+        os.kill(proc["pid"], signal.SIGSTOP)  # no heartbeat from here on; without the watchdog the job waits for good
+        stopped_at = time.time()
+        try:
+            time.sleep(hung_s / 2)
+            halfway = group_state(ray_session, pg["id"])
+            until(lambda: group_state(ray_session, pg["id"]) == "REMOVED", hung_s + 30, "the silent worker's group to go")
+            removed_seen_at = time.time()
+        finally:
+            try:
+                os.kill(proc["pid"], signal.SIGCONT)  # if it is still there, let Ray finish it off
+            except ProcessLookupError:
+                pass
+        until(lambda: actor_state(ray_session, proc["id"]) == "DEAD", 30, "the silent worker to go with its group")
+        after = until(lambda: (g := group(ray_session, name)) and g["state"] == "CREATED" and g["id"] != pg["id"] and g,
+                      60, "a new group")
+        after_worker = until(lambda: worker(ray_session, after["id"]), 60, "a fresh worker in it")
+        summary = job.finish(timeout_s=300)
+    assert halfway == "CREATED"
+    # Its last heartbeat came at most one long poll (1 s) before the SIGSTOP: the group went no sooner than that
+    assert removed_seen_at - stopped_at >= hung_s - 1.0, (removed_seen_at - stopped_at, hung_s)
+    assert after_worker["pid"] != proc["pid"]
+    assert summary["workers_hung"] == 1 and summary["status"] == "completed"
     assert_exactly_once(summary)
