@@ -52,7 +52,7 @@ HEAD_RESOURCE = "node:__internal_head__"  # Ray puts this resource on the head n
 # A scrape in flight longer than this many of its source's ``timeout_s`` is stuck: httpx's timeout
 # bounds each phase (connect, read), and a PromQL source makes two requests (latency, utilization).
 STUCK_AFTER_TIMEOUTS = 4
-HUNG_STALL_S = 5.0  # ticks this far apart (they are poll_interval_s apart): the governor stalled, not the workers
+HUNG_STALL_S = 5.0  # ticks this much later than poll_interval_s apart: the governor stalled, not the workers
 PHASES = ("training", "finishing")
 LONG_POLL_MAX_S = 1.0  # the longest a worker's heartbeat waits for a change before it is answered anyway
 log = logging.getLogger("headroom.governor")
@@ -155,6 +155,7 @@ class Governor:
             self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s, hung_s),
                                       priority,
                                       phase=phase)
+        self.jobs[job].lease.hung_s = hung_s  # a driver that re-registers (or an upgraded one) sets its bound
         self._ensure_loop()  # and a scraper for a new source
         self._persist()
         return {"job": job, "poll_interval_s": self.poll_interval_s}
@@ -384,13 +385,13 @@ class Governor:
                 self._on_sample(key, Sample.failed(now, f"scrape in flight for {in_flight_s:.1f} s, "
                                                         f"{STUCK_AFTER_TIMEOUTS}x its timeout: the scrape is stuck"))
         # A tick this late means this process stalled: workers' heartbeats may be queued behind it.
-        stalled = self._last_tick_s is not None and now - self._last_tick_s > HUNG_STALL_S
+        stalled = self._last_tick_s is not None and now - self._last_tick_s > self.poll_interval_s + HUNG_STALL_S
         self._last_tick_s = now
         for entry in self.jobs.values():
             entry.lease.poll_ready()
             entry.lease.expire(now)
             if stalled:
-                entry.lease.restart_clocks()
+                entry.lease.restart_clocks(now)
             for slot in entry.lease.hung(now):
                 entry.hung += 1
                 log.warning("job %s: the worker in slot %s sent no heartbeat for %.0f s; its group is removed and "

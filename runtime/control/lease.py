@@ -34,7 +34,7 @@ class Slot:
     ready: bool = False
     draining_since_s: float | None = None
     parked_since_s: float | None = None
-    heard_s: float | None = None  # the worker's last heartbeat, or when the slot began to run (the hung clock)
+    heard_s: float | None = None  # its worker's last heartbeat (None: none heard since the group was ready)
 
     @property
     def active(self) -> bool:
@@ -63,8 +63,7 @@ class Lease:
                                      lifetime="detached")
                 self.slots[idx] = Slot(pg, now_s)
             elif slot.parked_since_s is not None:
-                slot.parked_since_s = None  # warm resume: the worker process is still there
-                slot.heard_s = None  # ... and its hung clock starts again
+                slot.parked_since_s = None  # warm resume: the worker process is still there (and heard while parked)
         for idx, slot in list(self.slots.items()):
             if idx < workers or slot.parked_since_s is not None:
                 continue
@@ -80,6 +79,7 @@ class Lease:
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in done:
                 pending[ref].ready = True
+                pending[ref].heard_s = None  # a fresh group: no worker of its own heard yet
 
     def should_run(self, idx: int) -> bool:
         slot = self.slots.get(idx)
@@ -117,26 +117,24 @@ class Lease:
             slot.heard_s = now_s
 
     def hung(self, now_s: float) -> list[int]:
-        """Remove running slots whose worker was not heard from for ``hung_s``; returns them. A slot's
-        clock starts at the first call that finds it running (a fresh worker's start-up counts)."""
+        """Remove running slots whose worker, once heard, has been silent for ``hung_s``; returns them.
+        A slot no worker of its own has been heard from yet is not judged: the driver starts a worker in
+        a new slot only between rounds, and a fresh worker's process start and imports take seconds. A
+        parked worker keeps sending heartbeats, so a warm resume is judged from its last one."""
         if not self.hung_s:
             return []
-        late = []
-        for idx, slot in self.slots.items():
-            if not self.should_run(idx):
-                continue
-            if slot.heard_s is None:
-                slot.heard_s = now_s
-            elif now_s - slot.heard_s > self.hung_s:
-                late.append(idx)
+        late = [idx for idx, slot in self.slots.items()
+                if self.should_run(idx) and slot.heard_s is not None and now_s - slot.heard_s > self.hung_s]
         for idx in late:
             self._remove(idx)
         return late
 
-    def restart_clocks(self) -> None:
-        """Every slot's hung clock starts again (the caller stalled: heartbeats may be queued behind it)."""
+    def restart_clocks(self, now_s: float) -> None:
+        """Every heard slot's clock starts again at ``now_s`` (the caller stalled: heartbeats may be
+        queued behind it)."""
         for slot in self.slots.values():
-            slot.heard_s = None
+            if slot.heard_s is not None:
+                slot.heard_s = now_s
 
     def view(self) -> dict:
         """What the job driver needs: ready groups to run in, and the slots draining or parked."""

@@ -383,6 +383,7 @@ class _RoundLoop:
         self.spec, self.gov, self.register, self.truth = spec, gov, register, truth
         self.store, self.dataset, self.tracker, self.on_status = store, dataset, tracker, on_status
         self.actors: dict[int, object] = {}
+        self._actor_pg: dict[int, str] = {}  # slot -> the placement group its actor was started in (hex id)
         self._running: list[int] = []
         self._round_rows: dict[int, int] = {}  # slot -> rows of the round not yet in the ledger (reported or returned)
         self._round_seeds: dict[int, int] = {}  # slot -> the seed of its shard in the round now in flight
@@ -448,11 +449,12 @@ class _RoundLoop:
         # A draining slot whose worker is still here was parked or kept by that hand-back (_yielded drops
         # the others): its warm process stays, though the view was read before the slot was parked.
         keep = set(view["ready"]) | set(view["parked"]) | (set(view["draining"]) & set(self.actors))
-        for slot in [s for s in self.actors if s not in keep]:
+        for slot in [s for s in self.actors if s not in keep or s in self._moved(view)]:
             self._drop(slot)
         for slot, pg in view["ready"].items():
             if slot not in self.actors:
                 strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+                self._actor_pg[slot] = pg.id.hex()
                 self.actors[slot] = TrainerWorker.options(
                     scheduling_strategy=strategy, num_cpus=self.spec.budget.cpus_per_worker,
                     num_gpus=self.spec.budget.gpus_per_worker, resources={POOL_RESOURCE: 1}).remote(self.spec.name, slot, self._spec_dict, self.gov,
@@ -468,7 +470,14 @@ class _RoundLoop:
         if outcome not in ("parked", "kept", "running"):
             self._drop(slot)
 
+    def _moved(self, view: dict) -> set[int]:
+        """Slots whose group is not the one their actor was started in: the governor removed that one
+        (a worker gone silent, ``Lease.hung``) and granted a fresh group under the same index."""
+        return {slot for slot, pg in view["ready"].items()
+                if slot in self._actor_pg and pg.id.hex() != self._actor_pg[slot]}
+
     def _drop(self, slot: int) -> None:
+        self._actor_pg.pop(slot, None)
         actor = self.actors.pop(slot, None)
         if actor is not None:
             ray.kill(actor, no_restart=True)
@@ -519,7 +528,7 @@ class _RoundLoop:
         view = self._lease_view()
         if view is None:
             return set()
-        orphans = waiting - set(view["ready"]) - set(view["draining"]) - set(view["parked"])
+        orphans = (waiting - set(view["ready"]) - set(view["draining"]) - set(view["parked"])) | (waiting & self._moved(view))
         for slot in orphans:
             if slot in self.actors:
                 ray.kill(self.actors[slot], no_restart=True)

@@ -68,11 +68,14 @@ def _pause_criteria(spec: JobSpec) -> str:
     s, b = spec.serving, spec.budget
     util = (f"- serving load above {s.max_utilization:.0%} of {s.capacity_rps:g} req/s capacity\n"
             if s.capacity_rps else "")
+    hung = (f"- a running worker the governor has not heard from for {b.worker_hung_s:g} s (stopped, frozen) loses "
+            "its slot and a fresh worker takes it\n" if b.worker_hung_s else "")
     return ("## Pause criteria (the governor acts on its own; nothing to do unless it persists)\n\n"
             f"- serving p99 above the SLO of {s.slo_p99_ms:g} ms (telemetry: `{s.telemetry}` {s.url or ''})\n"
             f"{util}"
             f"- telemetry missing, failing or older than {s.stale_after_s:g} s (serving first: no data means no headroom)\n"
             f"- a worker that cannot hear the governor for {b.governor_silence_s:g} s stops itself\n"
+            f"{hung}"
             f"- after a pause the job stays paused at least {b.cooldown_s:g} s and grows again only after "
             f"{b.holddown_s:g} s of ample slack\n"
             "- by hand: `headroom pause " + spec.name + "` / `headroom resume " + spec.name + "`")

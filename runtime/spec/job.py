@@ -215,6 +215,16 @@ class BudgetSpec(_Section):
     cooldown_s: float = Field(default=3.0, ge=0)
     holddown_s: float = Field(default=2.0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hung_default_above_silence(cls, data):
+        # unset, the bound is 120 s or twice a longer silence bound (a spec written before it existed stays valid)
+        if isinstance(data, dict) and "worker_hung_s" not in data:
+            silence = data.get("governor_silence_s")
+            if isinstance(silence, (int, float)) and not isinstance(silence, bool) and 2 * silence > 120:
+                data = dict(data, worker_hung_s=2 * silence)
+        return data
+
     @model_validator(mode="after")
     def _hung_above_silence(self):
         if 0 < self.worker_hung_s < 2 * self.governor_silence_s:

@@ -52,7 +52,7 @@ def _idle_loop(gov: FakeGovernor, worker: object) -> _RoundLoop:
     """A round loop between rounds, its one worker in slot 0 idle."""
     loop = object.__new__(_RoundLoop)
     loop.spec, loop.gov, loop.register = SimpleNamespace(name="job"), gov, lambda: None
-    loop.actors, loop._running = {0: worker}, [0]
+    loop.actors, loop._running, loop._actor_pg = {0: worker}, [0], {}
     return loop
 
 
@@ -116,3 +116,21 @@ def test_a_window_that_ends_with_rows_left_is_closed(killed):
     loop = _windowed_loop(gov, rows_total=100, rows_done=40)
     loop._end_window_if_due(1e12)
     assert gov.closed == ["job"] and loop.window_ended_s == 1e12
+
+
+def _pg(hex_id: str) -> SimpleNamespace:
+    return SimpleNamespace(id=SimpleNamespace(hex=lambda: hex_id))
+
+
+def test_a_slot_whose_group_was_replaced_loses_its_old_worker(killed):
+    """The governor removed slot 0's group (its worker sent no heartbeat) and granted a fresh one under the
+    same index: the old worker is stopped, its shard withdrawn, not waited on; a new worker starts later."""
+    gov, worker = FakeGovernor("removed"), object()
+    gov.view = {"ready": {0: _pg("new")}, "draining": [], "parked": []}
+    loop = _idle_loop(gov, worker)
+    loop._actor_pg = {0: "old"}
+    loop._last_lease_check = 0.0
+    assert loop._withdraw_orphans({0}) == {0} and killed == [worker]  # mid-round: withdrawn, not a crash
+    loop._actor_pg = {0: "new"}
+    loop._last_lease_check = 0.0
+    assert loop._withdraw_orphans({0}) == set()  # the same group as its actor's: nothing to withdraw

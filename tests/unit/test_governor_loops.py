@@ -379,3 +379,53 @@ def test_the_governor_slows_its_reads_while_nothing_moves_and_speeds_up_when_a_b
     paces, entry = asyncio.run(scenario())
     assert paces[0] == 0.0  # the first decisions move (a resume): every refresh
     assert entry.decisions[-1]["reason"] == "MANUAL_PAUSE"
+
+
+def test_a_worker_heard_then_silent_for_hung_s_loses_its_slot_unless_the_governor_itself_stalled(monkeypatch):
+    """Heartbeats reach the lease's clock; the tick removes a slot silent past ``hung_s`` and counts it; a
+    tick that comes late (this process stalled) restarts the clocks; the bound and the count survive a
+    restart of the governor."""
+    import os
+
+    from ray.util.placement_group import PlacementGroup
+
+    import runtime.control.lease as lease_module
+    from runtime.control.lease import Slot
+
+    gone: list = []
+    monkeypatch.setattr(lease_module, "remove_placement_group", gone.append)
+    store, url = MemoryStateStore(), "http://127.0.0.1:9/metrics"
+    pgs = [PlacementGroup(ray.PlacementGroupID(os.urandom(18))) for _ in range(2)]
+
+    async def scenario():
+        gov = _governor(monkeypatch, {url: [FakeSource()]}, store)
+        law = vars(LawConfig(slo_p99_ms=100, max_workers=1, max_rows_per_s=100))
+        await gov.register("job-a", law, {"kind": "prometheus", "url": url, "histogram": "h"},
+                           {"CPU": 0.1, "training_pool": 1}, poll_interval_s=POLL_S, hung_s=10.0)
+        _stop(gov)  # the test ticks by hand
+        entry = gov.jobs["job-a"]
+        lease = entry.lease
+        lease.slots, lease.target = {0: Slot(pgs[0], 0.0, ready=True)}, 1
+        await gov.heartbeat("job-a", 0)
+        t0 = lease.slots[0].heard_s
+        assert t0 is not None
+        gov._last_tick_s = t0
+        for t in (4.0, 8.0):  # ticks a poll or so apart: heard 8 s ago at most, kept
+            gov._tick(t0 + t)
+        assert gone == [] and entry.hung == 0
+        gov._tick(t0 + 10.5)
+        assert gone == [pgs[0]] and entry.hung == 1 and 0 not in lease.slots
+        # a fresh group, heard once, then a tick 9 s after the last one: the governor stalled, so its clock restarts
+        lease.slots[0] = Slot(pgs[1], 0.0, ready=True, heard_s=t0 + 11.0)
+        gov._tick(t0 + 20.0)
+        assert 0 in lease.slots and lease.slots[0].heard_s == t0 + 20.0
+        lease.slots = {}  # a restored slot is checked against Ray's table, which would start Ray here
+        gov._persist()
+        return gov._summary(entry)
+
+    summary = asyncio.run(scenario())
+    assert summary["workers_hung"] == 1
+    restarted = _governor(monkeypatch, {url: [FakeSource()]}, store)  # reads the saved state in its constructor
+    back = restarted.jobs["job-a"]
+    assert back.lease.hung_s == 10.0 and back.hung == 1
+

@@ -331,3 +331,6 @@ def test_worker_hung_s_must_leave_a_healthy_heartbeat_its_silence_bound():
         spec_from_dict(dict(base, budget={"worker_hung_s": 5}))
     assert spec_from_dict(dict(base, budget={"worker_hung_s": 0})).budget.worker_hung_s == 0
     assert spec_from_dict(dict(base, budget={"worker_hung_s": 6, "governor_silence_s": 3})).budget.worker_hung_s == 6
+    # unset beside a long silence bound: twice that bound, not an error (a spec written before the field stays valid)
+    assert spec_from_dict(dict(base, budget={"governor_silence_s": 90})).budget.worker_hung_s == 180
+    assert spec_from_dict(base).budget.worker_hung_s == 120
