@@ -16,6 +16,7 @@ its bound; still there before it), never as figures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -88,6 +89,29 @@ def until(check, timeout_s: float, what: str, poll_s: float = 0.2):
             return value
         time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def stopped(proc: dict):
+    """The worker process SIGSTOPped (it answers nothing and sends no heartbeat); yields when. SIGCONT after,
+    if it is still there, so that Ray can finish it off."""
+    os.kill(proc["pid"], signal.SIGSTOP)
+    try:
+        yield time.time()
+    finally:
+        try:
+            os.kill(proc["pid"], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def removed_after(ray_session, pg_id: str, bound_s: float, what: str) -> tuple[str, float]:
+    """The group's state halfway through ``bound_s``, and when it was first seen removed (at most 30 s
+    past the bound)."""
+    time.sleep(bound_s / 2)
+    halfway = group_state(ray_session, pg_id)
+    until(lambda: group_state(ray_session, pg_id) == "REMOVED", bound_s + 30, what)
+    return halfway, time.time()
 
 
 def training(job: JobThread, ray_session, name: str) -> tuple[dict, dict, dict]:
@@ -164,20 +188,12 @@ def test_a_drain_that_never_reports_back_loses_its_group_after_the_timeout(ray_s
                                    every_steps=ROWS // BATCH))
         job.start()
         snap, pg, proc = training(job, ray_session, name)
-        os.kill(proc["pid"], signal.SIGSTOP)  # the worker will never answer the drain
-        try:
+        with stopped(proc):  # the worker will never answer the drain
             paused_at = time.time()
             server.set_delay(0.5)
             job.wait_for(lambda s: s["seen"] > paused_at and s["level"] == "PAUSE")
-            time.sleep(drain_timeout_s / 2)
-            halfway = group_state(ray_session, pg["id"])  # draining, waiting for a report that never comes
-            until(lambda: group_state(ray_session, pg["id"]) == "REMOVED", drain_timeout_s + 30, "the drain to time out")
-            removed_seen_at = time.time()
-        finally:
-            try:
-                os.kill(proc["pid"], signal.SIGCONT)  # if it is still there, let Ray finish it off
-            except ProcessLookupError:
-                pass
+            # halfway: draining, waiting for a report that never comes
+            halfway, removed_seen_at = removed_after(ray_session, pg["id"], drain_timeout_s, "the drain to time out")
         until(lambda: actor_state(ray_session, proc["id"]) == "DEAD", 30, "the stopped worker to go with its group")
         resumed_at = time.time()
         server.set_delay(0.002)
@@ -205,18 +221,8 @@ def test_a_worker_gone_silent_while_it_trains_is_replaced_after_worker_hung_s(ra
                                    every_steps=ROWS // BATCH, hung_s=hung_s))
         job.start()
         _, pg, proc = training(job, ray_session, name)
-        os.kill(proc["pid"], signal.SIGSTOP)  # no heartbeat from here on; without the watchdog the job waits for good
-        stopped_at = time.time()
-        try:
-            time.sleep(hung_s / 2)
-            halfway = group_state(ray_session, pg["id"])
-            until(lambda: group_state(ray_session, pg["id"]) == "REMOVED", hung_s + 30, "the silent worker's group to go")
-            removed_seen_at = time.time()
-        finally:
-            try:
-                os.kill(proc["pid"], signal.SIGCONT)  # if it is still there, let Ray finish it off
-            except ProcessLookupError:
-                pass
+        with stopped(proc) as stopped_at:  # no heartbeat from here on; without the watchdog the job waits for good
+            halfway, removed_seen_at = removed_after(ray_session, pg["id"], hung_s, "the silent worker's group to go")
         until(lambda: actor_state(ray_session, proc["id"]) == "DEAD", 30, "the silent worker to go with its group")
         after = until(lambda: (g := group(ray_session, name)) and g["state"] == "CREATED" and g["id"] != pg["id"] and g,
                       60, "a new group")
