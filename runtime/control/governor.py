@@ -152,10 +152,9 @@ class Governor:
             key = source_key(serving)
             if key not in self.sources:
                 self.sources[key] = build_source(**serving)
-            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s, hung_s),
-                                      priority,
+            self.jobs[job] = JobEntry(job, LawConfig(**law), key, Lease(job, bundle, drain_timeout_s, park_s), priority,
                                       phase=phase)
-        self.jobs[job].lease.hung_s = hung_s  # a driver that re-registers (or an upgraded one) sets its bound
+        self.jobs[job].lease.hung_s = hung_s  # set at every registration: a driver that re-registers keeps it current
         self._ensure_loop()  # and a scraper for a new source
         self._persist()
         return {"job": job, "poll_interval_s": self.poll_interval_s}

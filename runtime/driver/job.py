@@ -449,7 +449,8 @@ class _RoundLoop:
         # A draining slot whose worker is still here was parked or kept by that hand-back (_yielded drops
         # the others): its warm process stays, though the view was read before the slot was parked.
         keep = set(view["ready"]) | set(view["parked"]) | (set(view["draining"]) & set(self.actors))
-        for slot in [s for s in self.actors if s not in keep or s in self._moved(view)]:
+        moved = self._moved(view)
+        for slot in [s for s in self.actors if s not in keep or s in moved]:
             self._drop(slot)
         for slot, pg in view["ready"].items():
             if slot not in self.actors:

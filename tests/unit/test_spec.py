@@ -324,9 +324,7 @@ def _has(raw: dict, dotted: str) -> bool:
 
 
 def test_worker_hung_s_must_leave_a_healthy_heartbeat_its_silence_bound():
-    base = {"name": "j", "model": {"estimator": "sklearn.linear_model.SGDRegressor"},
-            "data": {"path": "d", "target": "y"}, "validation": {"holdout": "h.parquet"},
-            "serving": {"url": "http://127.0.0.1:9/metrics", "slo_p99_ms": 100}}
+    base = valid_raw()
     with pytest.raises(SpecError, match=r"worker_hung_s \(5\) must be 0 \(never\) or at least twice governor_silence_s \(3\)"):
         spec_from_dict(dict(base, budget={"worker_hung_s": 5}))
     assert spec_from_dict(dict(base, budget={"worker_hung_s": 0})).budget.worker_hung_s == 0
