@@ -78,8 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--day-start", default="1995-07-03T00:00", help="trace local time the replayed day starts at")
     p.add_argument("--cron-window", default="01:00-05:00", help="local hours of the replayed day the cron policy trains in")
     p.add_argument("--static-cpus", type=float, default=0.5, help="CPU limit of the static policy (cgroup quota)")
-    p.add_argument("--max-utilization", type=float, default=0.85,
-                   help="the governed job's load ceiling, as a fraction of measured capacity (serving.max_utilization)")
+    p.add_argument("--max-utilization", type=float, default=None,
+                   help="the governed job's load ceiling, as a fraction of measured capacity (serving.max_utilization; "
+                        "default: what serving may use of a host whose one core trains, 1 - 1/cores, at most 0.85)")
     p.add_argument("--probe-interval-s", type=float, default=0.0,
                    help="the governed job's active probe through the proxy, one request this often (0: none)")
     p.add_argument("--impact-max-ratio", type=float, default=None,
@@ -98,6 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=0, help="Serve's HTTP port on 127.0.0.1 (0: a free one)")
     args = p.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
+    if args.max_utilization is None:
+        args.max_utilization = shared_host_ceiling(os.cpu_count() or 1)
     args.seconds_per_policy = args.seconds_per_policy or (QUICK_DAY_S if args.quick else FULL_DAY_S)
     args.calibration_seconds = args.calibration_seconds or min(30.0, max(15.0, args.seconds_per_policy / 2))
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
@@ -105,6 +108,20 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--policies: unknown {unknown}; choose from {','.join(POLICIES)}")
     return args
+
+
+def shared_host_ceiling(cores: int, training_cores: float = 1.0, heracles: float = 0.85, night: float = 0.25) -> float:
+    """The governed job's default load ceiling on a host that serving and training share: the share of
+    the host serving may use while ``training_cores`` train, ``1 - training_cores / cores``, at most
+    Heracles' 0.85, at least ``night`` (one core has none to spare: the job trains in the night's lull). Capacity is measured with every core serving, so on 2 cores serving needs both of
+    them above half of it, and a worker that holds one core there is in its way whatever its class:
+    in a full run at a 0.85 ceiling (run S) the job resumed on the climb to the peak and took the tail
+    to 1.78x ``none``; at 0.5 it paused on the climb and stayed out through every peak.
+
+    >>> shared_host_ceiling(1), shared_host_ceiling(2), shared_host_ceiling(4), shared_host_ceiling(16)
+    (0.25, 0.5, 0.75, 0.85)
+    """
+    return round(min(heracles, max(night, 1.0 - training_cores / cores)), 3)
 
 
 # ---- pure metrics ------------------------------------------------------------------------------------
@@ -507,7 +524,8 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         f"median {cal['baseline_p99_ms']:.1f} ms (whole-phase p99 {_ms(cal['client_p99_ms'])}, server-side "
         f"{_ms(cal['server_p99_ms'])}); the governor gets the same SLO for the server-side histogram.",
         f"Training: the governed job's MLPRegressor(256,256) partial_fit, 256-row batches, 1 thread; alone (best second of a "
-        f"4-s probe) {meta['solo_rows_per_s']:.0f} rows/s; governor budget max_rows_per_s {meta['max_rows_per_s']:g}. "
+        f"4-s probe) {meta['solo_rows_per_s']:.0f} rows/s; governor budget max_rows_per_s {meta['max_rows_per_s']:g}, "
+        f"load ceiling {meta.get('max_utilization', 0.85):g} of capacity ({meta.get('max_utilization', 0.85) * meta['capacity']['rps']:.0f} req/s). "
         f"static = {meta['static']['kind']} ({meta['static']['cpus']} CPU); cron = {meta['cron_window']} local "
         f"({meta['cron_s'][0]:.1f}-{meta['cron_s'][1]:.1f} s of the replay). Training is warm when a window opens: the "
         f"train loops have imported and run a batch; the governed job gets {GOVERNED_LEAD_S:g} s of night-rate traffic "
@@ -578,7 +596,8 @@ def main(argv=None) -> int:
 
     try:
         data = prepare_data(work, args.seconds_per_policy)
-        meta.update(solo_rows_per_s=data["solo_rows_per_s"], max_rows_per_s=data["max_rows_per_s"], data_rows=data["data_rows"])
+        meta.update(solo_rows_per_s=data["solo_rows_per_s"], max_rows_per_s=data["max_rows_per_s"], data_rows=data["data_rows"],
+                    max_utilization=args.max_utilization)
         log(f"training alone: {data['solo_rows_per_s']:.0f} rows/s; {data['data_rows']} rows of data; static: {meta['static']}")
         mlflow_uri = f"sqlite:///{work / 'mlflow.db'}"
         if "governed" in args.policies:  # the store's schema set-up costs seconds: pay it before any measurement

@@ -76,3 +76,16 @@ def test_the_governed_jobs_scheduling_class_comes_from_the_command_line(tmp_path
     spec = governed_spec(ctx, tmp_path / "ckpt")
     assert (spec.budget.worker_sched, spec.budget.worker_nice) == (sched, nice)  # default: jobs/demo.yaml's
     assert spec.serving.impact is not None and spec.budget.max_rows_per_s == 60_000.0
+
+
+@pytest.mark.parametrize("cores, ceiling", [(1, 0.25), (2, 0.5), (4, 0.75), (16, 0.85)])
+def test_the_governed_jobs_default_ceiling_leaves_the_training_core_out_of_capacity(monkeypatch, tmp_path, cores, ceiling):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    args = parse_args([])
+    assert args.max_utilization == ceiling
+    assert parse_args(["--max-utilization", "0.85"]).max_utilization == 0.85  # given: kept
+    ctx = {"data_dir": tmp_path / "data", "holdout": tmp_path / "h.parquet", "app": "app", "slo_ms": 60.0,
+           "capacity_rps": 300.0, "max_utilization": args.max_utilization, "probe_interval_s": 0.0,
+           "impact_max_ratio": None, "max_rows_per_s": 60_000.0, "checkpoint_every_steps": None,
+           "mlflow_uri": f"sqlite:///{tmp_path}/m.db", "worker_sched": None, "worker_nice": None}
+    assert governed_spec(ctx, tmp_path / "ckpt").serving.max_utilization == ceiling
