@@ -317,7 +317,7 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
     # Resume needs ample latency and queue slack, and a load a margin below the ceiling (a band of its
     # own: the latency band would keep the job out until the load fell to 70 % of its ceiling).
     room = [s for s in (slack, queue_slack(sample, cfg)) if s is not None]
-    util = sample.utilization
+    util = resume_utilization(state, sample)
     if (room and min(room) < cfg.grow_above_slack) or (
             util is not None and util > cfg.resume_load_fraction * cfg.ceiling(state, now)):
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
@@ -429,14 +429,14 @@ def _observe(state: LawState, sample: Sample, cfg: LawConfig, now: float) -> Law
     """Keep the requests that finished since the last reading (a histogram's new counts) as serving
     *without* the job (paused) or *with* it (running), once the last change has settled: a request
     that finished just after it may have run before it, and Ray's metrics refresh lags ~1 s."""
-    if cfg.impact_max_ratio is None or sample.error is not None:
+    if sample.error is not None:
         return state
     if sample.rps is not None:
         # A reading repeated between reads (no new counts, the same load) is not a second reading.
         repeated = sample.counts is None and bool(state.loads) and state.loads[-1][1:] == (sample.rps, sample.utilization)
         recent = tuple(r for r in state.loads if r[0] > now - LOAD_SMOOTH_S) or state.loads[-1:]  # read calmly: the last
         state = replace(state, loads=recent + (() if repeated else ((now, sample.rps, sample.utilization),)))
-    if not sample.counts:
+    if cfg.impact_max_ratio is None or not sample.counts:
         return state
     if state.changed_at_s is not None and now - state.changed_at_s < cfg.impact_settle_s:
         return state
@@ -453,7 +453,7 @@ def _carry_impact(before: LawState, after: LawState, cfg: LawConfig, now: float)
     """The stages build new states; the impact memory carries over. A pause, a resume or a new rate or
     worker count is a change: requests settle again, and the running ones start over."""
     if cfg.impact_max_ratio is None:
-        return after
+        return replace(after, loads=before.loads)
     changed = (before.level is Level.PAUSE) != (after.level is Level.PAUSE) or (
         after.level is not Level.PAUSE and (before.rows_per_s, before.workers) != (after.rows_per_s, after.workers))
     return replace(after, reference=before.reference, loads=before.loads, running=() if changed else before.running,
@@ -474,9 +474,13 @@ def read_every_s(state: LawState, directive: Directive, sample: Sample, cfg: Law
 
     Nothing moves when the directive has stood for ``calm_read_s``, the reading is good, every
     bound is far (latency and queue slack at least ``grow_above_slack``, the slack the law grows on;
-    the load a tenth below its ceiling) and the job is not measuring its impact. A read is not free:
-    Ray's metrics agent renders a node's whole endpoint (~0.6 MB) for each one, ~40 ms of CPU on the
-    serving host, 4 % of a core at one a second. Slowed, a change is seen up to ``calm_read_s`` later.
+    the load a tenth below its ceiling) and the job is not measuring its impact; and whenever a pause
+    has stood that long, however near the bounds: the job is out, so a read can only bring its resume
+    sooner. A read is not free: Ray's metrics agent renders a node's whole endpoint (~0.6 MB) for each
+    one, ~40-70 ms of CPU on the serving host at serving's own priority, 4-7 % of a core at one a
+    second; in a full benchmark run the governor read every second through a peak it had paused for,
+    beside a service that needed more than one of the host's two cores (client p99 there 4.4x `none`'s).
+    Slowed, a change is seen up to ``calm_read_s`` later.
 
     >>> cfg = LawConfig(slo_p99_ms=100.0)
     >>> calm = LawState(level=Level.RUN, workers=1, rows_per_s=500.0, steady_since_s=0.0)
@@ -484,12 +488,17 @@ def read_every_s(state: LawState, directive: Directive, sample: Sample, cfg: Law
     3.0
     >>> read_every_s(calm, Directive(Level.RUN, 1, 500.0, Reason.AT_MAX), Sample(10.0, p99_ms=75.0), cfg)
     0.0
+    >>> out = LawState(level=Level.PAUSE, steady_since_s=0.0)  # paused for the load ceiling, at the peak
+    >>> read_every_s(out, Directive(Level.PAUSE, 0, 0.0, Reason.LOAD_CEILING), Sample(10.0, p99_ms=75.0, utilization=0.9), cfg)
+    3.0
     """
     now = sample.time_s
     if (cfg.calm_read_s <= 0 or sample.error is not None or directive.reason is Reason.MEASURING
             or state.measuring_rows_per_s is not None or state.steady_since_s is None
             or now - state.steady_since_s < cfg.calm_read_s):
         return 0.0
+    if directive.level is Level.PAUSE:
+        return cfg.calm_read_s
     room = [s for s in (slack_of(sample, cfg), queue_slack(sample, cfg)) if s is not None]
     if not room or min(room) < cfg.grow_above_slack:
         return 0.0
@@ -504,6 +513,23 @@ LOAD_SMOOTH_S = 5.0  # one reading's rate moves +-50 % with Ray's ~1-s refresh: 
 def load_now(state: LawState) -> float | None:
     """The serving load (req/s) of the last seconds' readings, for comparing like with like."""
     return statistics.median(r[1] for r in state.loads) if state.loads else None
+
+
+def resume_utilization(state: LawState, sample: Sample) -> float | None:
+    """The utilization a resume is judged by: the higher of this reading's and the median of the last
+    ``LOAD_SMOOTH_S``'s. One reading's rate moves +-50 % with Ray's ~1-s refresh, so on a climb to
+    the peak a single low one fell inside the resume band: in a full benchmark run readings of 121,
+    111 and 100 req/s against a ceiling of 115 brought the job back, and the next, 157, paused it
+    again 0.3 s later, a resume and a pause (a checkpoint) at the peak's edge.
+
+    >>> st = LawState(loads=((50.0, 121.0, 0.53), (51.0, 111.0, 0.48), (52.0, 100.0, 0.43)))
+    >>> resume_utilization(st, Sample(time_s=52.0, p99_ms=30.0, rps=100.0, utilization=0.43))
+    0.48
+    """
+    if sample.utilization is None:
+        return None
+    utils = [r[2] for r in state.loads if r[2] is not None and r[0] > sample.time_s - LOAD_SMOOTH_S]
+    return max(sample.utilization, statistics.median(utils)) if utils else sample.utilization
 
 
 LOAD_RECENT_S = 2.0  # about the last two of Ray's ~1-s refreshes

@@ -190,7 +190,8 @@ def test_pause_boundaries(staleness_s, util, p99_ms, paused_):
 def test_pause_records_time_and_clears_memory():
     state = running(1000.0, 3, ample_since_s=1.0, last_grow_s=2.0)
     new, d = decide(state, at(7.5, -0.2), CFG)
-    assert new == LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=7.5, steady_since_s=7.5)
+    assert new == LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=7.5, steady_since_s=7.5,
+                           loads=((7.5, 10.0, None),))  # the reading's load is kept (a resume is judged on seconds of them)
     assert d.slack == pytest.approx(-0.2)
 
 
@@ -267,6 +268,19 @@ def test_spike_pauses_at_once_then_cooldown_then_hysteresis_then_resume():
                                       Reason.HYSTERESIS, Reason.HYSTERESIS, Reason.HYSTERESIS, Reason.RESUME]
     assert all(d.level is Level.PAUSE and d.workers == 0 and d.rows_per_s == 0 for d in ds[:-1])
     assert (ds[-1].workers, ds[-1].rows_per_s) == (1, 250.0)
+
+
+def test_one_low_reading_on_a_climb_does_not_bring_the_job_back_below_the_ceiling():
+    """Logged in a full benchmark run (ceiling 0.5): 121, 111, 100 req/s, then 157. The 100 alone sat in the
+    resume band (0.9 x the ceiling); the law judges a resume on the last seconds' median as well."""
+    cfg = replace(CFG, max_utilization=0.5)
+    script = [at(50.0, 0.9, util=0.53),  # over the ceiling: out
+              at(51.0, 0.9, util=0.48), at(52.0, 0.9, util=0.47),  # in the cool-down
+              at(54.0, 0.9, util=0.43),  # one reading under 0.45, the last seconds' median 0.475: stay out
+              at(55.0, 0.9, util=0.40)]  # the load falls: median 0.45, back
+    _, ds = run_script(running(), script, cfg)
+    assert [d.reason for d in ds] == [Reason.LOAD_CEILING, Reason.COOLDOWN, Reason.COOLDOWN, Reason.HYSTERESIS,
+                                      Reason.RESUME]
 
 
 def test_each_violation_restarts_the_cooldown():

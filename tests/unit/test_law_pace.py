@@ -1,6 +1,6 @@
 """The law's read pace (``read_every_s``): the governor reads the serving side at every refresh while
 anything moves or any bound is near, and only every ``calm_read_s`` while the job runs far inside
-them. Each read of a Ray node's metrics endpoint costs its agent ~50 ms of CPU on the serving host."""
+them, or has been paused that long. Each read of a Ray node's metrics endpoint costs its agent ~50 ms of CPU on the serving host."""
 
 from __future__ import annotations
 
@@ -40,6 +40,18 @@ def test_a_steady_job_far_inside_every_bound_reads_at_the_calm_pace():
 ])
 def test_anything_moving_or_any_bound_near_reads_every_refresh(why, state, directive, sample, cfg):
     assert read_every_s(state, directive, sample, cfg) == 0.0, why
+
+
+@pytest.mark.parametrize("reason, sample", [
+    (Reason.LOAD_CEILING, reading(p99_ms=75.0, utilization=0.95)),  # at the peak: every bound near
+    (Reason.SLO_VIOLATED, reading(p99_ms=130.0)),
+    (Reason.COOLDOWN, reading(in_flight=19.0)),
+])
+def test_a_pause_that_has_stood_reads_at_the_calm_pace_however_near_the_bounds(reason, sample):
+    out = LawState(level=Level.PAUSE, steady_since_s=0.0)
+    assert read_every_s(out, Directive(Level.PAUSE, 0, 0.0, reason), sample, CFG) == 3.0
+    just_out = replace(out, steady_since_s=8.0)  # paused 2 s ago: every refresh still (a short spike resumes sooner)
+    assert read_every_s(just_out, Directive(Level.PAUSE, 0, 0.0, reason), sample, CFG) == 0.0
 
 
 def test_an_idle_service_is_calm():
