@@ -349,7 +349,11 @@ def _impact(state: LawState, sample: Sample, slack, cfg: LawConfig, now, impact:
     if cfg.impact_max_ratio is None or state.level is Level.PAUSE or sample.idle:
         return None
     settled = state.changed_at_s is None or now - state.changed_at_s >= cfg.impact_pause_s
-    if settled and _reference_due(state, cfg, now, load_now(state)):  # never right after a resume: it would stall
+    # nor while the job's workers still start: the governor holds running_since_s at now until a worker
+    # reports trained rows, and a pause then stops a worker mid-start for nothing it could measure (in a
+    # make demo run, a measure 0.5 s after a cold worker came up took 2 s to release it)
+    started = state.running_since_s is None or now - state.running_since_s >= cfg.impact_settle_s
+    if settled and started and _reference_due(state, cfg, now, load_now(state)):  # never right after a resume: it would stall
         new = LawState(level=Level.PAUSE, paused_at_s=now, hurt_utilization=state.hurt_utilization,
                        hurt_at_s=state.hurt_at_s, hurt_rows_per_s=state.hurt_rows_per_s,
                        measuring_rows_per_s=state.rows_per_s, measuring_workers=state.workers,

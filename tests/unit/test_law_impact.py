@@ -131,6 +131,19 @@ def test_no_impact_grows_to_the_budget_but_each_step_waits_for_a_measured_impact
     assert Reason.IMPACT not in reasons(log)
 
 
+def test_no_measure_while_the_workers_still_start():
+    """The governor holds ``running_since_s`` at now until a worker reports trained rows (a cold start):
+    a measure due then waits until the job has trained for ``impact_settle_s``."""
+    ran = LawState(level=Level.THROTTLE, workers=1, rows_per_s=250.0, changed_at_s=0.0, running_since_s=0.0)
+    _, d = decide(ran, served(20.0, 20.0), CFG)  # nothing measured without the job yet: due
+    assert d.reason is Reason.MEASURING
+    starting = replace(ran, running_since_s=20.0)  # no trained rows yet
+    _, d = decide(starting, served(20.0, 20.0), CFG)
+    assert d.level is Level.THROTTLE and d.reason is not Reason.MEASURING
+    _, d = decide(replace(ran, running_since_s=20.0 - CFG.impact_settle_s), served(20.0, 20.0), CFG)
+    assert d.reason is Reason.MEASURING  # trained for impact_settle_s: measured
+
+
 def test_serving_without_the_job_is_measured_again_every_impact_every_s_and_the_rate_comes_back():
     state, log = simulate(CFG, 100.0, base_ms=20.0, per_1000_rows=0.0)
     starts = starts_of(log, Reason.MEASURING)
