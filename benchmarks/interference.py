@@ -100,6 +100,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
     if args.max_utilization is None:
+        from runtime.loopback import shared_host_ceiling
+
         args.max_utilization = shared_host_ceiling(os.cpu_count() or 1)
     args.seconds_per_policy = args.seconds_per_policy or (QUICK_DAY_S if args.quick else FULL_DAY_S)
     args.calibration_seconds = args.calibration_seconds or min(30.0, max(15.0, args.seconds_per_policy / 2))
@@ -108,20 +110,6 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"--policies: unknown {unknown}; choose from {','.join(POLICIES)}")
     return args
-
-
-def shared_host_ceiling(cores: int, training_cores: float = 1.0, heracles: float = 0.85, night: float = 0.25) -> float:
-    """The governed job's default load ceiling on a host that serving and training share: the share of
-    the host serving may use while ``training_cores`` train, ``1 - training_cores / cores``, at most
-    Heracles' 0.85, at least ``night`` (one core has none to spare: the job trains in the night's lull). Capacity is measured with every core serving, so on 2 cores serving needs both of
-    them above half of it, and a worker that holds one core there is in its way whatever its class:
-    in a full run at a 0.85 ceiling (run S) the job resumed on the climb to the peak and took the tail
-    to 1.78x ``none``; at 0.5 it paused on the climb and stayed out through every peak.
-
-    >>> shared_host_ceiling(1), shared_host_ceiling(2), shared_host_ceiling(4), shared_host_ceiling(16)
-    (0.25, 0.5, 0.75, 0.85)
-    """
-    return round(min(heracles, max(night, 1.0 - training_cores / cores)), 3)
 
 
 # ---- pure metrics ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     from examples.serving import APP_NAME, measure_capacity_rps, start_serving, stop_serving
     from runtime.cli.jobs import StatusLine
     from runtime.driver.job import run_job
-    from runtime.loopback import start_private_cluster
+    from runtime.loopback import shared_host_ceiling, start_private_cluster
     from runtime.plots import plot_timeline
     from runtime.spec.job import load_spec, spec_from_dict
     from runtime.training.datagen import write_regression_slices
@@ -91,12 +92,14 @@ def main(argv=None) -> int:
         slo = float(round(args.slo_factor * baseline_p99))
         base["data"].update(path=str(data))
         base["validation"].update(holdout=str(holdout))
-        base["serving"].update(application=APP_NAME, capacity_rps=capacity, slo_p99_ms=slo)
+        base["serving"].update(application=APP_NAME, capacity_rps=capacity, slo_p99_ms=slo,
+                               max_utilization=shared_host_ceiling(os.cpu_count() or 1))  # serving and training share this host
         base["checkpoint"].update(storage=str(work / "checkpoints"))
         base["tracking"].update(uri=args.tracking_uri)
         spec = spec_from_dict(base, source=str(SPEC))
-        print(f"[demo] baseline ingress p99 {baseline_p99:.0f} ms -> SLO p99 {slo:.0f} ms; training {args.rows} rows "
-              "under the governor", flush=True)
+        print(f"[demo] baseline ingress p99 {baseline_p99:.0f} ms -> SLO p99 {slo:.0f} ms; load ceiling "
+              f"{spec.serving.max_utilization:g} of capacity ({spec.serving.max_utilization * capacity:.0f} req/s: serving "
+              f"and training share this host); training {args.rows} rows under the governor", flush=True)
         line = StatusLine(sys.stdout, every_s=2.0)
         job_started = time.time()
         try:
