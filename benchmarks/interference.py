@@ -102,7 +102,7 @@ def parse_args(argv=None):
     if args.max_utilization is None:
         from runtime.loopback import shared_host_ceiling
 
-        args.max_utilization = shared_host_ceiling(os.cpu_count() or 1)
+        args.max_utilization = shared_host_ceiling()
     args.seconds_per_policy = args.seconds_per_policy or (QUICK_DAY_S if args.quick else FULL_DAY_S)
     args.calibration_seconds = args.calibration_seconds or min(30.0, max(15.0, args.seconds_per_policy / 2))
     args.policies = [x.strip() for x in args.policies.split(",") if x.strip()]
@@ -513,7 +513,7 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         f"{_ms(cal['server_p99_ms'])}); the governor gets the same SLO for the server-side histogram.",
         f"Training: the governed job's MLPRegressor(256,256) partial_fit, 256-row batches, 1 thread; alone (best second of a "
         f"4-s probe) {meta['solo_rows_per_s']:.0f} rows/s; governor budget max_rows_per_s {meta['max_rows_per_s']:g}, "
-        f"load ceiling {meta.get('max_utilization', 0.85):g} of capacity ({meta.get('max_utilization', 0.85) * meta['capacity']['rps']:.0f} req/s). "
+        f"load ceiling {meta['max_utilization']:g} of capacity ({meta['max_utilization'] * meta['capacity']['rps']:.0f} req/s). "
         f"static = {meta['static']['kind']} ({meta['static']['cpus']} CPU); cron = {meta['cron_window']} local "
         f"({meta['cron_s'][0]:.1f}-{meta['cron_s'][1]:.1f} s of the replay). Training is warm when a window opens: the "
         f"train loops have imported and run a batch; the governed job gets {GOVERNED_LEAD_S:g} s of night-rate traffic "

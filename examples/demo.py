@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
         base["data"].update(path=str(data))
         base["validation"].update(holdout=str(holdout))
         base["serving"].update(application=APP_NAME, capacity_rps=capacity, slo_p99_ms=slo,
-                               max_utilization=shared_host_ceiling(os.cpu_count() or 1))  # serving and training share this host
+                               max_utilization=shared_host_ceiling())  # serving and training share this host
         base["checkpoint"].update(storage=str(work / "checkpoints"))
         base["tracking"].update(uri=args.tracking_uri)
         spec = spec_from_dict(base, source=str(SPEC))

@@ -200,16 +200,19 @@ def is_loopback(ip: str) -> bool:
     return addr.is_loopback or bool(mapped and mapped.is_loopback)
 
 
-def shared_host_ceiling(cores: int, training_cores: float = 1.0, heracles: float = 0.85, night: float = 0.25) -> float:
-    """The governed job's default load ceiling on a host that serving and training share: the share of
-    the host serving may use while ``training_cores`` train, ``1 - training_cores / cores``, at most
-    Heracles' 0.85, at least ``night`` (one core has none to spare: the job trains in the night's lull). Capacity is measured with every core serving, so on 2 cores serving needs both of
-    them above half of it, and a worker that holds one core there is in its way whatever its class:
-    in the interference benchmark's run S (a 0.85 ceiling) the job resumed on the climb to the peak and
-    took the tail to 1.78x ``none``; at 0.5 (runs V, W) it paused on the climb. ``make demo`` and the
-    interference benchmark, whose serving and training share this host, use it.
+def shared_host_ceiling(cores: int | None = None, training_cores: float = 1.0, heracles: float = 0.85,
+                        night: float = 0.25) -> float:
+    """The governed job's default load ceiling on a host that serving and training share (``make demo``,
+    the interference benchmark): the share of the host serving may use while ``training_cores`` train,
+    ``1 - training_cores / cores`` (``cores``: this host's), at most Heracles' 0.85, at least ``night``
+    (one core has none to spare: the job trains in the night's lull). Capacity is measured with every
+    core serving, so on 2 cores serving needs both of them above half of it, and a worker that holds one
+    core there is in its way whatever its class: in the interference benchmark's run S (a 0.85 ceiling)
+    the job resumed on the climb to the peak and took the tail to 1.78x ``none``; at 0.5 (runs V, W) it
+    paused on the climb.
 
     >>> shared_host_ceiling(1), shared_host_ceiling(2), shared_host_ceiling(4), shared_host_ceiling(16)
     (0.25, 0.5, 0.75, 0.85)
     """
+    cores = cores or os.cpu_count() or 1
     return round(min(heracles, max(night, 1.0 - training_cores / cores)), 3)
