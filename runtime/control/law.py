@@ -280,12 +280,32 @@ def queue_slack(sample: Sample, cfg: LawConfig) -> float | None:
     return (cfg.queue_limit - sample.in_flight) / cfg.queue_limit
 
 
-def _effective_slack(sample: Sample, slack, cfg: LawConfig, state: LawState | None = None) -> float:
-    """The tightest of latency, utilization and queue slack (each is 'room left', 1 = idle)."""
+def _effective_slack(sample: Sample, slack, cfg: LawConfig, state: LawState | None = None, *,
+                     load_band: bool = False) -> float:
+    """The tightest of latency, utilization and queue slack (each is 'room left', 1 = idle).
+
+    ``load_band`` (growth): a serving *load* (requests against capacity, a sample with ``rps``) does
+    not move with the job, so it bounds growth as a band, not as a slack: room while the load is at
+    most ``resume_load_fraction`` of its ceiling (the resume's own band), none above. As a slack, the
+    growth threshold kept a job that resumed after the peak at its resume rate (a quarter) until the
+    load fell to 70 % of its ceiling: in a full benchmark run, most of each day's decline. A busy
+    fraction with no request rate (host CPU, where the job's own use counts) stays a slack. Shrinking
+    judges a load by its median over ``LOAD_SMOOTH_S`` (one reading moves +-50 % with Ray's refresh);
+    the ceiling's pause still acts on a single reading.
+    """
     candidates = [] if slack is None else [slack]
     if sample.utilization is not None:
         ceiling = cfg.max_utilization if state is None else cfg.ceiling(state, sample.time_s)
-        candidates.append((ceiling - sample.utilization) / ceiling)
+        util = sample.utilization
+        if state is not None and sample.rps is not None:
+            if load_band:
+                util = resume_utilization(state, sample)
+                candidates.append(1.0 if util <= cfg.resume_load_fraction * ceiling else 0.0)
+                util = None
+            else:
+                util = load_utilization(state, sample)
+        if util is not None:
+            candidates.append((ceiling - util) / ceiling)
     queue = queue_slack(sample, cfg)
     if queue is not None:
         candidates.append(queue)
@@ -387,7 +407,7 @@ def _shrunk(state: LawState, reason: Reason, slack, cfg: LawConfig):
 
 
 def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: Impact | None = None):
-    eff = _effective_slack(sample, slack, cfg, state)
+    eff = _effective_slack(sample, slack, cfg, state, load_band=True)
     if eff < cfg.grow_above_slack:
         new = replace(state, ample_since_s=None)
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)
@@ -534,6 +554,20 @@ def resume_utilization(state: LawState, sample: Sample) -> float | None:
         return None
     utils = [r[2] for r in state.loads if r[2] is not None and r[0] > sample.time_s - LOAD_SMOOTH_S]
     return max(sample.utilization, statistics.median(utils)) if utils else sample.utilization
+
+
+def load_utilization(state: LawState, sample: Sample) -> float | None:
+    """The utilization a shrink is judged by: the median of the last ``LOAD_SMOOTH_S``'s readings
+    (this one included), not one reading that Ray's refresh moves +-50 %.
+
+    >>> st = LawState(loads=((50.0, 80.0, 0.40), (51.0, 120.0, 0.60), (52.0, 82.0, 0.41)))
+    >>> load_utilization(st, Sample(time_s=52.0, p99_ms=30.0, rps=82.0, utilization=0.41))
+    0.41
+    """
+    if sample.utilization is None:
+        return None
+    utils = [r[2] for r in state.loads if r[2] is not None and r[0] > sample.time_s - LOAD_SMOOTH_S]
+    return statistics.median(utils) if utils else sample.utilization
 
 
 LOAD_RECENT_S = 2.0  # about the last two of Ray's ~1-s refreshes

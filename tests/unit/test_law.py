@@ -283,6 +283,43 @@ def test_one_low_reading_on_a_climb_does_not_bring_the_job_back_below_the_ceilin
                                       Reason.RESUME]
 
 
+def test_after_a_resume_a_serving_load_inside_the_resume_band_lets_the_job_grow():
+    """A load (requests against capacity) does not move with the job: within the resume band (0.9 x the
+    ceiling) the job grows on latency slack, where a load slack under 0.30 kept it at its resume rate
+    through a day's decline (full benchmark run, ceiling 0.5: resumed at 0.45, held until 0.35)."""
+    cfg = replace(CFG, max_utilization=0.5)
+    state, ds = run_script(LawState(), [at(t, 0.6, util=0.42) for t in range(8)], cfg)
+    assert ds[0].reason is Reason.RESUME and [d.rows_per_s for d in ds if d.reason is Reason.GROW] == [500.0, 750.0, 1000.0]
+    # above the band (still under the ceiling): no growth
+    _, ds = run_script(LawState(), [at(t, 0.6, util=0.46) for t in range(8)], cfg)
+    assert {d.reason for d in ds} == {Reason.HYSTERESIS}
+    _, ds = run_script(running(250.0, last_grow_s=0.0), [at(t, 0.6, util=0.44) for t in range(1, 3)]
+                       + [at(t, 0.6, util=0.46) for t in range(3, 9)], cfg)
+    above = {d.reason for d in ds[2:]}
+    assert Reason.GROW not in above and Reason.SLACK_LOW in above  # above the band it shrinks (slack 0.08)
+
+
+def test_a_busy_fraction_without_a_request_rate_stays_a_slack_for_growth():
+    """Host CPU counts the job's own use: growing until 0.9 of the ceiling would fill the host with it."""
+    cfg = replace(CFG, max_utilization=0.5)
+    busy = [Sample(time_s=t, utilization=0.42) for t in range(8)]
+    _, ds = run_script(running(250.0, last_grow_s=0.0), busy, cfg)
+    assert {d.reason for d in ds} == {Reason.HOLD}  # slack (0.5 - 0.42) / 0.5 = 0.16: hold, neither grow nor shrink
+
+
+def test_one_high_load_reading_does_not_shrink_the_job_but_the_seconds_median_does():
+    """One reading moves +-50 % with Ray's refresh; a shrink is judged on the last seconds' median. The
+    ceiling's pause still acts on a single reading."""
+    cfg = replace(CFG, max_utilization=0.5)
+    steady = [at(t, 0.6, util=0.40) for t in range(1, 4)]
+    _, ds = run_script(running(), steady + [at(4.0, 0.6, util=0.48)], cfg)  # median 0.40: slack 0.2
+    assert ds[-1].reason is not Reason.SLACK_LOW and ds[-1].rows_per_s == 1000.0
+    _, ds = run_script(running(), steady + [at(t, 0.6, util=0.48) for t in (4.0, 5.0, 6.0, 7.0)], cfg)
+    assert Reason.SLACK_LOW in {d.reason for d in ds}  # the median rises to 0.48: slack 0.04
+    _, ds = run_script(running(), steady + [at(4.0, 0.6, util=0.52)], cfg)
+    assert ds[-1].reason is Reason.LOAD_CEILING
+
+
 def test_each_violation_restarts_the_cooldown():
     script = [at(0.0, -0.1), at(2.0, 0.9), at(2.5, -0.1), at(4.0, 0.9), at(5.4, 0.9), at(5.5, 0.9)]
     _, ds = run_script(running(), script)
