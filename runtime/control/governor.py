@@ -44,6 +44,7 @@ from runtime.control.lease import POOL_RESOURCE, Lease
 from runtime.control.sample import Sample
 from runtime.control.shares import Claim, clamp_state, divide, job_directive, pooled_config
 from runtime.control.telemetry import build_source, set_pace
+from runtime.loopback import yield_to_serving
 
 LEVEL_VALUE = {Level.PAUSE: 0, Level.THROTTLE: 1, Level.RUN: 2}
 NAME = "headroom-governor"
@@ -117,6 +118,7 @@ def _training_clock(state: LawState, members: list[JobEntry], now: float) -> Law
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class Governor:
     def __init__(self, poll_interval_s: float = 0.25, state_store: StateStore | None = None):
+        self.niced_threads = yield_to_serving()  # on a serving host: after serving, before training
         self.poll_interval_s = poll_interval_s
         self.jobs: dict[str, JobEntry] = {}
         self.sources: dict[str, object] = {}

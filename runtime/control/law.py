@@ -419,7 +419,8 @@ def _grow_or_hold(state: LawState, sample, slack, cfg: LawConfig, now, impact: I
     if state.rows_per_s >= cfg.max_rows_per_s and state.workers >= cfg.max_workers:
         new = replace(state, ample_since_s=ample_since)
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.AT_MAX, slack)
-    if cfg.impact_max_ratio is not None and not sample.idle and _impact_pending(state, cfg, now):
+    if (cfg.impact_max_ratio is not None and not sample.idle and _impact_pending(state, cfg, now)
+            and reference_in_hand(state, cfg, now)):
         new = replace(state, ample_since_s=ample_since)  # grow only on a measured impact within the ratio
         return new, Directive(state.level, state.workers, state.rows_per_s, Reason.HOLD, slack)
     if impact is not None and not sample.idle and impact.ratio > cfg.impact_max_ratio:
@@ -635,6 +636,24 @@ def _impact_pending(state: LawState, cfg: LawConfig, now: float) -> bool:
     running, _ = _running_now(state, cfg, now)
     span = running[-1][0] - running[0][0] if running else 0.0
     return _pooled(running)[1] < cfg.impact_min_requests and span < cfg.impact_window_s
+
+
+def reference_in_hand(state: LawState, cfg: LawConfig, now: float) -> bool:
+    """Serving without the job is pooled at the load now (:func:`load_now`) to ``impact_min_requests``:
+    a judgement of the current rate needs only the requests beside the job. Growth waits for that
+    judgement only then; with too few requests without the job (a quiet hour: a measuring pause
+    collects what ``impact_pause_s`` allows, and the next one is due at this load only after
+    ``impact_every_s``) it would wait ``impact_window_s`` for none, and grows on the SLO alone. In a
+    full benchmark run (measures at 15-24 req/s: 30-80 settled requests each) the job sat at half
+    its budget for 8-20 s at a time, waiting for judgements that never came.
+
+    >>> cfg = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1)  # 200 requests a side
+    >>> few = ((0.0, ((10.0, 40.0), (math.inf, 80.0)), 20.0, None),)  # 80 requests at 20 req/s
+    >>> st = LawState(level=Level.THROTTLE, reference=few, loads=((1.0, 20.0, 0.2),))
+    >>> reference_in_hand(st, cfg, now=1.0), reference_in_hand(replace(st, reference=few * 3), cfg, now=1.0)
+    (False, True)
+    """
+    return _pooled(_reference_at(state, cfg, now, load_now(state), 3 * cfg.impact_every_s))[1] >= cfg.impact_min_requests
 
 
 def _running_now(state: LawState, cfg: LawConfig, now: float) -> tuple[list, float | None]:

@@ -8,6 +8,8 @@ import os
 import pytest
 import ray
 
+from runtime.control.governor import get_or_create_governor
+from runtime.loopback import SIDECAR_NICE, metrics_agents
 from runtime.training.datagen import write_regression_slices
 from runtime.training.worker import TrainerWorker
 
@@ -31,3 +33,24 @@ def test_worker_applies_nice_and_cpu_pinning(ray_session, tmp_path):
     assert applied["cpus"] == [last] and applied["affinity"] == [last]
     assert applied["nice"] is not None and applied["nice"] >= 7  # nice adds to the worker's own start value
     assert worker_pid != os.getpid()
+
+
+def _thread_nices(pid: int) -> set[int]:
+    return {os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux: nice is per thread")
+def test_the_governor_yields_to_serving_and_the_metrics_agent_is_found_by_session(ray_session, ray_head):
+    """Every thread of the governor's process runs after serving (SIDECAR_NICE); the embedded stack lowers
+    the node's metrics agent the same way, found as the ``ray::DashboardAgent`` child of this session's
+    raylet (not the raylet, whose command line names the agent's script too)."""
+    governor = get_or_create_governor()
+    pid = ray.get(governor.__ray_call__.remote(lambda self: os.getpid()), timeout=120)
+    assert min(_thread_nices(pid)) >= SIDECAR_NICE
+    agents = metrics_agents(ray_head.temp_dir)
+    assert len(agents) == 1
+    import psutil
+
+    agent = psutil.Process(agents[0])
+    assert agent.cmdline()[0].startswith("ray::DashboardAgent") and agent.parent().name() == "raylet"
+    assert metrics_agents("/no/such/session") == []

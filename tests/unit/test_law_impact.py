@@ -131,6 +131,17 @@ def test_no_impact_grows_to_the_budget_but_each_step_waits_for_a_measured_impact
     assert Reason.IMPACT not in reasons(log)
 
 
+def test_a_quiet_hour_whose_measure_cannot_reach_a_judgement_grows_on_the_slo_alone():
+    """At 10 req/s a 5-s measure settles 35 requests, not the 200 a judgement needs: growth that waited
+    for one would wait the whole 20-s window at each step for nothing (a full benchmark run sat at half
+    its budget so). It grows at the hold-down instead; at 50 req/s each step still waits for its judgement."""
+    state, log = simulate(CFG, 30.0, base_ms=20.0, per_1000_rows=0.0, rps=10.0)
+    grows = starts_of(log, Reason.GROW)
+    resumed = next(t for t, d in log if d.reason is Reason.RESUME)
+    assert len(grows) >= 3 and grows[2] - resumed <= 3 * (CFG.holddown_s + STEP_S) + 1e-9
+    assert state.rows_per_s == CFG.max_rows_per_s
+
+
 def test_no_measure_while_the_workers_still_start():
     """The governor holds ``running_since_s`` at now until a worker reports trained rows (a cold start):
     a measure due then waits until the job has trained for ``impact_settle_s``."""

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from runtime.loopback import SERVE_BUCKETS_ENV, SINGLE_NODE_ENV, private_cluster_env, serve_replica_on_loopback
+from runtime.loopback import (SERVE_BUCKETS_ENV, SINGLE_NODE_ENV, private_cluster_env, serve_replica_on_loopback,
+                              yield_to_serving)
 
 
 def test_a_private_cluster_is_closed_by_default_and_an_operator_choice_is_kept():
@@ -20,6 +21,28 @@ def test_a_private_cluster_is_closed_by_default_and_an_operator_choice_is_kept()
     chosen = {"RAY_AUTH_MODE": "disabled", SINGLE_NODE_ENV: "1", SERVE_BUCKETS_ENV: "5,50,500"}
     assert private_cluster_env(chosen) == {}  # an operator's choices are kept
     assert "RAY_AUTH_TOKEN" not in private_cluster_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"})
+
+
+def _thread_nices(pid: int) -> list[int]:
+    return [os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux: nice is per thread")
+def test_yield_to_serving_lowers_every_thread_of_a_process_that_started_them_already():
+    """As in a Ray worker, whose gRPC and event-loop threads run before the governor's code does."""
+    code = "import threading, time; [threading.Thread(target=time.sleep, args=(60,), daemon=True).start() for _ in range(3)]; print(1, flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()
+        assert len(_thread_nices(child.pid)) == 4 and set(_thread_nices(child.pid)) == {os.getpriority(os.PRIO_PROCESS, 0)}
+        assert yield_to_serving(child.pid, nice=17) == 4
+        assert set(_thread_nices(child.pid)) == {17}
+        assert yield_to_serving(child.pid, nice=12) == 0  # never raised back: lower is where it stays
+        assert set(_thread_nices(child.pid)) == {17}
+    finally:
+        child.kill()
+        child.wait()
+    assert yield_to_serving(child.pid) == 0  # a process that is gone: nothing, and no error
 
 
 def _env_changed_by(imports: str) -> list[str]:
