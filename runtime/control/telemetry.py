@@ -167,7 +167,7 @@ class PrometheusScrapeSource(_HTTPSource):
     def set_pace(self, seconds: float) -> None:
         """Read the endpoints at most every ``seconds`` (never faster than ``min_interval_s``); between
         reads, :meth:`sample` repeats the last reading, older by the time passed. Each read of a Ray
-        node's endpoint costs that node's metrics agent ~40 ms of CPU (it renders all ~0.6 MB of it), so
+        node's endpoint costs that node's metrics agent 40-160 ms of CPU (it renders all ~0.55 MB of it), so
         the governor reads every refresh only while it needs to (:func:`runtime.control.law.read_every_s`).
         A repeated reading never comes within a second of ``stale_after_s``: then the source reads."""
         self._pace_s = max(0.0, float(seconds))
