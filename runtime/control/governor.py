@@ -118,7 +118,10 @@ def _training_clock(state: LawState, members: list[JobEntry], now: float) -> Law
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class Governor:
     def __init__(self, poll_interval_s: float = 0.25, state_store: StateStore | None = None):
-        self.niced_threads = yield_to_serving()  # on a serving host: after serving, before training
+        # On a serving host: after serving, before training. Only as the actor: built in-process (the unit
+        # tests), lowering the caller would be a side effect on someone else's process.
+        in_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+        self.niced_threads = yield_to_serving() if in_actor else 0
         self.poll_interval_s = poll_interval_s
         self.jobs: dict[str, JobEntry] = {}
         self.sources: dict[str, object] = {}

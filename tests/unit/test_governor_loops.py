@@ -51,6 +51,18 @@ def _governor(monkeypatch, sources: dict, store=None):
     return Governor.__ray_metadata__.modified_class(POLL_S, state_store=store or MemoryStateStore())
 
 
+def test_a_governor_built_in_process_leaves_its_callers_priority_alone(monkeypatch):
+    """As the actor it lowers its whole process to nice 19 (after serving); built here, that process would
+    be the caller's (a test run, a notebook): nothing is lowered."""
+    import os
+
+    before = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")} \
+        if os.path.isdir("/proc/self/task") else {}
+    gov = _governor(monkeypatch, {})
+    assert gov.niced_threads == 0
+    assert all(os.getpriority(os.PRIO_PROCESS, t) == n for t, n in before.items() if os.path.isdir(f"/proc/self/task/{t}"))
+
+
 async def _register(gov, job: str, url: str = "http://127.0.0.1:9/metrics") -> None:
     law = vars(LawConfig(slo_p99_ms=100, max_workers=1, max_rows_per_s=100, holddown_s=0.0, cooldown_s=0.0))
     await gov.register(job, law, {"kind": "prometheus", "url": url, "histogram": "h"},
