@@ -551,10 +551,8 @@ def resume_utilization(state: LawState, sample: Sample) -> float | None:
     >>> resume_utilization(st, Sample(time_s=52.0, p99_ms=30.0, rps=100.0, utilization=0.43))
     0.48
     """
-    if sample.utilization is None:
-        return None
-    utils = [r[2] for r in state.loads if r[2] is not None and r[0] > sample.time_s - LOAD_SMOOTH_S]
-    return max(sample.utilization, statistics.median(utils)) if utils else sample.utilization
+    smooth = load_utilization(state, sample)
+    return None if smooth is None else max(sample.utilization, smooth)
 
 
 def load_utilization(state: LawState, sample: Sample) -> float | None:
