@@ -132,16 +132,21 @@ def start_private_cluster(*, num_cpus: int, resources: dict | None = None, metri
     context = ray.init(address="local", num_cpus=num_cpus, resources=resources or {}, include_dashboard=False,
                        _node_ip_address="127.0.0.1", log_to_driver=False, _system_config=system_config,
                        _metrics_export_port=metrics_export_port, **init_kwargs)
-    session_dir = context.address_info.get("session_dir") or ""
-    deadline = time.monotonic() + 10.0  # the raylet starts the agent: it may come up just after ray.init returns
+    _lower_metrics_agents(context.address_info.get("session_dir") or "")
+    return context
+
+
+def _lower_metrics_agents(session_dir: str, wait_s: float = 10.0) -> None:
+    """:func:`yield_to_serving` for this session's metrics agents: the governor's reads of them come
+    after serving. The raylet starts the agent, which may come up just after ``ray.init`` returns."""
+    deadline = time.monotonic() + wait_s
     while session_dir:
         agents = metrics_agents(session_dir)
         if agents or time.monotonic() > deadline:
-            break
+            for pid in agents:
+                yield_to_serving(pid)
+            return
         time.sleep(0.1)
-    for pid in agents if session_dir else []:  # reads of it come after serving
-        yield_to_serving(pid)
-    return context
 
 
 def cluster_file() -> Path:

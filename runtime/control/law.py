@@ -294,22 +294,27 @@ def _effective_slack(sample: Sample, slack, cfg: LawConfig, state: LawState | No
     the ceiling's pause still acts on a single reading.
     """
     candidates = [] if slack is None else [slack]
-    if sample.utilization is not None:
-        ceiling = cfg.max_utilization if state is None else cfg.ceiling(state, sample.time_s)
-        util = sample.utilization
-        if state is not None and sample.rps is not None:
-            if load_band:
-                util = resume_utilization(state, sample)
-                candidates.append(1.0 if util <= cfg.resume_load_fraction * ceiling else 0.0)
-                util = None
-            else:
-                util = load_utilization(state, sample)
-        if util is not None:
-            candidates.append((ceiling - util) / ceiling)
+    room = _load_room(sample, cfg, state, load_band=load_band)
+    if room is not None:
+        candidates.append(room)
     queue = queue_slack(sample, cfg)
     if queue is not None:
         candidates.append(queue)
     return min(candidates)
+
+
+def _load_room(sample: Sample, cfg: LawConfig, state: LawState | None, *, load_band: bool) -> float | None:
+    """The utilization's term of :func:`_effective_slack`: a busy fraction's slack against the ceiling,
+    or for a serving load (a sample with ``rps``) its last seconds' median's, or with ``load_band`` 1
+    inside the resume band and 0 above it."""
+    if sample.utilization is None:
+        return None
+    ceiling = cfg.max_utilization if state is None else cfg.ceiling(state, sample.time_s)
+    if state is None or sample.rps is None:
+        return (ceiling - sample.utilization) / ceiling
+    if load_band:
+        return 1.0 if resume_utilization(state, sample) <= cfg.resume_load_fraction * ceiling else 0.0
+    return (ceiling - load_utilization(state, sample)) / ceiling
 
 
 def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
