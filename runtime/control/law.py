@@ -17,6 +17,9 @@ damage, so it acts first. The law works on the tightest of the three.
   that rate, so it neither resumes into the same peak at the same rate nor runs into the next one (a
   learned Heracles load limit). Each further hurt halves the cap again; once it would fall below the
   floor, that load is a ceiling like ``max_utilization``: no training there at all;
+- a resume starts at ``resume_fraction`` of the budget and grows; with ``impact_max_ratio``, a pause for
+  the load alone (its ceiling) comes back at the whole budget: the guard measures the job's effect at
+  the rate it runs (:func:`resume_rows_per_s`);
 - small slack -> THROTTLE: no growth, and multiplicative shrink of rows/s and workers (with
   ``pause_first``, for a job on an accelerator: PAUSE instead, and resume at full rate: measured on an
   H200, training duty-cycled to 20 % of its time still took inference p99 to 4.8x);
@@ -174,6 +177,7 @@ class LawState:
     hurt_at_s: float | None = None
     hurt_rows_per_s: float | None = None  # the rate training ran at when it hurt serving at that load
     running_since_s: float | None = None  # when the job last resumed (a violation right after it is the start-up)
+    paused_for: Reason | None = None  # what took the running job out (a later reason while paused does not change it)
     # impact_max_ratio's memory (not saved across a governor restart: a new governor measures again)
     reference: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings with the job paused
     running: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings at the current rate and workers
@@ -248,9 +252,11 @@ def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sam
         else:
             hurt_util, hurt_rows = sample.utilization, state.rows_per_s
         hurt_at = now
+    paused_for = state.paused_for if state.level is Level.PAUSE and state.paused_for is not None else reason
     new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=paused_at, hurt_utilization=hurt_util,
                    hurt_at_s=hurt_at, hurt_rows_per_s=hurt_rows, impact_cap_rows_per_s=state.impact_cap_rows_per_s,
-                   impact_hold_until_s=state.impact_hold_until_s, impact_hold_load=state.impact_hold_load)
+                   impact_hold_until_s=state.impact_hold_until_s, impact_hold_load=state.impact_hold_load,
+                   paused_for=paused_for)
     return new, Directive(Level.PAUSE, 0, 0.0, reason, slack)
 
 
@@ -348,8 +354,7 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
     if measuring:  # no recent measure of serving without the job: take one before it starts
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
-    rows = cfg.max_rows_per_s if cfg.pause_first else max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)
-    rows = min(rows, cfg.rows_allowed(state, util, now))
+    rows = min(resume_rows_per_s(state, cfg), cfg.rows_allowed(state, util, now))
     if state.impact_cap_rows_per_s is not None:  # paused for its impact: back at the floor
         rows = min(rows, max(cfg.floor_rows_per_s, cfg.shrink_factor * state.impact_cap_rows_per_s))
     new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now,
@@ -357,6 +362,36 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
                    hurt_rows_per_s=state.hurt_rows_per_s, running_since_s=now,
                    impact_cap_rows_per_s=state.impact_cap_rows_per_s)
     return new, Directive(new.level, 1, rows, Reason.RESUME, slack)
+
+
+FOR_THE_LOAD = frozenset({Reason.LOAD_CEILING, Reason.LOAD_MEMORY})  # pauses the load alone called
+
+
+def resume_rows_per_s(state: LawState, cfg: LawConfig) -> float:
+    """The rate a resume starts at: ``resume_fraction`` of the budget, growing one step per hold-down;
+    the whole budget with ``pause_first`` (a GPU is not duty-cycled), and with ``impact_max_ratio``
+    after a pause for the load alone (:data:`FOR_THE_LOAD`: its ceiling, the learnt one included).
+
+    With the guard, the job's effect is measured at the rate it runs, and a rate surely over the ratio
+    is halved at its first judgement; a ramp only spends the quiet hours: in a full benchmark run the
+    job came back from each peak at a quarter of its budget and held there 7-9 s for each step's
+    judgement (200 requests at ~50 req/s, after 3 s to settle), so the day ended before it was back at
+    full rate, while the judgements at a quarter (1.15-1.25x) read no lower than those at three
+    quarters (0.82-0.94x): a ``SCHED_IDLE`` worker's rate is not what moves serving's tail. A pause
+    the job caused (the SLO, the queue, its impact) still comes back at ``resume_fraction``, below the
+    load it learnt (:meth:`LawConfig.rows_allowed`); so does one that lost sight of serving (telemetry),
+    a first start, and a governor's restart (which keeps no reason).
+
+    >>> cfg = LawConfig(slo_p99_ms=50, max_rows_per_s=1000, impact_max_ratio=1.1)
+    >>> reasons = (Reason.LOAD_CEILING, Reason.SLO_VIOLATED, Reason.TELEMETRY_MISSING, None)
+    >>> [resume_rows_per_s(LawState(paused_for=r), cfg) for r in reasons]
+    [1000.0, 250.0, 250.0, 250.0]
+    >>> resume_rows_per_s(LawState(paused_for=Reason.LOAD_CEILING), replace(cfg, impact_max_ratio=None))
+    250.0
+    """
+    if cfg.pause_first or (cfg.impact_max_ratio is not None and state.paused_for in FOR_THE_LOAD):
+        return float(cfg.max_rows_per_s)
+    return max(cfg.floor_rows_per_s, cfg.resume_fraction * cfg.max_rows_per_s)
 
 
 def _capped(state: LawState, sample, slack, cfg: LawConfig, now):

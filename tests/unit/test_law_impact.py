@@ -325,3 +325,33 @@ def test_a_new_load_is_measured_but_never_right_after_a_resume():
     assert d.reason is not Reason.MEASURING  # a worker still starting cannot stop; the rate is not measured yet
     state, d = decide(state, served(100.0 + CFG.impact_pause_s, 20.0, rps=60.0), CFG)
     assert d.reason is Reason.MEASURING
+
+
+def _through_a_peak(cfg: LawConfig, hurt: bool) -> list:
+    """A job at full rate beside 50 req/s (utilization 0.5) meets a peak at 0.95, above the ceiling,
+    for 10 s, and the load falls back. ``hurt``: the job's own effect took the SLO past its bound just
+    before the peak (one reading), so the pause is the job's. Returns the directives after the peak."""
+    state = replace(LawState(), level=Level.RUN, workers=1, rows_per_s=cfg.max_rows_per_s, running_since_s=-60.0,
+                    steady_since_s=-60.0)
+    t, log = 0.0, []
+    while t < 60.0:
+        u = 0.95 if 10.0 <= t < 20.0 else 0.5
+        mean = 2000.0 if hurt and 9.0 <= t < 9.5 else 20.0  # p99 ~9 s against the 1-s SLO: negative slack
+        state, d = decide(state, served(t, mean, rps=100 * u, util=u), cfg)
+        log.append((t, d))
+        t += STEP_S
+    return [(t, d) for t, d in log if t >= 20.0]
+
+
+def test_a_pause_for_the_load_alone_resumes_at_the_full_budget_under_the_impact_guard():
+    """The peak paused the job, not its effect: with the guard it comes back at the whole budget (the
+    guard halves a rate it finds surely over the ratio); a pause the job caused comes back at a
+    quarter, and so does any pause without the guard (no measure of the job's own effect)."""
+    cfg = replace(CFG, max_utilization=0.85)
+    first = lambda log: next(d for _, d in log if d.reason is Reason.RESUME)  # noqa: E731
+    for_the_load = _through_a_peak(cfg, hurt=False)
+    assert Reason.LOAD_CEILING not in [d.reason for _, d in for_the_load]  # the peak is over
+    assert first(for_the_load).rows_per_s == cfg.max_rows_per_s
+    assert first(_through_a_peak(cfg, hurt=True)).rows_per_s == cfg.resume_fraction * cfg.max_rows_per_s
+    assert first(_through_a_peak(replace(cfg, impact_max_ratio=None), hurt=False)).rows_per_s == (
+        cfg.resume_fraction * cfg.max_rows_per_s)
