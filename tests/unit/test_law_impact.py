@@ -188,6 +188,26 @@ def test_a_load_that_rose_out_of_the_band_while_measuring_restarts_the_rate(load
     assert log[-1][1].rows_per_s == resumes_at
 
 
+@pytest.mark.parametrize("util_after, resumes_at", [(0.3, 1000.0), (0.7, 1000.0), (0.8, 250.0)])
+def test_a_rise_while_measuring_that_leaves_room_to_grow_keeps_the_rate(util_after, resumes_at):
+    """As above with a known capacity (utilization 0.2 at 20 req/s, a ceiling of 0.85): a rise out of
+    the impact band that stays within the growth band (0.9 of the ceiling, 0.765) keeps the rate the law
+    would grow back to anyway; past it (0.8, a climb to the peak) the job starts over from a quarter."""
+    state, t, log, measuring_since = LawState(), 0.0, [], None
+    cfg = replace(CFG, max_utilization=0.85)
+    while t < 200.0:
+        u = util_after if measuring_since is not None else 0.2
+        state, d = decide(state, served(t, 20.0, rps=100 * u, util=u), cfg)
+        log.append((t, d))
+        if measuring_since is None and d.reason is Reason.MEASURING and any(x.level is Level.RUN for _, x in log):
+            measuring_since = t
+        elif measuring_since is not None and d.level is not Level.PAUSE:
+            break
+        t += STEP_S
+    assert measuring_since is not None and log[-1][1].reason is Reason.RESUME
+    assert log[-1][1].rows_per_s == resumes_at
+
+
 def test_a_climb_in_the_last_seconds_of_a_measure_restarts_the_rate():
     """As a quick benchmark run logged it: the load held at 58 req/s for most of a measure and climbed to
     90 in its last two seconds. The 5-s median still read 58, within the band of the 60 the job ran at;
