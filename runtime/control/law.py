@@ -177,7 +177,8 @@ class LawState:
     hurt_at_s: float | None = None
     hurt_rows_per_s: float | None = None  # the rate training ran at when it hurt serving at that load
     running_since_s: float | None = None  # when the job last resumed (a violation right after it is the start-up)
-    paused_for: Reason | None = None  # what took the running job out (a later reason while paused does not change it)
+    paused_for: Reason | None = None  # what took the running job out (a later reason while paused does not change
+    # it, except after a telemetry gap: then the next one seen)
     # impact_max_ratio's memory (not saved across a governor restart: a new governor measures again)
     reference: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings with the job paused
     running: tuple = ()  # ((time_s, new counts, load, utilization), ...) settled readings at the current rate and workers
@@ -252,7 +253,10 @@ def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sam
         else:
             hurt_util, hurt_rows = sample.utilization, state.rows_per_s
         hurt_at = now
-    paused_for = state.paused_for if state.level is Level.PAUSE and state.paused_for is not None else reason
+    # What took the job out stays its reason while it is out, unless that was a gap in the telemetry, which
+    # says nothing of the job or the load: the next reason seen (the peak's ceiling, say) is the pause's.
+    kept = state.level is Level.PAUSE and state.paused_for not in (None, Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE)
+    paused_for = state.paused_for if kept else reason
     new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=paused_at, hurt_utilization=hurt_util,
                    hurt_at_s=hurt_at, hurt_rows_per_s=hurt_rows, impact_cap_rows_per_s=state.impact_cap_rows_per_s,
                    impact_hold_until_s=state.impact_hold_until_s, impact_hold_load=state.impact_hold_load,

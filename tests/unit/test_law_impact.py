@@ -347,17 +347,19 @@ def test_a_new_load_is_measured_but_never_right_after_a_resume():
     assert d.reason is Reason.MEASURING
 
 
-def _through_a_peak(cfg: LawConfig, hurt: bool) -> list:
+def _through_a_peak(cfg: LawConfig, hurt: bool, gap: bool = False) -> list:
     """A job at full rate beside 50 req/s (utilization 0.5) meets a peak at 0.95, above the ceiling,
     for 10 s, and the load falls back. ``hurt``: the job's own effect took the SLO past its bound just
-    before the peak (one reading), so the pause is the job's. Returns the directives after the peak."""
+    before the peak (one reading), so the pause is the job's; ``gap``: a read failed just before it
+    (a pause that says nothing of the job or the load). Returns the directives after the peak."""
     state = replace(LawState(), level=Level.RUN, workers=1, rows_per_s=cfg.max_rows_per_s, running_since_s=-60.0,
                     steady_since_s=-60.0)
     t, log = 0.0, []
     while t < 60.0:
         u = 0.95 if 10.0 <= t < 20.0 else 0.5
         mean = 2000.0 if hurt and 9.0 <= t < 9.5 else 20.0  # p99 ~9 s against the 1-s SLO: negative slack
-        state, d = decide(state, served(t, mean, rps=100 * u, util=u), cfg)
+        sample = Sample(time_s=t, error="read timed out") if gap and 9.0 <= t < 9.5 else served(t, mean, rps=100 * u, util=u)
+        state, d = decide(state, sample, cfg)
         log.append((t, d))
         t += STEP_S
     return [(t, d) for t, d in log if t >= 20.0]
@@ -365,13 +367,15 @@ def _through_a_peak(cfg: LawConfig, hurt: bool) -> list:
 
 def test_a_pause_for_the_load_alone_resumes_at_the_full_budget_under_the_impact_guard():
     """The peak paused the job, not its effect: with the guard it comes back at the whole budget (the
-    guard halves a rate it finds surely over the ratio); a pause the job caused comes back at a
-    quarter, and so does any pause without the guard (no measure of the job's own effect)."""
+    guard halves a rate it finds surely over the ratio), also when a failed read took it out just
+    before the peak (a benchmark run's job ramped from a quarter after one); a pause the job caused
+    comes back at a quarter, and so does any pause without the guard (no measure of its own effect)."""
     cfg = replace(CFG, max_utilization=0.85)
     first = lambda log: next(d for _, d in log if d.reason is Reason.RESUME)  # noqa: E731
     for_the_load = _through_a_peak(cfg, hurt=False)
     assert Reason.LOAD_CEILING not in [d.reason for _, d in for_the_load]  # the peak is over
     assert first(for_the_load).rows_per_s == cfg.max_rows_per_s
+    assert first(_through_a_peak(cfg, hurt=False, gap=True)).rows_per_s == cfg.max_rows_per_s  # the peak's pause
     assert first(_through_a_peak(cfg, hurt=True)).rows_per_s == cfg.resume_fraction * cfg.max_rows_per_s
     assert first(_through_a_peak(replace(cfg, impact_max_ratio=None), hurt=False)).rows_per_s == (
         cfg.resume_fraction * cfg.max_rows_per_s)
