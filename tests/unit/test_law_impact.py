@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from runtime.control.law import (LOAD_SMOOTH_S, LawConfig, LawState, Level, Reason, decide, impact_estimate, impact_ratio,
-                                 load_now)
+from runtime.control.law import (LOAD_SMOOTH_S, Directive, LawConfig, LawState, Level, Reason, decide, impact_estimate,
+                                 impact_ratio, load_now)
 from runtime.control.sample import Sample
 
 CFG = LawConfig(slo_p99_ms=1000.0, max_rows_per_s=1000.0, holddown_s=1.0, cooldown_s=3.0, impact_max_ratio=1.1,
@@ -169,15 +169,12 @@ def test_serving_without_the_job_is_measured_again_every_impact_every_s_and_the_
             assert back_at - t <= CFG.impact_pause_s
 
 
-@pytest.mark.parametrize("load_after, resumes_at", [(80.0, 250.0), (55.0, 1000.0), (30.0, 1000.0)])
-def test_a_load_that_rose_out_of_the_band_while_measuring_restarts_the_rate(load_after, resumes_at):
-    """Running at the budget at 50 req/s when a measure of serving falls due; while the job is out the
-    load moves to ``load_after``. Within the band, or down, it comes back at the rate it ran; up out of
-    the band (a climb to the peak) that rate never ran at this load: back at a resume's 25 %."""
+def _back_from_a_measure(cfg: LawConfig, before, after) -> Directive:
+    """Run the job until a measure of serving falls due, with readings ``before(t)`` until then and
+    ``after(t)`` from then on; returns the directive that ends the measure."""
     state, t, log, measuring_since = LawState(), 0.0, [], None
     while t < 200.0:
-        rps = load_after if measuring_since is not None else 50.0
-        state, d = decide(state, served(t, 20.0, rps=rps), CFG)
+        state, d = decide(state, (after if measuring_since is not None else before)(t), cfg)
         log.append((t, d))
         if measuring_since is None and d.reason is Reason.MEASURING and any(x.level is Level.RUN for _, x in log):
             measuring_since = t
@@ -185,7 +182,16 @@ def test_a_load_that_rose_out_of_the_band_while_measuring_restarts_the_rate(load
             break
         t += STEP_S
     assert measuring_since is not None and log[-1][1].reason is Reason.RESUME
-    assert log[-1][1].rows_per_s == resumes_at
+    return log[-1][1]
+
+
+@pytest.mark.parametrize("load_after, resumes_at", [(80.0, 250.0), (55.0, 1000.0), (30.0, 1000.0)])
+def test_a_load_that_rose_out_of_the_band_while_measuring_restarts_the_rate(load_after, resumes_at):
+    """Running at the budget at 50 req/s when a measure of serving falls due; while the job is out the
+    load moves to ``load_after``. Within the band, or down, it comes back at the rate it ran; up out of
+    the band (a climb to the peak) that rate never ran at this load: back at a resume's 25 %."""
+    back = _back_from_a_measure(CFG, lambda t: served(t, 20.0, rps=50.0), lambda t: served(t, 20.0, rps=load_after))
+    assert back.rows_per_s == resumes_at
 
 
 @pytest.mark.parametrize("util_after, resumes_at", [(0.3, 1000.0), (0.7, 1000.0), (0.8, 250.0)])
@@ -193,19 +199,9 @@ def test_a_rise_while_measuring_that_leaves_room_to_grow_keeps_the_rate(util_aft
     """As above with a known capacity (utilization 0.2 at 20 req/s, a ceiling of 0.85): a rise out of
     the impact band that stays within the growth band (0.9 of the ceiling, 0.765) keeps the rate the law
     would grow back to anyway; past it (0.8, a climb to the peak) the job starts over from a quarter."""
-    state, t, log, measuring_since = LawState(), 0.0, [], None
-    cfg = replace(CFG, max_utilization=0.85)
-    while t < 200.0:
-        u = util_after if measuring_since is not None else 0.2
-        state, d = decide(state, served(t, 20.0, rps=100 * u, util=u), cfg)
-        log.append((t, d))
-        if measuring_since is None and d.reason is Reason.MEASURING and any(x.level is Level.RUN for _, x in log):
-            measuring_since = t
-        elif measuring_since is not None and d.level is not Level.PAUSE:
-            break
-        t += STEP_S
-    assert measuring_since is not None and log[-1][1].reason is Reason.RESUME
-    assert log[-1][1].rows_per_s == resumes_at
+    at_load = lambda u: lambda t: served(t, 20.0, rps=100 * u, util=u)  # noqa: E731
+    back = _back_from_a_measure(replace(CFG, max_utilization=0.85), at_load(0.2), at_load(util_after))
+    assert back.rows_per_s == resumes_at
 
 
 def test_a_climb_in_the_last_seconds_of_a_measure_restarts_the_rate():
