@@ -233,12 +233,15 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
     raise AssertionError("unreachable: _grow_or_hold always decides")  # pragma: no cover
 
 
+TELEMETRY_GAPS = (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE)  # pauses that say nothing of the job or the load
+
+
 def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sample: Sample | None = None,
            cfg: LawConfig | None = None):
     # Every violation restarts the cool-down: resuming needs cooldown_s without one. Telemetry that
     # goes missing while the job is already out says nothing about interference: no new cool-down.
     paused_at = now
-    if state.level is Level.PAUSE and reason in (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE):
+    if state.level is Level.PAUSE and reason in TELEMETRY_GAPS:
         paused_at = state.paused_at_s
     hurt_util, hurt_at, hurt_rows = state.hurt_utilization, state.hurt_at_s, state.hurt_rows_per_s
     learn_after = cfg.load_learn_after_s if cfg is not None else 0.0
@@ -255,7 +258,7 @@ def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sam
         hurt_at = now
     # What took the job out stays its reason while it is out, unless that was a gap in the telemetry, which
     # says nothing of the job or the load: the next reason seen (the peak's ceiling, say) is the pause's.
-    kept = state.level is Level.PAUSE and state.paused_for not in (None, Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE)
+    kept = state.level is Level.PAUSE and state.paused_for not in (None, *TELEMETRY_GAPS)
     paused_for = state.paused_for if kept else reason
     new = LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=paused_at, hurt_utilization=hurt_util,
                    hurt_at_s=hurt_at, hurt_rows_per_s=hurt_rows, impact_cap_rows_per_s=state.impact_cap_rows_per_s,
@@ -323,8 +326,21 @@ def _load_room(sample: Sample, cfg: LawConfig, state: LawState | None, *, load_b
     if state is None or sample.rps is None:
         return (ceiling - sample.utilization) / ceiling
     if load_band:
-        return 1.0 if resume_utilization(state, sample) <= cfg.resume_load_fraction * ceiling else 0.0
+        return 1.0 if in_resume_band(state, sample, cfg) else 0.0
     return (ceiling - load_utilization(state, sample)) / ceiling
+
+
+def in_resume_band(state: LawState, sample: Sample, cfg: LawConfig) -> bool | None:
+    """The load (:func:`resume_utilization`) is at most ``resume_load_fraction`` of the ceiling now:
+    where a paused job may resume, a running one grow, and a measured rate keep on a rise. ``None``:
+    the reading carries no load.
+
+    >>> cfg = LawConfig(slo_p99_ms=50, max_utilization=0.5)  # the band ends at 0.45
+    >>> [in_resume_band(LawState(), Sample(time_s=0, utilization=u), cfg) for u in (0.4, 0.5, None)]
+    [True, False, None]
+    """
+    util = resume_utilization(state, sample)
+    return None if util is None else util <= cfg.resume_load_fraction * cfg.ceiling(state, sample.time_s)
 
 
 def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
@@ -336,9 +352,8 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
             return state, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
         rows, workers = state.measuring_rows_per_s, max(1, state.measuring_workers)
         load, was = load_risen(state, now), state.measuring_load
-        util = resume_utilization(state, sample)
-        growing_room = util is not None and util <= cfg.resume_load_fraction * cfg.ceiling(state, now)
-        if load is not None and was is not None and load > was and not _near(load, was, cfg) and not growing_room:
+        if load is not None and was is not None and load > was and not _near(load, was, cfg) and (
+                not in_resume_band(state, sample, cfg)):
             # the load rose out of the band while serving was measured, past where the law would grow: that
             # rate never ran at this load (on a climb to the peak it is the rate that builds the queue), so it
             # starts over from a resume's. A rise that leaves room to grow (the growth band) keeps the rate,
@@ -357,13 +372,11 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
     # Resume needs ample latency and queue slack, and a load a margin below the ceiling (a band of its
     # own: the latency band would keep the job out until the load fell to 70 % of its ceiling).
     room = [s for s in (slack, queue_slack(sample, cfg)) if s is not None]
-    util = resume_utilization(state, sample)
-    if (room and min(room) < cfg.grow_above_slack) or (
-            util is not None and util > cfg.resume_load_fraction * cfg.ceiling(state, now)):
+    if (room and min(room) < cfg.grow_above_slack) or in_resume_band(state, sample, cfg) is False:
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.HYSTERESIS, slack)
     if measuring:  # no recent measure of serving without the job: take one before it starts
         return state, Directive(Level.PAUSE, 0, 0.0, Reason.MEASURING, slack)
-    rows = min(resume_rows_per_s(state, cfg), cfg.rows_allowed(state, util, now))
+    rows = min(resume_rows_per_s(state, cfg), cfg.rows_allowed(state, resume_utilization(state, sample), now))
     if state.impact_cap_rows_per_s is not None:  # paused for its impact: back at the floor
         rows = min(rows, max(cfg.floor_rows_per_s, cfg.shrink_factor * state.impact_cap_rows_per_s))
     new = LawState(level=_level_for(rows, cfg), workers=1, rows_per_s=rows, last_grow_s=now,

@@ -191,7 +191,8 @@ def test_pause_records_time_and_clears_memory():
     state = running(1000.0, 3, ample_since_s=1.0, last_grow_s=2.0)
     new, d = decide(state, at(7.5, -0.2), CFG)
     assert new == LawState(level=Level.PAUSE, workers=0, rows_per_s=0.0, paused_at_s=7.5, steady_since_s=7.5,
-                           paused_for=Reason.SLO_VIOLATED, loads=((7.5, 10.0, None),))  # the reading's load is kept (a resume is judged on seconds of them)
+                           paused_for=Reason.SLO_VIOLATED,
+                           loads=((7.5, 10.0, None),))  # the reading's load is kept (a resume is judged on seconds of them)
     assert d.slack == pytest.approx(-0.2)
 
 

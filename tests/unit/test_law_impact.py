@@ -354,7 +354,9 @@ def _through_a_peak(cfg: LawConfig, hurt: bool, gap: bool = False) -> list:
     while t < 60.0:
         u = 0.95 if 10.0 <= t < 20.0 else 0.5
         mean = 2000.0 if hurt and 9.0 <= t < 9.5 else 20.0  # p99 ~9 s against the 1-s SLO: negative slack
-        sample = Sample(time_s=t, error="read timed out") if gap and 9.0 <= t < 9.5 else served(t, mean, rps=100 * u, util=u)
+        sample = served(t, mean, rps=100 * u, util=u)
+        if gap and 9.0 <= t < 9.5:
+            sample = Sample(time_s=t, error="read timed out")
         state, d = decide(state, sample, cfg)
         log.append((t, d))
         t += STEP_S
