@@ -276,7 +276,7 @@ def run_governed(ctx: dict, run_dir: Path, checkpoint_dir: Path, end_s: float) -
         raise outcome["error"]
     summary = outcome["summary"]
     if summary is not None:  # the data ran out inside the window (it is sized not to): take run_job's own record
-        captured = dict(summary, reactions_s=summary["reaction"]["all_s"], data_exhausted=True,
+        captured = dict(summary, reactions_s=summary["reaction"]["all_s"], stops_s=summary["stopped"]["all_s"], data_exhausted=True,
                         decisions=json.loads((run_dir / "decisions.json").read_text()))
     latest = CheckpointStore(spec.checkpoint.storage, spec.name).latest()
     left = [j["job"] for j in ray.get(gov.status.remote(), timeout=10)["jobs"]]
@@ -285,7 +285,8 @@ def run_governed(ctx: dict, run_dir: Path, checkpoint_dir: Path, end_s: float) -
     (run_dir / "progress.json").write_text(json.dumps(progress))
     return {"progress": progress, "decisions": decisions, "pauses": captured.get("pauses", 0),
             "resumes": captured.get("resumes", 0), "checkpoints": latest.counters.get("rounds", 0) if latest else 0,
-            "reaction": reaction_stats(captured.get("reactions_s", [])), "jobs_left_on_governor": left,
+            "reaction": reaction_stats(captured.get("reactions_s", [])), "stopped": reaction_stats(captured.get("stops_s", [])),
+            "jobs_left_on_governor": left,
             "data_exhausted": captured.get("data_exhausted", False)}
 
 
@@ -345,8 +346,8 @@ def run_one(ctx: dict, load: LoadProcess, policy: str, rep: int, trainer: TrainP
             "train_rows": rows if policy != "none" else 0, "train_rows_per_s": rows / seconds,
             "train_rows_run": max((p["rows_consumed"] for p in progress), default=0),
             "pauses": gov.get("pauses"), "resumes": gov.get("resumes"), "checkpoints": gov.get("checkpoints"),
-            "reaction": gov.get("reaction"), "jobs_left_on_governor": gov.get("jobs_left_on_governor"),
-            "data_exhausted": gov.get("data_exhausted"),
+            "reaction": gov.get("reaction"), "stopped": gov.get("stopped"),
+            "jobs_left_on_governor": gov.get("jobs_left_on_governor"), "data_exhausted": gov.get("data_exhausted"),
             "timeline": str(plot.relative_to(ctx["out"]))}
 
 
@@ -458,6 +459,8 @@ def summarize(runs: list[dict], policies: list[str]) -> dict:
         out[policy] = {name: spread([get(r) for r in mine]) for name, get in METRICS.items()}
         pooled = [v for r in mine for v in ((r["reaction"] or {}).get("all_s") or [])]
         out[policy]["reaction_pooled"] = {"count": len(pooled), "median_s": _pct(pooled, 50), "p95_s": _pct(pooled, 95)}
+        stops = [v for r in mine for v in ((r.get("stopped") or {}).get("all_s") or [])]
+        out[policy]["stopped_pooled"] = {"count": len(stops), "median_s": _pct(stops, 50), "p95_s": _pct(stops, 95)}
     return out
 
 
@@ -520,14 +523,18 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         "first (its rows then are not counted).",
         "Cells: median [min–max] over reps. Latencies are client-side, from the intended send time; a failed request "
         f"(errors column) counts as the {FAILED_MS / 1e3:g}-s client timeout. s p99>SLO: seconds of the replay whose "
-        "requests' p99 exceeded the SLO. Reaction: headroom lost -> workers released, pooled over reps.",
+        "requests' p99 exceeded the SLO. Reaction: headroom lost -> workers released, pooled over reps; in brackets, the "
+        "part of it until every worker's last step ended (training takes no CPU after that; the state's return, the "
+        "merge and the hand-back follow at the job's priority).",
         "",
         "| policy | p50 ms | p99 ms | p99.9 ms | peak p99 ms | peak p99.9 ms | s p99>SLO | errors | training rows | pauses | checkpoints | reaction median / p95 s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, s in summary.items():
         pooled = s["reaction_pooled"]
+        stops = s.get("stopped_pooled") or {}
         reaction = (f"{pooled['median_s']:.2f} / {pooled['p95_s']:.2f} (n={pooled['count']})"
+                    + (f" [stopped {stops['median_s']:.2f} / {stops['p95_s']:.2f}]" if stops.get("count") else "")
                     if pooled["count"] else "–")
         lines.append(f"| {policy} | {_cell(s['p50_ms'], 1)} | {_cell(s['p99_ms'], 1)} | {_cell(s['p999_ms'], 1)} | "
                      f"{_cell(s['peak_p99_ms'], 1)} | {_cell(s['peak_p999_ms'], 1)} | {_cell(s['slo_violation_s'])} | "

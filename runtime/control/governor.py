@@ -70,7 +70,10 @@ class JobEntry:
     decisions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20_000))  # ~80 min at 0.25 s; the driver keeps the whole log
     decisions_base: int = 0  # index of decisions[0] in the job's whole decision history
     reactions_s: list = field(default_factory=list)
+    stops_s: list = field(default_factory=list)  # headroom lost -> every worker's last step ended (<= its reaction)
     pause_started_s: float | None = None
+    stopped_slots: set = field(default_factory=set)  # slots whose worker said its last step ended, this pause
+    stop_noted: bool = False  # this pause's stop time is in stops_s
     pauses: int = 0
     resumes: int = 0
     started: bool = False
@@ -225,6 +228,13 @@ class Governor:
         if entry.changed is not None:
             entry.changed.set()
             entry.changed = None
+
+    async def stopped(self, job: str, slot: int) -> None:
+        """The worker in ``slot`` ended its last step on a stop (sent before it serialises its state)."""
+        entry = self.jobs.get(job)
+        if entry is not None and entry.pause_started_s is not None:
+            entry.stopped_slots.add(slot)
+            self._note_stop(entry, time.time())
 
     async def lease(self, job: str) -> dict | None:
         """The job's lease as ``{"ready": {slot: PlacementGroup}, "draining": [...], "parked": [...]}``."""
@@ -434,6 +444,7 @@ class Governor:
             entry.pauses += 1
             self._metrics.paused(entry.job)
             entry.pause_started_s = sample.time_s if entry.lease.active_count() else None
+            entry.stopped_slots, entry.stop_noted = set(), False
         if d.reason is Reason.RESUME:
             if entry.started:
                 self._metrics.resumed(entry.job)
@@ -453,9 +464,20 @@ class Governor:
     def _note_release(self, entry: JobEntry, now: float) -> None:
         """Headroom lost -> every worker stopped and checkpointed: that interval is the reaction time."""
         if entry.pause_started_s is not None and entry.lease.active_count() == 0:
+            self._note_stop(entry, now)  # a worker that never said so (idle between rounds, gone) stopped by now
             entry.reactions_s.append(now - entry.pause_started_s)
             self._metrics.reaction(entry.job, entry.reactions_s[-1])
             entry.pause_started_s = None
+
+    def _note_stop(self, entry: JobEntry, now: float) -> None:
+        """Headroom lost -> the last step of every worker ended: from then on the job takes no CPU for
+        training; what remains of its reaction (the state serialised and returned, the driver's merge,
+        the slot handed back) is the job's own, at its workers' priority."""
+        if entry.pause_started_s is None or entry.stop_noted:
+            return
+        if entry.lease.active_slots() <= entry.stopped_slots:
+            entry.stops_s.append(now - entry.pause_started_s)
+            entry.stop_noted = True
 
     def _summary(self, entry: JobEntry) -> dict:
         d, s = entry.directive, entry.sample
@@ -466,7 +488,7 @@ class Governor:
                 "rps": s.rps if s else None, "error": s.error if s else None, "manual": entry.manual,
                 "phase": entry.phase, "in_flight": s.in_flight if s else None,
                 "pauses": entry.pauses, "resumes": entry.resumes, "reactions_s": list(entry.reactions_s),
-                "workers_hung": entry.hung, "progress": dict(entry.progress)}
+                "stops_s": list(entry.stops_s), "workers_hung": entry.hung, "progress": dict(entry.progress)}
 
     def _record(self, entry: JobEntry) -> dict:
         return dict(self._summary(entry), decisions=list(entry.decisions))
@@ -506,7 +528,7 @@ class Governor:
         self.laws[key] = law_state_from(r["state"])  # the pooled law of the job's serving cluster
         return JobEntry(name, LawConfig(**r["law"]), key, lease, priority=r.get("priority", 0),
                         directive=directive_from(r["directive"]),
-                        reactions_s=list(r["reactions_s"]), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
+                        reactions_s=list(r["reactions_s"]), stops_s=list(r.get("stops_s", [])), pause_started_s=r["pause_started_s"], pauses=r["pauses"],
                         resumes=r["resumes"], started=r["started"], manual=r["manual"], phase=r.get("phase", "training"),
                         window_closed=r.get("window_closed", False), hung=r.get("hung", 0))
 
@@ -521,7 +543,8 @@ def _restart_record(entry: JobEntry, pooled: LawState) -> dict:
             "priority": entry.priority, "state": law_state_record(pooled), "directive": directive_record(entry.directive),
             "manual": entry.manual, "window_closed": entry.window_closed, "phase": entry.phase, "pauses": entry.pauses, "resumes": entry.resumes,
             "started": entry.started,
-            "pause_started_s": entry.pause_started_s, "reactions_s": list(entry.reactions_s)}
+            "pause_started_s": entry.pause_started_s, "reactions_s": list(entry.reactions_s),
+            "stops_s": list(entry.stops_s)}
 
 
 class _Metrics:

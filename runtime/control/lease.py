@@ -145,6 +145,9 @@ class Lease:
     def active_count(self) -> int:
         return sum(1 for s in self.slots.values() if s.active)
 
+    def active_slots(self) -> set[int]:
+        return {i for i, s in self.slots.items() if s.active}
+
     def release_all(self) -> None:
         for idx in list(self.slots):
             self._remove(idx)

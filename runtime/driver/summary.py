@@ -62,6 +62,8 @@ def build_summary(spec, truth, loop, record: dict, validation: dict, dataset, st
         "worker_crashes": loop.crashes,
         "workers_hung": record.get("workers_hung", 0),  # slots the governor took from workers gone silent (worker_hung_s)
         "reaction": reaction_stats(record.get("reactions_s", [])),
+        # the part of it until every worker's last step ended: training took no CPU after that
+        "stopped": reaction_stats(record.get("stops_s", [])),
         "validation": validation,
         "registered_version": validation.get("version"),
         "registered_alias": validation.get("alias"),

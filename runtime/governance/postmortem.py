@@ -127,7 +127,10 @@ def _serving(s: dict, latency: dict, slo: float, plots: dict) -> str:
     b, t = latency["baseline"], latency["training"]
     ratio = latency.get("training_over_baseline")
     r = s.get("reaction") or {}
+    stop = s.get("stopped") or {}
     react = (f"median {r['median_s']:.3f} s, p95 {r['p95_s']:.3f} s, max {r['max_s']:.3f} s (n={r['count']})"
+             + (f"; of it, until the workers' last step ended: median {stop['median_s']:.3f} s, p95 {stop['p95_s']:.3f} s"
+                if stop.get("count") else "")
              if r.get("count") else "no pause needed a release")
     text = ("## Serving during the window\n\n"
             f"| serving p99 (SLO {slo:g} ms) | samples | median ms | p95 ms | samples over SLO |\n|---|---|---|---|---|\n"

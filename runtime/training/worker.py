@@ -126,6 +126,8 @@ class TrainerWorker:
             if pending[0][0] >= pending[0][1]:
                 pending.pop(0)
             feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None, "round": seed})
+        if stop_why is not None:  # the last step has ended: the governor times the pause's stop from this
+            self.governor.stopped.remote(self.job, self.slot)  # (sent, not waited for; the state is serialised next)
         # "round": a report that reaches the governor late (after this shard's rows are merged) is not
         # counted again as in flight: the driver counts only reports of the round it is waiting for
         feed.report({"steps": steps, "rows": len(consumed), "loss": losses[-1] if losses else None, "round": seed})

@@ -145,6 +145,9 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     assert first_pause["reason"] == "SLO_VIOLATED"
     assert summary["pauses"] >= 1 and summary["resumes"] >= 1
     assert summary["reaction"]["count"] >= 1
+    # each pause's workers ended their last step (the worker says so before it serialises) by its release
+    stops, reactions = summary["stopped"]["all_s"], summary["reaction"]["all_s"]
+    assert len(stops) == len(reactions) and all(0 <= s <= r for s, r in zip(stops, reactions)), (stops, reactions)
     assert_exactly_once(summary)
     assert summary["registered_version"] >= 1
     # the driver's own work ran at the workers' priority: before connecting (its own thread) and after;
@@ -158,7 +161,8 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     detect_s = first_pause["t"] - raised_at
     with capsys.disabled():
         print(f"\n[figures] latency raised -> PAUSE decided: {detect_s:.3f} s; PAUSE -> lease released: "
-              f"median {summary['reaction']['median_s']:.3f} s, max {summary['reaction']['max_s']:.3f} s; "
+              f"median {summary['reaction']['median_s']:.3f} s, max {summary['reaction']['max_s']:.3f} s "
+              f"(workers' last step ended: median {summary['stopped']['median_s']:.3f} s); "
               f"raised -> released: {detect_s + summary['reaction']['all_s'][0]:.3f} s")
 
 

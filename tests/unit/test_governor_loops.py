@@ -75,6 +75,28 @@ def _stop(gov) -> None:
         scraper.close()
 
 
+def _fake_groups(monkeypatch, n: int) -> tuple[list, list]:
+    """``n`` placement-group handles no Ray ever reserved, and the list their removals land in."""
+    import os
+
+    from ray.util.placement_group import PlacementGroup
+
+    import runtime.control.lease as lease_module
+
+    gone: list = []
+    monkeypatch.setattr(lease_module, "remove_placement_group", gone.append)
+    return [PlacementGroup(ray.PlacementGroupID(os.urandom(18))) for _ in range(n)], gone
+
+
+async def _one_job(gov, url: str, max_workers: int = 1, **register):
+    """``job-a`` registered on ``url``, the governor's loop stopped: the test ticks and decides by hand."""
+    law = vars(LawConfig(slo_p99_ms=100, max_workers=max_workers, max_rows_per_s=100))
+    await gov.register("job-a", law, {"kind": "prometheus", "url": url, "histogram": "h"},
+                       {"CPU": 0.1, "training_pool": 1}, poll_interval_s=POLL_S, **register)
+    _stop(gov)
+    return gov.jobs["job-a"]
+
+
 async def _until(predicate, timeout_s: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -397,25 +419,14 @@ def test_a_worker_heard_then_silent_for_hung_s_loses_its_slot_unless_the_governo
     """Heartbeats reach the lease's clock; the tick removes a slot silent past ``hung_s`` and counts it; a
     tick that comes late (this process stalled) restarts the clocks; the bound and the count survive a
     restart of the governor."""
-    import os
-
-    from ray.util.placement_group import PlacementGroup
-
-    import runtime.control.lease as lease_module
     from runtime.control.lease import Slot
 
-    gone: list = []
-    monkeypatch.setattr(lease_module, "remove_placement_group", gone.append)
+    pgs, gone = _fake_groups(monkeypatch, 2)
     store, url = MemoryStateStore(), "http://127.0.0.1:9/metrics"
-    pgs = [PlacementGroup(ray.PlacementGroupID(os.urandom(18))) for _ in range(2)]
 
     async def scenario():
         gov = _governor(monkeypatch, {url: [FakeSource()]}, store)
-        law = vars(LawConfig(slo_p99_ms=100, max_workers=1, max_rows_per_s=100))
-        await gov.register("job-a", law, {"kind": "prometheus", "url": url, "histogram": "h"},
-                           {"CPU": 0.1, "training_pool": 1}, poll_interval_s=POLL_S, hung_s=10.0)
-        _stop(gov)  # the test ticks by hand
-        entry = gov.jobs["job-a"]
+        entry = await _one_job(gov, url, hung_s=10.0)
         lease = entry.lease
         lease.slots, lease.target = {0: Slot(pgs[0], 0.0, ready=True)}, 1
         await gov.heartbeat("job-a", 0)
@@ -441,3 +452,49 @@ def test_a_worker_heard_then_silent_for_hung_s_loses_its_slot_unless_the_governo
     back = restarted.jobs["job-a"]
     assert back.lease.hung_s == 10.0 and back.hung == 1
 
+
+
+def test_a_pause_times_the_workers_last_steps_apart_from_their_release(monkeypatch):
+    """The stop time of a pause is when the last of its running workers said its last step ended, never
+    later than the release; a worker that never says so (idle between rounds) stops at its release. Both
+    are kept, reported and saved for a restart."""
+    from runtime.control.law import Directive, Level
+    from runtime.control.lease import Slot
+
+    pgs, _ = _fake_groups(monkeypatch, 2)
+    store, url = MemoryStateStore(), "http://127.0.0.1:9/metrics"
+
+    async def scenario():
+        gov = _governor(monkeypatch, {url: [FakeSource()]}, store)
+        entry = await _one_job(gov, url, max_workers=2)
+
+        async def pause(t0: float) -> None:
+            entry.lease.slots = {i: Slot(pgs[i], 0.0, ready=True) for i in (0, 1)}
+            entry.lease.target, entry.started = 2, True
+            entry.directive = Directive(Level.RUN, 2, 100.0, Reason.AT_MAX)
+            gov._apply(entry, Directive(Level.PAUSE, 0, 0.0, Reason.SLO_VIOLATED), Sample(t0, p99_ms=150.0, rps=50.0))
+
+        t0 = time.time()
+        await pause(t0)
+        await gov.stopped("job-a", 0)
+        assert entry.stops_s == []  # slot 1 still steps
+        await gov.stopped("job-a", 1)
+        stop = entry.stops_s[-1]
+        assert entry.reactions_s == [] and stop >= 0
+        await gov.released("job-a", 0)
+        await gov.released("job-a", 1)
+        assert entry.reactions_s[-1] >= stop and len(entry.stops_s) == 1  # noted once per pause
+        await pause(time.time())  # neither worker says it stopped: the release is the stop
+        await gov.released("job-a", 0)
+        await gov.released("job-a", 1)
+        assert len(entry.stops_s) == 2 and entry.stops_s[-1] == entry.reactions_s[-1]
+        await gov.stopped("job-a", 0)  # a late word after the release changes nothing
+        assert len(entry.stops_s) == 2
+        entry.lease.slots = {}  # a restored slot is checked against Ray's table, which would start Ray here
+        gov._persist()
+        return gov._summary(entry)
+
+    summary = asyncio.run(scenario())
+    assert len(summary["stops_s"]) == 2 and len(summary["reactions_s"]) == 2
+    restarted = _governor(monkeypatch, {url: [FakeSource()]}, store)
+    assert restarted.jobs["job-a"].stops_s == summary["stops_s"]
