@@ -56,3 +56,32 @@ def test_the_granted_rate_holds_across_rounds_of_two_batches(tmp_path):
 def test_a_steady_directive_is_re_asked_well_inside_the_silence_bound():
     assert directive_wait_s(3.0) == 1.0  # the default bound: once a second
     assert directive_wait_s(1.0) == pytest.approx(1 / 3)  # a tight bound: an answer thrice within it
+
+
+class _Governor:
+    """What a worker calls on the governor besides its feed: ``stopped.remote`` (recorded here)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.stopped = self  # governor.stopped.remote(job, slot)
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+
+def test_a_worker_told_to_stop_says_its_last_step_ended_and_one_that_ran_out_of_rows_does_not(tmp_path):
+    """The governor times a pause to the workers' last step from this word (summary.stopped); a round
+    that ends on its own (its shard used up) is no stop."""
+    worker, gov = _worker(tmp_path), _Governor()
+    worker.governor = gov
+    try:
+        out = worker.train(None, [(0, 200)], seed=0)  # runs out of rows
+        assert out["rows"] == 200 and out["stopped"] is None and gov.calls == []
+        stop = {"action": "stop", "rows_per_s": 0.0, "why": "SLO_VIOLATED", "version": 2}
+        worker.feed.stop()
+        worker.feed = DirectiveFeed(lambda progress, known, wait_s: stop, silence_s=5.0, wait_s=0.1).start()
+        out = worker.train(out["state"], [(200, 400)], seed=1)
+    finally:
+        worker.feed.stop()
+    assert out["stopped"] == "SLO_VIOLATED" and out["rows"] == 0
+    assert gov.calls == [("rate", 0)]
