@@ -11,9 +11,7 @@ damage, so it acts first. The law works on the tightest of the three.
 
 - no usable telemetry, load above the ceiling, a queue past its limit, or slack below zero -> PAUSE
   (checkpoint and release); a source that read fine and saw no request at all is idle: full slack;
-- after a pause, stay paused for ``cooldown_s`` and until slack is ample again (hysteresis); a
-  violation while out restarts the cool-down, a load over the ceiling does not (the resume band is
-  its hysteresis);
+- after a pause, stay paused for ``cooldown_s`` and until slack is ample again (hysteresis);
 - a pause because training hurt serving (SLO or queue) remembers the load it happened at and the rate
   that hurt: for ``load_memory_s``, at that load less a margin and above, the job trains at most half
   that rate, so it neither resumes into the same peak at the same rate nor runs into the next one (a
@@ -236,19 +234,14 @@ def decide(state: LawState, sample: Sample, cfg: LawConfig) -> tuple[LawState, D
 
 
 TELEMETRY_GAPS = (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE)  # pauses that say nothing of the job or the load
-FOR_THE_LOAD = frozenset({Reason.LOAD_CEILING, Reason.LOAD_MEMORY})  # pauses the load alone called
 
 
 def _pause(state: LawState, now: float, reason: Reason, slack: float | None, sample: Sample | None = None,
            cfg: LawConfig | None = None):
     # Every violation restarts the cool-down: resuming needs cooldown_s without one. Telemetry that
-    # goes missing while the job is already out says nothing about interference: no new cool-down. Nor
-    # does a reading over the load's ceiling while the job is out: the resume band (the last seconds'
-    # median a margin under the ceiling, in_resume_band) is the load's own hysteresis, and one reading
-    # moves +-50 % with Ray's refresh; a cool-down restarted by each spike kept the job out 3 s past the
-    # last (in an A/B of 60-s days at a ceiling of 0.5: 5.6-8.5 s of each day in COOLDOWN).
+    # goes missing while the job is already out says nothing about interference: no new cool-down.
     paused_at = now
-    if state.level is Level.PAUSE and (reason in TELEMETRY_GAPS or reason in FOR_THE_LOAD):
+    if state.level is Level.PAUSE and reason in TELEMETRY_GAPS:
         paused_at = state.paused_at_s
     hurt_util, hurt_at, hurt_rows = state.hurt_utilization, state.hurt_at_s, state.hurt_rows_per_s
     learn_after = cfg.load_learn_after_s if cfg is not None else 0.0
@@ -391,6 +384,9 @@ def _stay_paused(state: LawState, sample, slack, cfg: LawConfig, now):
                    hurt_rows_per_s=state.hurt_rows_per_s, running_since_s=now,
                    impact_cap_rows_per_s=state.impact_cap_rows_per_s)
     return new, Directive(new.level, 1, rows, Reason.RESUME, slack)
+
+
+FOR_THE_LOAD = frozenset({Reason.LOAD_CEILING, Reason.LOAD_MEMORY})  # pauses the load alone called
 
 
 def resume_rows_per_s(state: LawState, cfg: LawConfig) -> float:

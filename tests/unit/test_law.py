@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.control.law import (FOR_THE_LOAD, TELEMETRY_GAPS, Directive, LawConfig, LawState, Level, Reason, decide,
-                                 slack_of)
+from runtime.control.law import Directive, LawConfig, LawState, Level, Reason, decide, slack_of
 from runtime.control.sample import Sample
 
 SLO_MS = 100.0
@@ -421,7 +420,7 @@ def test_invariants_hold_for_any_sample_sequence(cfg, raw):
         if s.error is not None:
             assert (d.level, d.reason) == (Level.PAUSE, Reason.TELEMETRY_MISSING)
         # every pause restarts the cool-down, but telemetry lost while already out (no evidence of harm)
-        if d.reason in LAW_PAUSES and not (was_paused and d.reason in (*TELEMETRY_GAPS, *FOR_THE_LOAD)):
+        if d.reason in LAW_PAUSES and not (was_paused and d.reason in (Reason.TELEMETRY_MISSING, Reason.TELEMETRY_STALE)):
             last_law_pause_s = s.time_s
         if d.reason is Reason.RESUME and last_law_pause_s is not None:
             assert s.time_s - last_law_pause_s >= cfg.cooldown_s
@@ -463,16 +462,3 @@ def test_the_learning_clock_starts_when_a_worker_reports_trained_rows():
     warm, d = decide(_training_clock(state, [job], 15.0), at(15, -0.2, util=0.3), CFG)
     assert d.reason is Reason.SLO_VIOLATED and warm.hurt_utilization == 0.3
     assert _training_clock(paused(3.0), [job], 15.0) == paused(3.0)  # paused: nothing to move
-
-
-def test_a_load_over_the_ceiling_while_out_does_not_restart_the_cooldown():
-    """The resume band (the last seconds' median a margin under the ceiling) is the load's own
-    hysteresis: a reading over the ceiling while out (one moves +-50 % with Ray's refresh) does not
-    restart the cool-down, where a latency violation still does."""
-    cfg = replace(CFG, max_utilization=0.5)
-    calm = [at(50.0, 0.9, util=0.53), at(51.0, 0.9, util=0.40), at(52.0, 0.9, util=0.39)]  # out, then the load falls
-    _, ds = run_script(running(), calm + [at(52.5, 0.9, util=0.52), at(53.0, 0.9, util=0.41)], cfg)
-    assert [d.reason for d in ds] == [Reason.LOAD_CEILING, Reason.COOLDOWN, Reason.COOLDOWN, Reason.LOAD_CEILING,
-                                      Reason.RESUME]  # 3 s after the pause, the median 0.41 inside the band
-    _, ds = run_script(running(), calm + [at(52.5, -0.1, util=0.40), at(53.0, 0.9, util=0.40)], cfg)
-    assert [d.reason for d in ds][-2:] == [Reason.SLO_VIOLATED, Reason.COOLDOWN]
