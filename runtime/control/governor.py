@@ -73,7 +73,7 @@ class JobEntry:
     stops_s: list = field(default_factory=list)  # headroom lost -> every worker's last step ended (<= its reaction)
     pause_started_s: float | None = None
     stopped_slots: set = field(default_factory=set)  # slots whose worker said its last step ended, this pause
-    stop_noted: bool = False  # this pause's stop time is in stops_s
+    stopped_at_s: float | None = None  # when the last of them said so (kept with the reaction, at the release)
     pauses: int = 0
     resumes: int = 0
     started: bool = False
@@ -444,7 +444,7 @@ class Governor:
             entry.pauses += 1
             self._metrics.paused(entry.job)
             entry.pause_started_s = sample.time_s if entry.lease.active_count() else None
-            entry.stopped_slots, entry.stop_noted = set(), False
+            entry.stopped_slots, entry.stopped_at_s = set(), None
         if d.reason is Reason.RESUME:
             if entry.started:
                 self._metrics.resumed(entry.job)
@@ -465,6 +465,7 @@ class Governor:
         """Headroom lost -> every worker stopped and checkpointed: that interval is the reaction time."""
         if entry.pause_started_s is not None and entry.lease.active_count() == 0:
             self._note_stop(entry, now)  # a worker that never said so (idle between rounds, gone) stopped by now
+            entry.stops_s.append(entry.stopped_at_s - entry.pause_started_s)  # a pair per released pause
             entry.reactions_s.append(now - entry.pause_started_s)
             self._metrics.reaction(entry.job, entry.reactions_s[-1])
             entry.pause_started_s = None
@@ -473,11 +474,10 @@ class Governor:
         """Headroom lost -> the last step of every worker ended: from then on the job takes no CPU for
         training; what remains of its reaction (the state serialised and returned, the driver's merge,
         the slot handed back) is the job's own, at its workers' priority."""
-        if entry.pause_started_s is None or entry.stop_noted:
+        if entry.pause_started_s is None or entry.stopped_at_s is not None:
             return
         if entry.lease.active_slots() <= entry.stopped_slots:
-            entry.stops_s.append(now - entry.pause_started_s)
-            entry.stop_noted = True
+            entry.stopped_at_s = now
 
     def _summary(self, entry: JobEntry) -> dict:
         d, s = entry.directive, entry.sample

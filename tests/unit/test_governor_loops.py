@@ -477,13 +477,13 @@ def test_a_pause_times_the_workers_last_steps_apart_from_their_release(monkeypat
         t0 = time.time()
         await pause(t0)
         await gov.stopped("job-a", 0)
-        assert entry.stops_s == []  # slot 1 still steps
+        assert entry.stopped_at_s is None  # slot 1 still steps
         await gov.stopped("job-a", 1)
-        stop = entry.stops_s[-1]
-        assert entry.reactions_s == [] and stop >= 0
+        stop = entry.stopped_at_s - entry.pause_started_s
+        assert entry.reactions_s == [] and entry.stops_s == [] and stop >= 0  # kept with the reaction, at the release
         await gov.released("job-a", 0)
         await gov.released("job-a", 1)
-        assert entry.reactions_s[-1] >= stop and len(entry.stops_s) == 1  # noted once per pause
+        assert entry.stops_s == [stop] and entry.reactions_s[-1] >= stop  # one pair per pause
         await pause(time.time())  # neither worker says it stopped: the release is the stop
         await gov.released("job-a", 0)
         await gov.released("job-a", 1)
