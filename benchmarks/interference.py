@@ -457,10 +457,9 @@ def summarize(runs: list[dict], policies: list[str]) -> dict:
     for policy in policies:
         mine = [r for r in runs if r["policy"] == policy]
         out[policy] = {name: spread([get(r) for r in mine]) for name, get in METRICS.items()}
-        pooled = [v for r in mine for v in ((r["reaction"] or {}).get("all_s") or [])]
-        out[policy]["reaction_pooled"] = {"count": len(pooled), "median_s": _pct(pooled, 50), "p95_s": _pct(pooled, 95)}
-        stops = [v for r in mine for v in ((r.get("stopped") or {}).get("all_s") or [])]
-        out[policy]["stopped_pooled"] = {"count": len(stops), "median_s": _pct(stops, 50), "p95_s": _pct(stops, 95)}
+        for key in ("reaction", "stopped"):  # every pause of every rep, pooled
+            pooled = [v for r in mine for v in ((r.get(key) or {}).get("all_s") or [])]
+            out[policy][f"{key}_pooled"] = {"count": len(pooled), "median_s": _pct(pooled, 50), "p95_s": _pct(pooled, 95)}
     return out
 
 

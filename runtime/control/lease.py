@@ -142,11 +142,11 @@ class Lease:
                 "draining": sorted(i for i, s in self.slots.items() if s.draining_since_s is not None),
                 "parked": sorted(i for i, s in self.slots.items() if s.parked_since_s is not None)}
 
-    def active_count(self) -> int:
-        return sum(1 for s in self.slots.values() if s.active)
-
     def active_slots(self) -> set[int]:
         return {i for i, s in self.slots.items() if s.active}
+
+    def active_count(self) -> int:
+        return len(self.active_slots())
 
     def release_all(self) -> None:
         for idx in list(self.slots):

@@ -453,7 +453,6 @@ def test_a_worker_heard_then_silent_for_hung_s_loses_its_slot_unless_the_governo
     assert back.lease.hung_s == 10.0 and back.hung == 1
 
 
-
 def test_a_pause_times_the_workers_last_steps_apart_from_their_release(monkeypatch):
     """The stop time of a pause is when the last of its running workers said its last step ended, never
     later than the release; a worker that never says so (idle between rounds) stops at its release. Both
