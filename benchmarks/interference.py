@@ -28,8 +28,9 @@ gives medians and the spread. Writes ``results.json``, ``results.md`` and ``time
     python -m benchmarks.interference [--quick] [--reps N] [--seconds-per-policy S] [--out bench-out/interference]
 
 Targets (reported, never asserted): governed peak-hour p99 within 1.10x of none and 0 SLO-violation
-seconds; more training rows than cron and static and >= 80 % of nice's; reaction (headroom lost ->
-workers released) median <= 0.3 s, p95 <= 0.6 s. It also prints how fresh each signal is.
+seconds; more training rows than cron and static and >= 80 % of nice's; reaction (PAUSE decided ->
+workers released) median <= 0.3 s, p95 <= 0.6 s, printed also from the reading that showed the loss
+(the telemetry's read before the decision). It also prints how fresh each signal is.
 """
 
 from __future__ import annotations
@@ -276,7 +277,8 @@ def run_governed(ctx: dict, run_dir: Path, checkpoint_dir: Path, end_s: float) -
         raise outcome["error"]
     summary = outcome["summary"]
     if summary is not None:  # the data ran out inside the window (it is sized not to): take run_job's own record
-        captured = dict(summary, reactions_s=summary["reaction"]["all_s"], stops_s=summary["stopped"]["all_s"], data_exhausted=True,
+        captured = dict(summary, reactions_s=summary["reaction"]["all_s"], stops_s=summary["stopped"]["all_s"],
+                        reads_s=summary["read"]["all_s"], data_exhausted=True,
                         decisions=json.loads((run_dir / "decisions.json").read_text()))
     latest = CheckpointStore(spec.checkpoint.storage, spec.name).latest()
     left = [j["job"] for j in ray.get(gov.status.remote(), timeout=10)["jobs"]]
@@ -286,7 +288,7 @@ def run_governed(ctx: dict, run_dir: Path, checkpoint_dir: Path, end_s: float) -
     return {"progress": progress, "decisions": decisions, "pauses": captured.get("pauses", 0),
             "resumes": captured.get("resumes", 0), "checkpoints": latest.counters.get("rounds", 0) if latest else 0,
             "reaction": reaction_stats(captured.get("reactions_s", [])), "stopped": reaction_stats(captured.get("stops_s", [])),
-            "jobs_left_on_governor": left,
+            "read": reaction_stats(captured.get("reads_s", [])), "jobs_left_on_governor": left,
             "data_exhausted": captured.get("data_exhausted", False)}
 
 
@@ -346,7 +348,7 @@ def run_one(ctx: dict, load: LoadProcess, policy: str, rep: int, trainer: TrainP
             "train_rows": rows if policy != "none" else 0, "train_rows_per_s": rows / seconds,
             "train_rows_run": max((p["rows_consumed"] for p in progress), default=0),
             "pauses": gov.get("pauses"), "resumes": gov.get("resumes"), "checkpoints": gov.get("checkpoints"),
-            "reaction": gov.get("reaction"), "stopped": gov.get("stopped"),
+            "reaction": gov.get("reaction"), "stopped": gov.get("stopped"), "read": gov.get("read"),
             "jobs_left_on_governor": gov.get("jobs_left_on_governor"), "data_exhausted": gov.get("data_exhausted"),
             "timeline": str(plot.relative_to(ctx["out"]))}
 
@@ -457,8 +459,12 @@ def summarize(runs: list[dict], policies: list[str]) -> dict:
     for policy in policies:
         mine = [r for r in runs if r["policy"] == policy]
         out[policy] = {name: spread([get(r) for r in mine]) for name, get in METRICS.items()}
-        for key in ("reaction", "stopped"):  # every pause of every rep, pooled
-            pooled = [v for r in mine for v in ((r.get(key) or {}).get("all_s") or [])]
+        every = {key: [(r.get(key) or {}).get("all_s") or [] for r in mine] for key in ("reaction", "stopped", "read")}
+        # from the reading that showed the loss: its read and the reaction, pause by pause (paired in each rep)
+        every["from_reading"] = [[a + b for a, b in zip(read, react)] if len(read) == len(react) else []
+                                 for read, react in zip(every["read"], every["reaction"])]
+        for key, per_rep in every.items():  # every pause of every rep, pooled
+            pooled = [v for values in per_rep for v in values]
             out[policy][f"{key}_pooled"] = {"count": len(pooled), "median_s": _pct(pooled, 50), "p95_s": _pct(pooled, 95)}
     return out
 
@@ -473,6 +479,7 @@ def check_targets(summary: dict) -> list[dict]:
     med = lambda p, m: median_of(summary, p, m)  # noqa: E731
     g = "governed"
     pooled = (summary.get(g) or {}).get("reaction_pooled", {})
+    reading = (summary.get(g) or {}).get("from_reading_pooled", {})
     checks = [
         ("governed peak-hour p99 <= 1.10 x none", med(g, "peak_p99_ms"), med("none", "peak_p99_ms"), lambda a, b: a <= 1.10 * b),
         ("governed SLO-violation s == 0", med(g, "slo_violation_s"), 0, lambda a, b: a == b),
@@ -481,6 +488,8 @@ def check_targets(summary: dict) -> list[dict]:
         ("governed rows >= 0.8 x nice", med(g, "train_rows"), med("nice", "train_rows"), lambda a, b: a >= 0.8 * b),
         ("reaction median <= 0.3 s (pooled)", pooled.get("median_s"), 0.3, lambda a, b: a <= b),
         ("reaction p95 <= 0.6 s (pooled)", pooled.get("p95_s"), 0.6, lambda a, b: a <= b),
+        ("... counted from the reading: median <= 0.3 s", reading.get("median_s"), 0.3, lambda a, b: a <= b),
+        ("... counted from the reading: p95 <= 0.6 s", reading.get("p95_s"), 0.6, lambda a, b: a <= b),
     ]
     out = []
     for name, a, b, ok in checks:
@@ -522,18 +531,20 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         "first (its rows then are not counted).",
         "Cells: median [min–max] over reps. Latencies are client-side, from the intended send time; a failed request "
         f"(errors column) counts as the {FAILED_MS / 1e3:g}-s client timeout. s p99>SLO: seconds of the replay whose "
-        "requests' p99 exceeded the SLO. Reaction: headroom lost -> workers released, pooled over reps; in brackets, the "
+        "requests' p99 exceeded the SLO. Reaction: PAUSE decided -> workers released, pooled over reps; in brackets, the "
         "part of it until every worker's last step ended (training takes no CPU after that; the state's return, the "
-        "merge and the hand-back follow at the job's priority).",
+        "merge and the hand-back follow at the job's priority), and the read before it: the reading that showed the "
+        "loss taken -> the PAUSE decided (a read of Ray's metrics endpoint takes 0.2 s or more).",
         "",
         "| policy | p50 ms | p99 ms | p99.9 ms | peak p99 ms | peak p99.9 ms | s p99>SLO | errors | training rows | pauses | checkpoints | reaction median / p95 s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, s in summary.items():
         pooled = s["reaction_pooled"]
-        stops = s.get("stopped_pooled") or {}
+        stops, read = s.get("stopped_pooled") or {}, s.get("read_pooled") or {}
         reaction = (f"{pooled['median_s']:.2f} / {pooled['p95_s']:.2f} (n={pooled['count']})"
                     + (f" [stopped {stops['median_s']:.2f} / {stops['p95_s']:.2f}]" if stops.get("count") else "")
+                    + (f" [read {read['median_s']:.2f} / {read['p95_s']:.2f}]" if read.get("count") else "")
                     if pooled["count"] else "–")
         lines.append(f"| {policy} | {_cell(s['p50_ms'], 1)} | {_cell(s['p99_ms'], 1)} | {_cell(s['p999_ms'], 1)} | "
                      f"{_cell(s['peak_p99_ms'], 1)} | {_cell(s['peak_p999_ms'], 1)} | {_cell(s['slo_violation_s'])} | "

@@ -254,6 +254,10 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "n/a"
 
 
+def _reads(read: dict) -> str:
+    return f"median {_s(read['median_s'])}, p95 {_s(read['p95_s'])}" if read.get("count") else "n/a"
+
+
 def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_uri: str, impact: dict) -> None:
     r = summary["reaction"]
     v = summary["validation"]
@@ -274,7 +278,8 @@ def _report(summary: dict, table: list[dict], slo: float, plot: Path, tracking_u
         ("rows consumed / total", f"{summary['rows_consumed']} / {summary['rows_total']}"),
         ("rows duplicated", summary["rows_duplicated"]),
         ("pauses / resumes", f"{summary['pauses']} / {summary['resumes']}"),
-        ("reaction (pause -> released)", f"median {_s(r['median_s'])}, p95 {_s(r['p95_s'])}" if r["count"] else "n/a"),
+        ("reaction (pause decided -> released)", f"median {_s(r['median_s'])}, p95 {_s(r['p95_s'])}" if r["count"] else "n/a"),
+        ("  before it, the read that showed the loss", _reads(summary.get("read") or {})),
         ("checkpoints", summary["checkpoints"]),
         ("measured impact (p90 with / without the job)",
          f"median {impact['median']:.2f}x, max {impact['max']:.2f}x over {impact['readings']} readings while running; "

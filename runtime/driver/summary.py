@@ -64,6 +64,8 @@ def build_summary(spec, truth, loop, record: dict, validation: dict, dataset, st
         "reaction": reaction_stats(record.get("reactions_s", [])),
         # the part of it until every worker's last step ended: training took no CPU after that
         "stopped": reaction_stats(record.get("stops_s", [])),
+        # before it: the reading that showed the loss taken -> the PAUSE decided (the telemetry's read)
+        "read": reaction_stats(record.get("reads_s", [])),
         "validation": validation,
         "registered_version": validation.get("version"),
         "registered_alias": validation.get("alias"),

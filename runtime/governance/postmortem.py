@@ -127,10 +127,12 @@ def _serving(s: dict, latency: dict, slo: float, plots: dict) -> str:
     b, t = latency["baseline"], latency["training"]
     ratio = latency.get("training_over_baseline")
     r = s.get("reaction") or {}
-    stop = s.get("stopped") or {}
+    stop, read = s.get("stopped") or {}, s.get("read") or {}
     react = (f"median {r['median_s']:.3f} s, p95 {r['p95_s']:.3f} s, max {r['max_s']:.3f} s (n={r['count']})"
              + (f"; of it, until the workers' last step ended: median {stop['median_s']:.3f} s, p95 {stop['p95_s']:.3f} s"
                 if stop.get("count") else "")
+             + (f"; before it, the telemetry read that showed the loss: median {read['median_s']:.3f} s, "
+                f"p95 {read['p95_s']:.3f} s" if read.get("count") else "")
              if r.get("count") else "no pause needed a release")
     text = ("## Serving during the window\n\n"
             f"| serving p99 (SLO {slo:g} ms) | samples | median ms | p95 ms | samples over SLO |\n|---|---|---|---|---|\n"

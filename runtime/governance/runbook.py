@@ -91,7 +91,8 @@ def _risk_budget(spec: JobSpec) -> str:
             f"- ingestion at most {b.max_rows_per_s:g} rows/s; workers and driver run at nice +{b.worker_nice}"
             f"{' in the SCHED_IDLE class' if b.worker_sched == 'idle' else ''}\n"
             f"- a paused worker keeps its slot {b.park_s:g} s, then the slot is released\n"
-            f"- reaction from headroom lost to training released: poll ({b.poll_interval_s:g} s) + one step + one checkpoint")
+            f"- reaction from headroom lost to training released: poll ({b.poll_interval_s:g} s) + the telemetry's read "
+            "+ one step + one checkpoint")
 
 
 def _rollback(spec: JobSpec) -> str:

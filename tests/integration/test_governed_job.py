@@ -148,6 +148,8 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     # each pause's workers ended their last step (the worker says so before it serialises) by its release
     stops, reactions = summary["stopped"]["all_s"], summary["reaction"]["all_s"]
     assert len(stops) == len(reactions) and all(0 <= s <= r for s, r in zip(stops, reactions)), (stops, reactions)
+    reads = summary["read"]["all_s"]  # and before the decision, the telemetry's read, one per pause
+    assert len(reads) == len(reactions) and all(r >= 0 for r in reads), reads
     assert_exactly_once(summary)
     assert summary["registered_version"] >= 1
     # the driver's own work ran at the workers' priority: before connecting (its own thread) and after;
@@ -160,10 +162,11 @@ def test_pauses_on_latency_rise_resumes_after_and_consumes_every_row_once(ray_se
     assert c["office_cpu_s"] > 0 and c["cpu_s"] == pytest.approx(c["worker_cpu_s"] + c["driver_cpu_s"] + c["office_cpu_s"], abs=0.01)
     detect_s = first_pause["t"] - raised_at
     with capsys.disabled():
-        print(f"\n[figures] latency raised -> PAUSE decided: {detect_s:.3f} s; PAUSE -> lease released: "
+        print(f"\n[figures] latency raised -> the reading that showed it: {detect_s:.3f} s; its read -> PAUSE decided: "
+              f"{reads[0]:.3f} s; PAUSE -> lease released: "
               f"median {summary['reaction']['median_s']:.3f} s, max {summary['reaction']['max_s']:.3f} s "
               f"(workers' last step ended: median {summary['stopped']['median_s']:.3f} s); "
-              f"raised -> released: {detect_s + summary['reaction']['all_s'][0]:.3f} s")
+              f"raised -> released: {detect_s + reads[0] + summary['reaction']['all_s'][0]:.3f} s")
 
 
 def logged_decisions(summary: dict, tmp_path) -> list[dict]:

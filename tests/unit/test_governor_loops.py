@@ -456,7 +456,8 @@ def test_a_worker_heard_then_silent_for_hung_s_loses_its_slot_unless_the_governo
 def test_a_pause_times_the_workers_last_steps_apart_from_their_release(monkeypatch):
     """The stop time of a pause is when the last of its running workers said its last step ended, never
     later than the release; a worker that never says so (idle between rounds) stops at its release. Both
-    are kept, reported and saved for a restart."""
+    count from the decision; the read before it (the reading's time -> the decision) is kept beside
+    them. All are kept, reported and saved for a restart."""
     from runtime.control.law import Directive, Level
     from runtime.control.lease import Slot
 
@@ -473,16 +474,19 @@ def test_a_pause_times_the_workers_last_steps_apart_from_their_release(monkeypat
             entry.directive = Directive(Level.RUN, 2, 100.0, Reason.AT_MAX)
             gov._apply(entry, Directive(Level.PAUSE, 0, 0.0, Reason.SLO_VIOLATED), Sample(t0, p99_ms=150.0, rps=50.0))
 
-        t0 = time.time()
-        await pause(t0)
+        reading = time.time() - 0.5  # the scrape that showed the loss began half a second before the decision
+        await pause(reading)
+        decided = entry.pause_decided_s
+        assert decided - reading >= 0.5
         await gov.stopped("job-a", 0)
         assert entry.stopped_at_s is None  # slot 1 still steps
         await gov.stopped("job-a", 1)
-        stop = entry.stopped_at_s - entry.pause_started_s
+        stop = entry.stopped_at_s - decided
         assert entry.reactions_s == [] and entry.stops_s == [] and stop >= 0  # kept with the reaction, at the release
         await gov.released("job-a", 0)
         await gov.released("job-a", 1)
-        assert entry.stops_s == [stop] and entry.reactions_s[-1] >= stop  # one pair per pause
+        assert entry.stops_s == [stop] and entry.reactions_s[-1] >= stop  # one triple per pause
+        assert entry.reads_s == [decided - reading] and entry.pause_decided_s is None
         await pause(time.time())  # neither worker says it stopped: the release is the stop
         await gov.released("job-a", 0)
         await gov.released("job-a", 1)
@@ -494,6 +498,6 @@ def test_a_pause_times_the_workers_last_steps_apart_from_their_release(monkeypat
         return gov._summary(entry)
 
     summary = asyncio.run(scenario())
-    assert len(summary["stops_s"]) == 2 and len(summary["reactions_s"]) == 2
+    assert len(summary["stops_s"]) == 2 and len(summary["reactions_s"]) == 2 and len(summary["reads_s"]) == 2
     restarted = _governor(monkeypatch, {url: [FakeSource()]}, store)
-    assert restarted.jobs["job-a"].stops_s == summary["stops_s"]
+    assert restarted.jobs["job-a"].stops_s == summary["stops_s"] and restarted.jobs["job-a"].reads_s == summary["reads_s"]
