@@ -671,21 +671,30 @@ def _pooled(entries) -> tuple[list[tuple[float, float]] | None, float]:
 
 
 def _reference_due(state: LawState, cfg: LawConfig, now: float, load: float | None) -> bool:
-    """Serving without the job was not measured in the last ``impact_every_s``, or not at this load or
-    a higher one in the last three of them: a fall in load calls for no measure of its own (the next
-    periodic one judges the new load). A job's effect on serving's tail grows with the load, and a
-    measure at a lower load settles fewer requests: in the benchmark's runs one at ~18 req/s took 8 s
-    of a 60-s day for ~90 requests, fewer than a judgement needs.
+    """Serving without the job was not measured in the last ``impact_every_s``, or the load has risen
+    out of the band of every load measured in the last three of them, above the latest measure's. A
+    fall from the latest measure calls for no measure of its own (the next periodic one judges the new
+    load): a job's effect on serving's tail grows with the load, and a measure at a lower load settles
+    fewer requests (in the benchmark's runs one at ~18 req/s took 8 s of a 60-s day for ~90 requests,
+    fewer than a judgement needs). The latest, not any higher one: in a ``make demo`` run a pause
+    for the ceiling in the first second (a burst at 77 req/s) would otherwise have stood for every
+    load up to it, and the job ran its climb from 21 to 45 req/s unmeasured.
 
     >>> cfg = LawConfig(slo_p99_ms=100, impact_max_ratio=1.1)
     >>> st = LawState(reference=((100.0, ((10.0, 300.0),), 40.0, 0.4),))
     >>> [_reference_due(st, cfg, now=110.0, load=x) for x in (40.0, 20.0, 80.0)]  # here; fallen; risen
     [False, False, True]
+    >>> burst = LawState(reference=((90.0, ((10.0, 30.0),), 77.0, 0.8),) +
+    ...                  ((100.0, ((10.0, 300.0),), 16.0, 0.16),))
+    >>> _reference_due(burst, cfg, now=110.0, load=40.0)  # risen from the latest measure, below the burst's
+    True
     """
     if not state.reference or state.reference[-1][0] < now - cfg.impact_every_s:
         return True
-    recent = _reference_at(state, cfg, now, None, 3 * cfg.impact_every_s)
-    return not any(_near(r[2], load, cfg) or (load is not None and r[2] is not None and r[2] > load) for r in recent)
+    if _reference_at(state, cfg, now, load, 3 * cfg.impact_every_s):
+        return False
+    latest = state.reference[-1][2]
+    return load is None or latest is None or load > latest
 
 
 def reference_ready(state: LawState, cfg: LawConfig, now: float, load: float | None = None) -> bool:

@@ -343,12 +343,14 @@ def test_a_new_load_is_measured_but_never_right_after_a_resume():
     assert d.reason is Reason.MEASURING
 
 
-@pytest.mark.parametrize("load_now, measured", [(60.0, True), (15.0, False)])
-def test_a_rise_out_of_the_band_is_measured_but_a_fall_waits_for_the_period(load_now, measured):
+@pytest.mark.parametrize("load_now, measured, burst", [(60.0, True, False), (15.0, False, False), (60.0, True, True)])
+def test_a_rise_out_of_the_band_is_measured_but_a_fall_waits_for_the_period(load_now, measured, burst):
     """Serving without the job was measured at 30 req/s 20 s ago; the load is now out of that band.
     A rise calls for a measure (the job's effect grows with the load); a fall does not: the job runs
-    on until the periodic measure (``impact_every_s`` after the last one)."""
-    ref = tuple((80.0 + i, served(0, 20.0).counts, 30.0, None) for i in range(5))  # measured at 30 req/s
+    on until the periodic measure (``impact_every_s`` after the last one). A rise is judged from the
+    latest measure: an earlier one at a burst above the load now (``burst``) does not stand for it."""
+    early = ((60.0, served(0, 20.0).counts, 90.0, None),) if burst else ()  # a second at 90 req/s, 40 s ago
+    ref = early + tuple((80.0 + i, served(0, 20.0).counts, 30.0, None) for i in range(5))  # measured at 30 req/s
     loads = tuple((99.0 + i / 2, load_now, None) for i in range(4))
     state = LawState(level=Level.THROTTLE, workers=1, rows_per_s=250.0, reference=ref, loads=loads, changed_at_s=80.0)
     _, d = decide(state, served(100.0, 20.0, rps=load_now), CFG)
