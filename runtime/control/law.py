@@ -28,9 +28,9 @@ damage, so it acts first. The law works on the tightest of the three.
   phase-out of Bubble-Flux, Yang et al., ISCA 2013). An SLO set well above the tail leaves a job all
   the slack it wants; this keeps it to what users would barely notice. At least every
   ``impact_every_s``, and whenever the load rises out of ``impact_load_band`` of every load measured so
-  (a fall waits for the period: :func:`_reference_due`), the job pauses (``MEASURING``, at most ``impact_pause_s``) so the law sees serving without it, and comes
-  back at the rate it ran (at a resume's, if the load rose out of the band meanwhile: its last two
-  seconds, :func:`load_risen`). The
+  (a fall waits for the period: :func:`_reference_due`), the job pauses (``MEASURING``, at most
+  ``impact_pause_s``) so the law sees serving without it, and comes back at the rate it ran (at a
+  resume's, if the load rose out of the band meanwhile: its last two seconds, :func:`load_risen`). The
   requests that finished (a histogram's new counts, settled) are pooled per side: the
   ``impact_quantile`` with the job over the same quantile without it, at about the same load, is its
   *impact*, judged once each side has ``impact_min_requests``. Surely above the ratio (its lower
