@@ -445,8 +445,8 @@ class Governor:
         if d.level is Level.PAUSE and before is not Level.PAUSE and entry.started:
             entry.pauses += 1
             self._metrics.paused(entry.job)
-            entry.pause_started_s = sample.time_s if entry.lease.active_count() else None
-            entry.pause_decided_s = now if entry.lease.active_count() else None
+            active = entry.lease.active_count() > 0  # no worker steps: nothing to time
+            entry.pause_started_s, entry.pause_decided_s = (sample.time_s, now) if active else (None, None)
             entry.stopped_slots, entry.stopped_at_s = set(), None
         if d.reason is Reason.RESUME:
             if entry.started:
