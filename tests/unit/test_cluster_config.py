@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS, SIDECAR_NICE
+from runtime.loopback import CARDINALITY_ENV, METRIC_CARDINALITY, RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS, SIDECAR_NICE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +25,7 @@ def test_every_node_exports_fine_serve_buckets_and_a_metrics_port():
         buckets = re.search(rf"{SERVE_BUCKETS_ENV}=(\S+)", text)
         assert buckets and buckets.group(1) == embedded, (key, text)
         assert "--metrics-export-port=" in text, key  # the governor scrapes every node there
+        assert f"{CARDINALITY_ENV}={METRIC_CARDINALITY} " in text, key  # and each read renders fewer series
     head = _commands(config, "head_start_ray_commands")
     system = json.loads(re.search(r"--system-config='([^']+)'", head).group(1))
     assert system == RAY_SYSTEM_CONFIG  # metrics every ~1 s, serving at nice 0

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from runtime.loopback import (SERVE_BUCKETS_ENV, SINGLE_NODE_ENV, private_cluster_env, serve_replica_on_loopback,
+from runtime.loopback import (CARDINALITY_ENV, SERVE_BUCKETS_ENV, SINGLE_NODE_ENV, private_cluster_env, serve_replica_on_loopback,
                               yield_to_serving)
 
 
@@ -18,7 +18,8 @@ def test_a_private_cluster_is_closed_by_default_and_an_operator_choice_is_kept()
     assert private_cluster_env({})["RAY_AUTH_TOKEN"] != env["RAY_AUTH_TOKEN"]  # a fresh token per cluster
     buckets = [float(b) for b in env[SERVE_BUCKETS_ENV].split(",")]
     assert buckets == sorted(buckets) and buckets[0] <= 1 and sum(b <= 200 for b in buckets) >= 15  # fine below 200 ms
-    chosen = {"RAY_AUTH_MODE": "disabled", SINGLE_NODE_ENV: "1", SERVE_BUCKETS_ENV: "5,50,500"}
+    assert env[CARDINALITY_ENV] == "low"  # a cheaper read of the metrics endpoint the governor polls
+    chosen = {"RAY_AUTH_MODE": "disabled", SINGLE_NODE_ENV: "1", SERVE_BUCKETS_ENV: "5,50,500", CARDINALITY_ENV: "legacy"}
     assert private_cluster_env(chosen) == {}  # an operator's choices are kept
     assert "RAY_AUTH_TOKEN" not in private_cluster_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"})
 
