@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-from runtime.loopback import RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
+from runtime.loopback import CARDINALITY_ENV, METRIC_CARDINALITY, RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
 from runtime.spec.job import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +119,7 @@ def test_the_raycluster_carries_the_same_pools_resources_and_settings_as_cluster
     launcher_port = re.search(r"--metrics-export-port=(\d+)", " ".join(launcher["head_start_ray_commands"])).group(1)
     for name, group in groups.items():
         assert _env(group)[SERVE_BUCKETS_ENV] == buckets, name
+        assert _env(group)[CARDINALITY_ENV] == METRIC_CARDINALITY, name
         assert group["rayStartParams"]["metrics-export-port"] == launcher_port, name
     head_config = json.loads(groups["head"]["rayStartParams"]["system-config"])
     assert head_config == RAY_SYSTEM_CONFIG
