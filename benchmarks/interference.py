@@ -454,11 +454,38 @@ METRICS = {  # name in the summary -> how to read it from one run
 }
 
 
+def paired_ratio(runs: list[dict], policy: str, metric: str = "peak_p99_ms", base: str = "none") -> dict | None:
+    """``metric`` of ``policy`` over ``base``'s in the same rep (the policies interleave, so a rep's runs
+    share the host's minute): each rep's ratio, their geometric mean and its 90 % interval (t, on the
+    logs). An interval that holds the target's 1.10 is a run that cannot tell the policy from it.
+
+    >>> run = lambda policy, rep, ms: {"policy": policy, "rep": rep, "latency": {"peak_p99_ms": ms}}
+    >>> r = paired_ratio([run("none", 1, 100), run("none", 2, 80), run("x", 1, 110), run("x", 2, 100)], "x")
+    >>> r["per_rep"], round(r["geomean"], 3), [round(v, 2) for v in r["ci90"]]
+    ([1.1, 1.25], 1.173, [0.78, 1.76])
+    """
+    from scipy import stats
+
+    get = METRICS[metric]
+    bases = {r["rep"]: get(r) for r in runs if r["policy"] == base}
+    ratios = [get(r) / bases[r["rep"]] for r in runs if r["policy"] == policy and r.get("rep") in bases
+              and get(r) is not None and bases[r["rep"]]]
+    if not ratios:
+        return None
+    logs = np.log(ratios)
+    mean, n = float(logs.mean()), len(logs)
+    half = float(stats.t.ppf(0.95, n - 1) * logs.std(ddof=1) / math.sqrt(n)) if n >= 2 else None
+    return {"per_rep": [round(v, 3) for v in ratios], "geomean": math.exp(mean), "n": n,
+            "ci90": None if half is None else [math.exp(mean - half), math.exp(mean + half)]}
+
+
 def summarize(runs: list[dict], policies: list[str]) -> dict:
     out = {}
     for policy in policies:
         mine = [r for r in runs if r["policy"] == policy]
         out[policy] = {name: spread([get(r) for r in mine]) for name, get in METRICS.items()}
+        if policy != "none":
+            out[policy]["peak_p99_vs_none"] = paired_ratio(runs, policy)
         every = {key: [(r.get(key) or {}).get("all_s") or [] for r in mine] for key in ("reaction", "stopped", "read")}
         # from the reading that showed the loss: its read and the reaction, pause by pause (paired in each rep)
         every["from_reading"] = [[a + b for a, b in zip(read, react)] if len(read) == len(react) else []
@@ -495,7 +522,18 @@ def check_targets(summary: dict) -> list[dict]:
     for name, a, b, ok in checks:
         met = None if a is None or b is None else bool(ok(a, b))
         out.append({"target": name, "value": a, "reference": b, "met": met, "note": None})
+    paired = (summary.get(g) or {}).get("peak_p99_vs_none")
+    if paired:  # how sure the medians' verdict is: the same rep's ratios, and a policy that cannot touch the peak
+        out[0]["note"] = f"paired per rep {_paired(paired)}" + "".join(
+            f"; `{p}` {_paired(summary[p]['peak_p99_vs_none'])}" for p in ("cron", "offpeak")
+            if (summary.get(p) or {}).get("peak_p99_vs_none"))
     return out
+
+
+def _paired(r: dict) -> str:
+    """``1.17x [0.87-1.58] (1.10, 1.25)``: the geometric mean, its 90 % interval, each rep's ratio."""
+    ci = f" [{r['ci90'][0]:.2f}-{r['ci90'][1]:.2f}]" if r.get("ci90") else ""
+    return f"{r['geomean']:.2f}x{ci} ({', '.join(f'{v:.2f}' for v in r['per_rep'])})"
 
 
 def _cell(s: dict, digits: int = 0) -> str:
@@ -560,6 +598,12 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         note = f"; {t['note']}" if t.get("note") else ""
         lines.append(f"- {t['target']}: {mark} (value {_fmt(t['value'])}, reference {_fmt(t['reference'])}{note})")
+    paired = {p: s["peak_p99_vs_none"] for p, s in summary.items() if s.get("peak_p99_vs_none")}
+    if paired:
+        lines += ["", "Peak p99 over the same rep's `none` (geometric mean [90 % interval] (each rep)); an interval "
+                  f"that holds 1.10 cannot tell that policy from the target, and `cron` trains only in "
+                  f"{meta['cron_s'][0]:.1f}-{meta['cron_s'][1]:.1f} s of the day, far from the peak: " +
+                  "; ".join(f"`{p}` {_paired(r)}" for p, r in paired.items())]
     rows = lambda p: median_of(summary, p, "train_rows")  # noqa: E731
     if rows("offpeak") and rows("nice"):
         lines += ["", f"Bound: `offpeak` (idle's loop held for free in the {meta['peak_seconds']} peak s) trained "
