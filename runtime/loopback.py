@@ -12,8 +12,8 @@ importing :mod:`runtime` changes nothing. It gives the new cluster's processes (
 process's environment) single-node mode, token authentication with a fresh random token, Ray Serve
 latency buckets fine enough for a p99 (:data:`SERVE_LATENCY_BUCKETS_MS`), a metrics export every
 0.5 s (Ray's default is 10 s, which would leave the ingress signal 10 s old) and Ray's low metric
-cardinality (a cheaper read of that endpoint); and it lowers the
-node's metrics agent to :data:`SIDECAR_NICE`, so the governor's reads of it come after serving. Ray reads the first two
+cardinality (a cheaper read of that endpoint); and it lowers the node's metrics agent to
+:data:`SIDECAR_NICE`, so the governor's reads of it come after serving. Ray reads the first two
 when it is first imported, so a caller that imported Ray already would otherwise get a cluster whose
 processes want a token its driver never sends: the function also refreshes Ray's cached settings in
 this process. Values the operator set are kept.

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from runtime.loopback import CARDINALITY_ENV, METRIC_CARDINALITY, RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS, SIDECAR_NICE
+from runtime.loopback import (CARDINALITY_ENV, METRIC_CARDINALITY, RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV,
+                              SERVE_LATENCY_BUCKETS_MS, SIDECAR_NICE)
 
 ROOT = Path(__file__).resolve().parents[2]
 

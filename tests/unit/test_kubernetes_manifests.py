@@ -21,7 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-from runtime.loopback import CARDINALITY_ENV, METRIC_CARDINALITY, RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV, SERVE_LATENCY_BUCKETS_MS
+from runtime.loopback import (CARDINALITY_ENV, METRIC_CARDINALITY, RAY_SYSTEM_CONFIG, SERVE_BUCKETS_ENV,
+                              SERVE_LATENCY_BUCKETS_MS)
 from runtime.spec.job import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

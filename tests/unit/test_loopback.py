@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from runtime.loopback import (CARDINALITY_ENV, SERVE_BUCKETS_ENV, SINGLE_NODE_ENV, private_cluster_env, serve_replica_on_loopback,
-                              yield_to_serving)
+from runtime.loopback import (CARDINALITY_ENV, SERVE_BUCKETS_ENV, SINGLE_NODE_ENV, private_cluster_env,
+                              serve_replica_on_loopback, yield_to_serving)
 
 
 def test_a_private_cluster_is_closed_by_default_and_an_operator_choice_is_kept():
