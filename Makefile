@@ -24,7 +24,7 @@ demo: install
 	$(PY) -m examples.demo
 
 # lint-imports: the subsystem layering of runtime/ (pyproject.toml [tool.importlinter]) fails the build when broken.
-# The doctests and unit tests first, on two processes, before any Ray session exists; then the Ray tiers
+# The doctests (runtime/, benchmarks/) and unit tests first, on two processes, before any Ray session exists; then the Ray tiers
 # on PYTEST_WORKERS processes (pytest-xdist), each with a Ray head of its own, started one at a time:
 # they mostly wait on real jobs, pauses and traffic (tests/conftest.py keeps a file's tests, and the
 # tests that start clusters of their own, together). Last and alone, the two that need the host to
@@ -40,7 +40,7 @@ PYTEST_WORKERS ?= 2
 ALONE := tests/e2e/test_readme_cluster.py tests/e2e/test_benchmark_command.py
 test: install tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n 2 runtime tests/unit
+	$(PY) -m pytest -q -n 2 runtime benchmarks tests/unit
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15 tests/integration tests/faults tests/e2e $(ALONE:%=--ignore=%)
 	$(PY) -m pytest -q --durations=5 $(ALONE)
 
