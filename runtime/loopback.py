@@ -102,9 +102,15 @@ def metrics_agents(session_dir: str) -> list[int]:
         cmd = proc.info["cmdline"] or []
         if cmd and cmd[0].endswith("/raylet") and any(session_dir in arg for arg in cmd):
             try:
-                pids += [c.pid for c in proc.children() if (c.cmdline() or [""])[0].startswith("ray::DashboardAgent")]
-            except psutil.Error:
+                children = proc.children()
+            except psutil.Error:  # the raylet is gone
                 continue
+            for child in children:  # one at a time: a worker that exits meanwhile must not hide the agent
+                try:
+                    if (child.cmdline() or [""])[0].startswith("ray::DashboardAgent"):
+                        pids.append(child.pid)
+                except psutil.Error:
+                    continue
     return pids
 
 

@@ -82,3 +82,30 @@ def test_a_serve_replica_binds_its_grpc_port_where_its_node_is_dialled(monkeypat
     assert bound == [expected] and redirected == (expected != "[::]:0")
     replica.add_port_to_grpc_server(object(), "127.0.0.1:5000")
     assert bound[-1] == "127.0.0.1:5000"  # an explicit address is kept
+
+
+def test_the_metrics_agent_is_found_though_a_sibling_exits_while_the_raylets_children_are_read(monkeypatch):
+    """A busy raylet starts and ends workers all the time: one that exits between the listing and its
+    command line (psutil.NoSuchProcess) must not hide the agent beside it (a Ray-tier test saw 0 agents)."""
+    import psutil
+
+    from runtime import loopback
+
+    class Child:
+        def __init__(self, pid, cmd):
+            self.pid, self._cmd = pid, cmd
+
+        def cmdline(self):
+            if self._cmd is None:
+                raise psutil.NoSuchProcess(self.pid)
+            return self._cmd
+
+    class Raylet:
+        info = {"cmdline": ["/venv/lib/ray/core/src/ray/raylet/raylet", "--session_dir=/tmp/s1/session_x"]}
+
+        def children(self):
+            return [Child(11, None), Child(12, ["ray::DashboardAgent"]), Child(13, ["ray::IDLE"])]
+
+    monkeypatch.setattr(psutil, "process_iter", lambda attrs=None: [Raylet()])
+    assert loopback.metrics_agents("/tmp/s1") == [12]
+    assert loopback.metrics_agents("/tmp/other") == []
