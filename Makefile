@@ -24,10 +24,10 @@ demo: install
 	$(PY) -m examples.demo
 
 # lint-imports: the subsystem layering of runtime/ (pyproject.toml [tool.importlinter]) fails the build when broken.
-# The doctests (runtime/, benchmarks/) and unit tests first, on two processes, before any Ray session exists; then the Ray tiers
-# on PYTEST_WORKERS processes (pytest-xdist), each with a Ray head of its own, started one at a time:
-# they mostly wait on real jobs, pauses and traffic (tests/conftest.py keeps a file's tests, and the
-# tests that start clusters of their own, together). Last and alone, the two that need the host to
+# The doctests (runtime/, benchmarks/) and unit tests first, on two processes, before any Ray session
+# exists; then the Ray tiers on PYTEST_WORKERS processes (pytest-xdist), each with a Ray head of its own,
+# started one at a time: they mostly wait on real jobs, pauses and traffic (tests/conftest.py keeps a
+# file's tests, and the tests that start clusters of their own, together). Last and alone, the two that need the host to
 # themselves: the README's `ray start` lines need Ray's default ports free and a dashboard agent that
 # comes up (beside three busy workers, CI's did not: "No available agent to submit job"); the
 # shortened benchmark's governed job must find headroom to train at all (beside the other workers'

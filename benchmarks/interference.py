@@ -601,7 +601,7 @@ def markdown(meta: dict, summary: dict, targets: list[dict]) -> str:
     paired = {p: s["peak_p99_vs_none"] for p, s in summary.items() if s.get("peak_p99_vs_none")}
     if paired:
         lines += ["", "Peak p99 over the same rep's `none` (geometric mean [90 % interval] (each rep)); an interval "
-                  f"that holds 1.10 cannot tell that policy from the target, and `cron` trains only in "
+                  "that holds 1.10 cannot tell that policy from the target, and `cron` trains only in "
                   f"{meta['cron_s'][0]:.1f}-{meta['cron_s'][1]:.1f} s of the day, far from the peak: " +
                   "; ".join(f"`{p}` {_paired(r)}" for p, r in paired.items())]
     rows = lambda p: median_of(summary, p, "train_rows")  # noqa: E731

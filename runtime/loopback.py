@@ -44,8 +44,10 @@ SERVE_BUCKETS_ENV = "RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS"
 CARDINALITY_ENV = "RAY_metric_cardinality_level"
 # The metrics agent renders every series for each of the governor's reads; "low" drops the task and actor
 # names from Ray's task and actor gauges (one series per name and state). Measured here, the same node
-# read 20 times at each setting: 138 ms a read idle and 166-197 ms beside two busy cores at Ray's default
-# ("recommended"), 103-112 ms and 143-149 ms at "low". Ray's dashboard shows tasks without their names.
+# read 20 times at each setting (a one-off script): 138 ms a read idle and 166-197 ms beside two busy
+# cores at Ray's default ("recommended"), 103-112 ms and 143-149 ms at "low". The interference benchmark's
+# start-up line prints a read's cost: 136 ms with it, 174 ms without. Ray's dashboard shows tasks
+# without their names.
 METRIC_CARDINALITY = "low"
 # Serve's default latency buckets jump 100 -> 200 -> 500 ms; a p99 interpolated inside one is a guess.
 SERVE_LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 60, 75, 100, 125, 150, 200, 250, 300,
